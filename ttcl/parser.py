@@ -1,0 +1,260 @@
+"""Parser: TTCL source text to an `ast.Module`, with Lark (LALR) and friendly syntax errors."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from functools import cache
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import (
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
+
+from . import ast
+from .errors import ParseError
+from .source import Span
+
+
+def resource_dir(name: str) -> Path:
+    """Where the shipped `grammar/` or `stdlib/` folder is: inside the installed package, or at
+    the top of the source tree in a checkout."""
+    inside = Path(__file__).parent / name
+    return inside if inside.is_dir() else Path(__file__).parent.parent / name
+
+
+@cache
+def _lark() -> Lark:
+    grammar = (resource_dir("grammar") / "ttcl.lark").read_text(encoding="utf-8")
+    # cache=True stores the built LALR tables in the temp dir: start-up drops from ~100 ms to ~10 ms.
+    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True)
+
+
+def parse(text: str, path: str | None = None) -> ast.Module:
+    """Parse TTCL source text into a Module, or raise `ParseError` pointing at the bad token."""
+    try:
+        return _parse(text, path)
+    except ParseError as e:
+        raise e.with_sources({path or "<input>": text}) from None
+
+
+def _parse(text: str, path: str | None) -> ast.Module:
+    try:
+        tree = _lark().parse(text)
+        return _ToAST(path).transform(tree)
+    except UnexpectedInput as e:
+        raise _syntax_error(e, text, path) from None
+    except VisitError as e:  # an error raised while building the AST (a bad escape, say)
+        if isinstance(e.orig_exc, ParseError):
+            raise e.orig_exc from None
+        raise
+    except RecursionError:
+        raise ParseError("program is nested too deeply", _point(text, path, 0)) from None
+
+
+# ---- tree -> AST -------------------------------------------------------------------------
+
+
+def _span(path: str | None, meta_or_token) -> Span:
+    m = meta_or_token
+    if isinstance(m, Token):
+        return Span(path=path, line=m.line, col=m.column, end_line=m.end_line,
+                    end_col=m.end_column, start=m.start_pos, end=m.end_pos)
+    return Span(path=path, line=m.line, col=m.column, end_line=m.end_line,
+                end_col=m.end_column, start=m.start_pos, end=m.end_pos)
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"'}
+
+
+@v_args(meta=True, inline=True)
+class _ToAST(Transformer):
+    """Builds AST nodes bottom-up; every node gets the span Lark propagated to its rule."""
+
+    def __init__(self, path: str | None):
+        super().__init__()
+        self.path = path
+
+    def sp(self, meta) -> Span:
+        return _span(self.path, meta)
+
+    # statements
+    def start(self, meta, *statements):
+        span = self.sp(meta) if not meta.empty else Span(path=self.path, line=1, col=1, end_line=1, end_col=1, start=0, end=0)
+        return ast.Module(span=span, path=self.path, statements=statements)
+
+    def import_stmt(self, meta, path):
+        return ast.Import(span=self.sp(meta), path=path.value)
+
+    def model_decl(self, meta, name, value):
+        return ast.ModelDecl(span=self.sp(meta), name=name.value, name_span=self.sp(name), value=value)
+
+    def verifier_decl(self, meta, name, value):
+        return ast.VerifierDecl(span=self.sp(meta), name=name.value, name_span=self.sp(name), value=value)
+
+    def prompt_decl(self, meta, name, template):
+        return ast.PromptDecl(span=self.sp(meta), name=name.value, name_span=self.sp(name), template=template.value)
+
+    def budget_decl(self, meta, amount, unit):
+        return ast.BudgetDecl(span=self.sp(meta), amount=amount, unit=unit.value, unit_span=self.sp(unit))
+
+    def strategy_decl(self, meta, name, params, body):
+        return ast.StrategyDecl(span=self.sp(meta), name=name.value, name_span=self.sp(name), params=params, body=body)
+
+    def program_decl(self, meta, name, params, body):
+        return ast.ProgramDecl(span=self.sp(meta), name=name.value, name_span=self.sp(name), params=params, body=body)
+
+    def params(self, meta, *params):
+        return tuple(p for p in params if p is not None)
+
+    def param(self, meta, name, type_, default):
+        return ast.Param(span=self.sp(meta), name=name.value, type=type_.value, default=default)
+
+    # expressions
+    def _binop(op):  # noqa: N805 - a factory evaluated in the class body
+        def build(self, meta, left, right):
+            return ast.BinOp(span=self.sp(meta), op=op, left=left, right=right)
+        return build
+
+    pipe, add, sub = _binop("|>"), _binop("+"), _binop("-")
+    mul, div, mod = _binop("*"), _binop("/"), _binop("%")
+
+    def neg(self, meta, operand):
+        return ast.Neg(span=self.sp(meta), operand=operand)
+
+    def int(self, meta, tok):
+        return ast.Int(span=self.sp(meta), value=int(tok))
+
+    def float(self, meta, tok):
+        value = float(tok)
+        if value == float("inf"):
+            raise ParseError(f"number {tok} is too large", self.sp(meta))
+        return ast.Float(span=self.sp(meta), value=value)
+
+    def true(self, meta):
+        return ast.Bool(span=self.sp(meta), value=True)
+
+    def false(self, meta):
+        return ast.Bool(span=self.sp(meta), value=False)
+
+    def name(self, meta, tok):
+        return ast.Name(span=self.sp(meta), id=tok.value)
+
+    def string(self, meta, tok):
+        quote = 3 if tok.type == "LONG_STRING" else 1
+        raw = tok.value[quote:-quote]
+        return ast.Str(span=self.sp(meta), value=self._unescape(raw, self.sp(meta)))
+
+    def _unescape(self, raw: str, span: Span) -> str:
+        def replace(m: re.Match) -> str:
+            if m.group(1) not in _ESCAPES:
+                raise ParseError(f"unknown escape \\{m.group(1)} in string; use \\\\ for a backslash", span)
+            return _ESCAPES[m.group(1)]
+        return re.sub(r"\\(.)", replace, raw, flags=re.S)
+
+    def call(self, meta, name, *args):
+        args = [a for a in args if a is not None]
+        positional = tuple(a for a in args if not isinstance(a, ast.Keyword))
+        kwargs = tuple(a for a in args if isinstance(a, ast.Keyword))
+        for i, a in enumerate(args):
+            if isinstance(a, ast.Keyword) and any(not isinstance(b, ast.Keyword) for b in args[i:]):
+                bad = next(b for b in args[i:] if not isinstance(b, ast.Keyword))
+                raise ParseError("positional argument follows a keyword argument", bad.span)
+        return ast.Call(span=self.sp(meta), func=name.value, args=positional, kwargs=kwargs)
+
+    def kwarg(self, meta, name, value):
+        return ast.Keyword(span=self.sp(meta), name=name.value, value=value)
+
+    def match(self, meta, head, *arms):
+        return ast.Match(span=self.sp(meta), head=head, arms=arms)
+
+    def arm(self, meta, pattern, body):
+        return ast.Arm(span=self.sp(meta), pattern=pattern, body=body)
+
+    def range(self, meta, lo, hi):
+        return ast.Range(span=self.sp(meta), lo=int(lo), hi=int(hi))
+
+    def single(self, meta, lo):
+        return ast.Range(span=self.sp(meta), lo=int(lo), hi=int(lo))
+
+    def wildcard(self, meta):
+        return ast.Wildcard(span=self.sp(meta))
+
+
+# ---- syntax errors -----------------------------------------------------------------------
+
+_TERMINAL_NAMES = {
+    "NAME": "a name",
+    "INT": "an integer",
+    "FLOAT": "a number",
+    "STRING": "a string",
+    "LONG_STRING": "a string",
+    "$END": "end of file",
+}
+_STATEMENT_KEYWORDS = ("import", "model", "verifier", "prompt", "budget", "strategy", "program")
+
+
+def _describe(terminal: str) -> str:
+    """A human name for a Lark terminal: `a name`, `` `)` ``, `end of file`."""
+    if terminal in _TERMINAL_NAMES:
+        return _TERMINAL_NAMES[terminal]
+    try:
+        pattern = _lark().get_terminal(terminal).pattern
+    except KeyError:
+        return terminal
+    return f"`{pattern.value}`" if pattern.type == "str" else terminal.lower()
+
+
+_EXPRESSION_START = {"a name", "an integer", "a number", "a string", "`(`", "`-`", "`true`", "`false`", "`match`"}
+
+
+def _expected(names) -> str:
+    """The set of acceptable terminals as a short English list ("an expression" for the lot)."""
+    described = {_describe(n) for n in names}
+    statement = {f"`{k}`" for k in _STATEMENT_KEYWORDS}
+    groups = []
+    if statement <= described:
+        described -= statement
+        groups.append("a statement (`program`, `strategy`, `model`, ...)")
+    if {"a name", "an integer", "`(`"} <= described:
+        described -= _EXPRESSION_START
+        groups.append("an expression")
+    items = groups + sorted(described)
+    if len(items) > 6:
+        items = items[:6] + ["..."]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def _point(text: str, path: str | None, pos: int, length: int = 1) -> Span:
+    pos = max(0, min(pos, len(text)))
+    line = text.count("\n", 0, pos) + 1
+    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    end = min(pos + length, len(text))
+    if "\n" in text[pos:end]:
+        end = text.index("\n", pos)
+    return Span(path=path, line=line, col=col, end_line=line, end_col=col + max(end - pos, 0),
+                start=pos, end=end)
+
+
+def _syntax_error(e: UnexpectedInput, text: str, path: str | None) -> ParseError:
+    if isinstance(e, UnexpectedCharacters):
+        char = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
+        if char == '"':
+            return ParseError("unterminated string", _point(text, path, e.pos_in_stream))
+        return ParseError(f"unexpected character {char!r}", _point(text, path, e.pos_in_stream))
+    if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
+        return ParseError(f"unexpected end of file; expected {_expected(e.expected)}",
+                          _point(text, path, len(text.rstrip()), 0))
+    assert isinstance(e, UnexpectedToken)
+    tok = e.token
+    notes = ()
+    if tok.type == "NAME" and "PROGRAM" in e.expected:
+        close = difflib.get_close_matches(tok.value, _STATEMENT_KEYWORDS, n=1)
+        notes = (f"did you mean `{close[0]}`?",) if close else ()
+    return ParseError(f"unexpected `{tok.value}`; expected {_expected(e.expected)}",
+                      _point(text, path, tok.start_pos, len(tok.value)), notes)

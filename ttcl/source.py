@@ -1,0 +1,72 @@
+"""Source text: reading program files safely, and spans that point back into them.
+
+Every AST node, IR node and diagnostic carries a `Span`, so that an error found at any stage
+(checking, lowering, running) can be shown as `path:line:col` with the source line and a caret.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import SourceError
+
+MAX_SOURCE_BYTES = 1_000_000  # a TTCL program is a few kilobytes; refuse what cannot be one
+
+
+class Span(BaseModel):
+    """A region of a source file: 1-based line and column, 0-based character offsets."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str | None = None
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+    start: int
+    end: int
+
+    def __str__(self) -> str:
+        return f"{self.path or '<input>'}:{self.line}:{self.col}"
+
+
+def read_source(path: str | Path) -> str:
+    """Read a program file as UTF-8 text, or raise `SourceError` with a one-line reason.
+
+    Missing files, directories, binary or non-UTF-8 content, empty files and files over
+    `MAX_SOURCE_BYTES` are refused before any parsing is attempted.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise SourceError(f"{p}: no such file")
+    if p.is_dir():
+        raise SourceError(f"{p}: is a directory, not a program file")
+    try:
+        size = p.stat().st_size
+        if size > MAX_SOURCE_BYTES:
+            raise SourceError(
+                f"{p}: file is {size / 1e6:.1f} MB; program files are limited to "
+                f"{MAX_SOURCE_BYTES // 1_000_000} MB",
+                usage=False,
+            )
+        data = p.read_bytes()
+    except OSError as e:
+        raise SourceError(f"{p}: cannot read: {e.strerror or e}") from None
+    return decode_source(data, str(p))
+
+
+def decode_source(data: bytes, name: str) -> str:
+    """Decode the bytes of a program, refusing binary, non-UTF-8 and empty content."""
+    if b"\0" in data:
+        raise SourceError(f"{name}: is a binary file, not a TTCL program", usage=False)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SourceError(
+            f"{name}: is not UTF-8 text (invalid byte at offset {e.start})", usage=False
+        ) from None
+    if not text.strip():
+        raise SourceError(f"{name}: file is empty", usage=False)
+    return text.removeprefix("\ufeff")
