@@ -97,7 +97,15 @@ class Match(Node):
     arms: tuple[Arm, ...]
 
 
-Expr = Union[Int, Float, Str, Bool, Name, Call, BinOp, Neg, Match]
+class Inlined(Node):
+    """A strategy call after expansion (made by the inlining pass, never by the parser): the
+    span is the call site's, so errors and IR nodes can say which call they came from."""
+
+    strategy: str
+    body: Expr
+
+
+Expr = Union[Int, Float, Str, Bool, Name, Call, BinOp, Neg, Match, Inlined]
 
 # ---- statements --------------------------------------------------------------------------
 
@@ -190,6 +198,19 @@ def sub_span(span: Span, offset: int, length: int) -> Span:
     )
 
 
+def map_children(node: Node, fn) -> Node:
+    """A copy of `node` with `fn` applied to each child node (in fields and tuples); the
+    building block of every tree rewrite (`passes.py`)."""
+    changes = {}
+    for name in type(node).model_fields:
+        value = getattr(node, name)
+        if isinstance(value, Node):
+            changes[name] = fn(value)
+        elif isinstance(value, tuple) and value and isinstance(value[0], Node):
+            changes[name] = tuple(fn(v) for v in value)
+    return node.model_copy(update=changes) if changes else node
+
+
 def to_data(node: Any, spans: bool = True) -> Any:
     """A JSON-ready view of a tree: each node as a dict led by its class name.
 
@@ -204,7 +225,7 @@ def to_data(node: Any, spans: bool = True) -> Any:
             data[name] = to_data(getattr(node, name), spans)
         return data
     if isinstance(node, Span):
-        return str(node) if node else None
+        return str(node)
     if isinstance(node, tuple):
         return [to_data(n, spans) for n in node]
     return node

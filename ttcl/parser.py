@@ -110,7 +110,8 @@ class _ToAST(Transformer):
         return ast.ProgramDecl(span=self.sp(meta), name=name.value, name_span=self.sp(name), params=params, body=body)
 
     def params(self, meta, *params):
-        return tuple(p for p in params if p is not None)
+        # `program main() = ...` means the same as `program main = ...`: one AST for both.
+        return tuple(p for p in params if p is not None) or None
 
     def param(self, meta, name, type_, default):
         return ast.Param(span=self.sp(meta), name=name.value, type=type_.value, default=default)

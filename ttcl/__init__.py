@@ -1,0 +1,13 @@
+"""TTCL: a declarative, type-checked language for test-time compute programs for LLMs.
+
+    import ttcl
+    prog = ttcl.compile('program main = sample(8) |> vote')
+    prog.graph          # the compiled DAG (networkx)
+"""
+
+__version__ = "0.1.0"
+
+from .errors import TTCLError  # noqa: E402
+from .program import Program, compile, load  # noqa: E402
+
+__all__ = ["Program", "TTCLError", "compile", "load", "__version__"]

@@ -1,0 +1,459 @@
+"""Checker: names, arity, argument and stage types, duplicates, recursion, bins, budgets.
+
+It reports every error it finds, not only the first. Types are inferred bottom-up: a literal
+is `int`/`float`/`str`/`bool`, a declaration is a `model`/`verifier`/`prompt`, and a stage is
+a `Stage(accepts, returns)` over `Question`, `Pool` and `Answer`. Errors suppress their
+cascades: an expression whose type could not be inferred is `None` and is not complained
+about again.
+"""
+
+from __future__ import annotations
+
+import difflib
+import string
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from . import ast
+from .errors import CheckError, Diagnostic
+from .loader import Workspace
+from .signatures import (
+    ANSWER, BUILTIN_VERIFIERS, DIFFICULTY, GENERATOR_OPTIONS, MODELS, POOL, QUESTION, REQUIRED,
+    RESERVED, SCALARS, STAGES, VALUE_TYPES, VERIFIERS, Param, Signature, Stage, Type, assignable,
+    describe,
+)
+
+BUDGET_UNITS = ("generations", "tokens", "flops")
+PROMPT_HOLES = ("question", "attempts")
+_DECL_TYPES = {ast.ModelDecl: "model", ast.VerifierDecl: "verifier", ast.PromptDecl: "prompt"}
+
+
+@dataclass
+class Checked:
+    """What the later stages need: every definition by name, and each module's budgets."""
+
+    workspace: Workspace
+    definitions: dict[str, ast.Definition] = field(default_factory=dict)
+    budgets: dict[str | None, dict[str, ast.BudgetDecl]] = field(default_factory=dict)
+    strategy_types: dict[str, Stage | None] = field(default_factory=dict)
+
+    @property
+    def programs(self) -> list[ast.ProgramDecl]:
+        """The programs of the main module, in source order."""
+        return [s for s in self.workspace.main.statements if isinstance(s, ast.ProgramDecl)]
+
+
+def check(ws: Workspace) -> Checked:
+    """Check a loaded workspace; raise `CheckError` with every diagnostic if anything is wrong."""
+    checker = Checker(ws)
+    checked = checker.run()
+    if checker.errors:
+        raise CheckError(sort_diagnostics(checker.errors, ws), sources=ws.sources)
+    return checked
+
+
+def sort_diagnostics(diagnostics: list[Diagnostic], ws: Workspace) -> list[Diagnostic]:
+    """Diagnostics in reading order: main file first, then imports, each by position."""
+    order = {m.path: i for i, m in enumerate(ws.modules)}
+
+    def key(d: Diagnostic):
+        return (order.get(d.span.path, -1), d.span.start) if d.span else (-2, 0)
+    return sorted(diagnostics, key=key)
+
+
+class Checker:
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        self.errors: list[Diagnostic] = list(ws.errors)
+        self.out = Checked(ws)
+        self.calls = nx.DiGraph()  # strategy -> strategies it calls, to find recursion
+        self.in_progress: set[str] = set()
+        self.current: str | None = None  # the strategy whose body is being inferred
+
+    def error(self, span, message: str, *notes: str) -> None:
+        self.errors.append(Diagnostic(message, span, tuple(notes)))
+
+    def snippet(self, node: ast.Node, limit: int = 40) -> str:
+        """The source text of a node, shortened, for messages like "`vote` gives an Answer"."""
+        text = self.ws.sources.get(node.span.path or "<input>", "")[node.span.start:node.span.end]
+        text = " ".join(text.split())
+        return text if len(text) <= limit else text[: limit - 3] + "..."
+
+    # ---- driver --------------------------------------------------------------------------
+
+    def run(self) -> Checked:
+        for module in self.ws.modules:
+            for stmt in module.statements:
+                self.declare(stmt, module)
+        for module in self.ws.modules:
+            for stmt in module.statements:
+                getattr(self, f"check_{type(stmt).__name__}")(stmt)
+        for cycle in sorted(nx.simple_cycles(self.calls), key=lambda c: sorted(c)):
+            first = min(cycle)
+            path = cycle[cycle.index(first):] + cycle[: cycle.index(first)] + [first]
+            self.error(self.out.definitions[first].name_span,
+                       f"strategy `{first}` is recursive: {' -> '.join(path)}",
+                       "strategies are expanded at compile time, so they cannot call themselves")
+        return self.out
+
+    def declare(self, stmt: ast.Statement, module: ast.Module) -> None:
+        if isinstance(stmt, ast.BudgetDecl):
+            budgets = self.out.budgets.setdefault(module.path, {})
+            if stmt.unit in budgets:
+                self.error(stmt.span, f"duplicate budget in {stmt.unit}",
+                           f"first declared at {budgets[stmt.unit].span}")
+            budgets[stmt.unit] = stmt
+            return
+        if isinstance(stmt, ast.Import):
+            return
+        defs = self.out.definitions
+        if stmt.name in RESERVED:
+            self.error(stmt.name_span, f"`{stmt.name}` is a built-in name; choose another name")
+        elif stmt.name in defs:
+            self.error(stmt.name_span, f"duplicate definition of `{stmt.name}`",
+                       f"first defined at {defs[stmt.name].name_span}")
+        else:
+            defs[stmt.name] = stmt
+
+    # ---- statements ----------------------------------------------------------------------
+
+    def check_Import(self, stmt: ast.Import) -> None:
+        pass  # resolved by the loader
+
+    def check_BudgetDecl(self, stmt: ast.BudgetDecl) -> None:
+        if stmt.unit not in BUDGET_UNITS:
+            self.error(stmt.unit_span, f"unknown budget unit `{stmt.unit}`{self.suggest(stmt.unit, BUDGET_UNITS)}",
+                       "units: generations, tokens, flops")
+        t = self.infer(stmt.amount, {})
+        if t is not None and t not in ("int", "float"):
+            self.error(stmt.amount.span, f"a budget is a number, not {describe(t)}")
+        elif isinstance(stmt.amount, (ast.Int, ast.Float)) and stmt.amount.value <= 0:
+            self.error(stmt.amount.span, "a budget must be positive")
+
+    def check_ModelDecl(self, stmt: ast.ModelDecl) -> None:
+        self.check_constructor(stmt.value, MODELS, "model")
+
+    def check_VerifierDecl(self, stmt: ast.VerifierDecl) -> None:
+        if isinstance(stmt.value, ast.Name):
+            t = self.infer(stmt.value, {})
+            if t is not None and t != "verifier":
+                self.error(stmt.value.span, f"a verifier is made by {self.constructors(VERIFIERS)} "
+                           f"or names another verifier; `{stmt.value.id}` is {describe(t)}")
+            return
+        self.check_constructor(stmt.value, VERIFIERS, "verifier")
+
+    def check_PromptDecl(self, stmt: ast.PromptDecl) -> None:
+        try:
+            holes = [f for _, f, _, _ in string.Formatter().parse(stmt.template) if f is not None]
+        except ValueError as e:
+            self.error(stmt.span, f"prompt `{stmt.name}` is not a valid template: {e}",
+                       "write {{ and }} for literal braces")
+            return
+        for hole in holes:
+            if hole not in PROMPT_HOLES:
+                self.error(stmt.span, f"prompt `{stmt.name}` has an unknown hole {{{hole}}}"
+                           f"{self.suggest(hole, PROMPT_HOLES)}", "holes: {question}, {attempts}")
+        if "question" not in holes:
+            self.error(stmt.span, f"prompt `{stmt.name}` has no {{question}} hole, "
+                       "so the question would never reach the model")
+
+    def check_StrategyDecl(self, stmt: ast.StrategyDecl) -> None:
+        self.strategy_type(stmt.name)
+
+    def check_ProgramDecl(self, stmt: ast.ProgramDecl) -> None:
+        env = self.params_env(stmt.params or (), SCALARS, "program")
+        t = self.infer(stmt.body, env)
+        if t is None:
+            return
+        if not isinstance(t, Stage):
+            self.error(stmt.body.span, f"a program is a stage, but this is {describe(t)}")
+        elif QUESTION not in t.accepts:
+            self.error(stmt.body.span, f"program `{stmt.name}` must start from the question, "
+                       f"but `{self.snippet(stmt.body)}` expects {' or '.join(sorted(t.accepts))}")
+        elif t.returns != ANSWER:
+            self.error(stmt.body.span, f"program `{stmt.name}` gives a {t.returns}, not an Answer",
+                       "end it with a selector such as `|> vote` or `|> best(v)`")
+
+    def params_env(self, params: tuple[ast.Param, ...], allowed: tuple[str, ...], what: str) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for p in params:
+            if p.name in env:
+                self.error(p.span, f"duplicate parameter `{p.name}`")
+            if p.type not in allowed:
+                self.error(p.span, f"unknown {what} parameter type `{p.type}`"
+                           f"{self.suggest(p.type, allowed)}", f"types: {', '.join(allowed)}")
+                env[p.name] = None
+                continue
+            env[p.name] = p.type
+            if p.default is not None:
+                t = self.infer(p.default, {})
+                if t is not None and not assignable(t, p.type):
+                    self.error(p.default.span, f"default of `{p.name}` must be {describe(p.type)}, "
+                               f"not {describe(t)}")
+        return env
+
+    def strategy_type(self, name: str) -> Stage | None:
+        """The stage type of a strategy's body, inferred once with its declared parameter types."""
+        if name in self.out.strategy_types or name in self.in_progress:
+            return self.out.strategy_types.get(name)
+        decl = self.out.definitions[name]
+        self.in_progress.add(name)
+        outer, self.current = self.current, name
+        self.calls.add_node(name)
+        env = self.params_env(decl.params or (), VALUE_TYPES, "strategy")
+        t = self.infer(decl.body, env)
+        self.current = outer
+        self.in_progress.discard(name)
+        if t is not None and not isinstance(t, Stage):
+            self.error(decl.body.span, f"a strategy is a stage, but this is {describe(t)}")
+            t = None
+        self.out.strategy_types[name] = t
+        return t
+
+    # ---- constructors (model and verifier declarations) ----------------------------------
+
+    def constructors(self, table: dict[str, Signature]) -> str:
+        return ", ".join(f"`{n}(...)`" for n in table)
+
+    def check_constructor(self, value: ast.Expr, table: dict[str, Signature], what: str) -> None:
+        if not isinstance(value, ast.Call) or value.func not in table:
+            name = value.func if isinstance(value, ast.Call) else self.snippet(value)
+            self.error(value.span, f"`{name}` does not make a {what}{self.suggest(name, table)}",
+                       f"a {what} is made by {self.constructors(table)}")
+            return
+        self.bind(table[value.func], value, {})
+
+    # ---- expressions ---------------------------------------------------------------------
+
+    def infer(self, expr: ast.Expr, env: dict[str, str]) -> Type | None:
+        return getattr(self, f"infer_{type(expr).__name__}")(expr, env)
+
+    def infer_Int(self, e, env):
+        return "int"
+
+    def infer_Float(self, e, env):
+        return "float"
+
+    def infer_Str(self, e, env):
+        return "str"
+
+    def infer_Bool(self, e, env):
+        return "bool"
+
+    def infer_Name(self, e: ast.Name, env):
+        if e.id in env:
+            return env[e.id]
+        decl = self.out.definitions.get(e.id)
+        if decl is not None and type(decl) in _DECL_TYPES:
+            return _DECL_TYPES[type(decl)]
+        if e.id in BUILTIN_VERIFIERS:
+            return "verifier"
+        if decl is not None or e.id in STAGES:
+            return self.infer_Call(ast.Call(span=e.span, func=e.id), env)
+        return self.unknown(e.id, e.span, env)
+
+    def infer_Call(self, e: ast.Call, env):
+        decl = self.out.definitions.get(e.func)
+        if e.func in STAGES:
+            self.bind(STAGES[e.func], e, env)
+            return STAGES[e.func].stage
+        if isinstance(decl, ast.StrategyDecl):
+            if self.current is not None:
+                self.calls.add_edge(self.current, e.func)
+            self.bind(strategy_signature(decl), e, env)
+            return self.strategy_type(e.func)
+        if isinstance(decl, ast.ProgramDecl):
+            self.error(e.span, f"`{e.func}` is a program; a program cannot be used as a stage",
+                       "turn it into a `strategy` to reuse it")
+            return None
+        if e.func in MODELS or e.func in VERIFIERS:
+            kind = "model" if e.func in MODELS else "verifier"
+            self.error(e.span, f"`{e.func}(...)` makes a {kind}, not a stage; "
+                       f"declare it with `{kind} name = {e.func}(...)`")
+            return None
+        if e.func == "difficulty":
+            self.error(e.span, "`difficulty(...)` is only valid as the head of a `match`")
+            return None
+        if e.func in env or decl is not None or e.func in BUILTIN_VERIFIERS:
+            t = env.get(e.func) or (_DECL_TYPES.get(type(decl)) if decl else "verifier")
+            self.error(e.span, f"`{e.func}` is {describe(t)}, not a stage")
+            return None
+        return self.unknown(e.func, e.span, env)
+
+    def unknown(self, name: str, span, env) -> None:
+        known = list(env) + list(self.out.definitions) + sorted(RESERVED)
+        self.error(span, f"unknown name `{name}`{self.suggest(name, known)}")
+        return None
+
+    def suggest(self, name: str, known) -> str:
+        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+        return f"; did you mean `{close[0]}`?" if close else ""
+
+    def infer_Neg(self, e: ast.Neg, env):
+        t = self.infer(e.operand, env)
+        if t is not None and t not in ("int", "float"):
+            self.error(e.span, f"cannot negate {describe(t)}")
+            return None
+        return t
+
+    def infer_BinOp(self, e: ast.BinOp, env):
+        left, right = self.infer(e.left, env), self.infer(e.right, env)
+        if left is None or right is None:
+            return None
+        return getattr(self, _BINOPS[e.op])(e, left, right)
+
+    def pipe(self, e: ast.BinOp, left: Type, right: Type):
+        for side, t in ((e.left, left), (e.right, right)):
+            if not isinstance(t, Stage):
+                self.error(side.span, f"`|>` joins stages, but `{self.snippet(side)}` is {describe(t)}")
+                return None
+        if left.returns not in right.accepts:
+            wants = " or ".join(f"a {a}" for a in sorted(right.accepts, key=[QUESTION, POOL].index))
+            self.error(e.right.span, f"`{self.snippet(e.right)}` expects {wants}, "
+                       f"but `{self.snippet(e.left)}` gives {describe(left.returns)}")
+            return None
+        return Stage(left.accepts, right.returns)
+
+    def add(self, e: ast.BinOp, left: Type, right: Type):
+        if isinstance(left, Stage) and isinstance(right, Stage):
+            accepts = left.accepts & right.accepts
+            if not accepts:
+                self.error(e.span, f"`+` runs both sides on the same input, but `{self.snippet(e.left)}` "
+                           f"takes {' or '.join(sorted(left.accepts))} and `{self.snippet(e.right)}` "
+                           f"takes {' or '.join(sorted(right.accepts))}")
+                return None
+            return Stage(accepts, POOL)
+        return self.arithmetic(e, left, right)
+
+    def mul(self, e: ast.BinOp, left: Type, right: Type):
+        stage, count = (left, e.right) if isinstance(left, Stage) else (right, e.left)
+        if isinstance(stage, Stage):
+            count_t = right if stage is left else left
+            if count_t != "int":
+                self.error(count.span, f"a stage is repeated a whole number of times, "
+                           f"not {describe(count_t)}")
+                return None
+            return Stage(stage.accepts, POOL)
+        return self.arithmetic(e, left, right)
+
+    def arithmetic(self, e: ast.BinOp, left: Type, right: Type):
+        if left in ("int", "float") and right in ("int", "float"):
+            return "int" if left == right == "int" else "float"
+        self.error(e.span, f"cannot apply `{e.op}` to {describe(left)} and {describe(right)}")
+        return None
+
+    def infer_Match(self, e: ast.Match, env):
+        head = e.head
+        if head.func != "difficulty":
+            self.error(head.span, f"`match` takes `difficulty(...)`, not `{head.func}(...)`")
+            return None
+        args = self.bind(DIFFICULTY, head, env)
+        bins_expr = args.get("bins")
+        if bins_expr is None:
+            bins = DIFFICULTY.param("bins").default
+        elif isinstance(bins_expr, ast.Int):
+            bins = bins_expr.value
+        else:
+            self.error(bins_expr.span, "`bins` must be a literal integer, so arms can be checked")
+            return None
+        self.check_arms(e, bins)
+        types = [(arm, self.infer(arm.body, env)) for arm in e.arms]
+        returns = set()
+        for arm, t in types:
+            if t is None:
+                continue
+            if not isinstance(t, Stage) or QUESTION not in t.accepts:
+                self.error(arm.body.span, f"a match arm is a stage that takes the question, "
+                           f"not {describe(t)}")
+            else:
+                returns.add(t.returns)
+        if len(returns) > 1:
+            self.error(e.span, "match arms disagree: some give a Pool and some an Answer")
+            return None
+        return Stage(frozenset({QUESTION}), returns.pop()) if returns else None
+
+    def check_arms(self, e: ast.Match, bins: int) -> None:
+        covered: dict[int, ast.Arm] = {}
+        for i, arm in enumerate(e.arms):
+            if isinstance(arm.pattern, ast.Wildcard):
+                if i != len(e.arms) - 1:
+                    self.error(arm.pattern.span, "`_` must be the last arm")
+                elif len(covered) == bins:
+                    self.error(arm.pattern.span, f"`_` is unreachable: bins 1..{bins} are all covered")
+                covered.update({b: arm for b in range(1, bins + 1) if b not in covered})
+                continue
+            lo, hi = arm.pattern.lo, arm.pattern.hi
+            if lo > hi:
+                self.error(arm.pattern.span, f"empty bin range {lo}..{hi}; write {hi}..{lo}")
+                continue
+            if lo < 1 or hi > bins:
+                self.error(arm.pattern.span, f"bin range {lo}..{hi} is outside 1..{bins}")
+                continue
+            for b in range(lo, hi + 1):
+                if b in covered:
+                    self.error(arm.pattern.span, f"bin {b} is already covered by the arm at "
+                               f"{covered[b].span.line}:{covered[b].span.col}")
+                    break
+            covered.update({b: arm for b in range(lo, hi + 1) if b not in covered})
+        missing = [b for b in range(1, bins + 1) if b not in covered]
+        if missing:
+            self.error(e.span, f"bin{'s' * (len(missing) > 1)} {', '.join(map(str, missing))} "
+                       f"not covered by any arm", "add arms for them, or a last `_ => ...` arm")
+
+    # ---- arguments -----------------------------------------------------------------------
+
+    def bind(self, sig: Signature, call: ast.Call, env) -> dict[str, ast.Expr]:
+        """Match a call's arguments to a signature and check their types; returns name -> expr."""
+        bound, errors = bind_arguments(sig, call)
+        for span, message in errors:
+            self.error(span, message)
+        for name, expr in bound.items():
+            param = sig.param(name)
+            t = self.infer(expr, env)
+            if t is not None and not assignable(t, param.type):
+                self.error(expr.span, f"`{sig.name}` argument `{name}` must be {describe(param.type)}, "
+                           f"not {describe(t)}")
+        return bound
+
+
+_BINOPS = {"|>": "pipe", "+": "add", "*": "mul", "-": "arithmetic", "/": "arithmetic", "%": "arithmetic"}
+
+
+def strategy_signature(decl: ast.StrategyDecl) -> Signature:
+    """A strategy's parameters as a Signature, so its calls bind like a primitive's."""
+    params = tuple(
+        Param(p.name, p.type, REQUIRED if p.default is None else p.default)
+        for p in decl.params or ()
+    )
+    return Signature(decl.name, "strategy", params, "")
+
+
+def bind_arguments(sig: Signature, call: ast.Call) -> tuple[dict[str, ast.Expr], list]:
+    """Positional then keyword arguments matched to parameter names; generator options are
+    keyword-only. Returns the bound expressions and a list of (span, message) errors."""
+    errors: list = []
+    positional = [p for p in sig.params if p not in GENERATOR_OPTIONS]
+    bound: dict[str, ast.Expr] = {}
+    if len(call.args) > len(positional):
+        extra = call.args[len(positional)]
+        names = ", ".join(p.name for p in positional) or "none"
+        errors.append((extra.span, f"`{sig.name}` takes {len(positional)} positional argument"
+                       f"{'s' * (len(positional) != 1)} ({names}) but {len(call.args)} were given"))
+    for p, arg in zip(positional, call.args):
+        bound[p.name] = arg
+    names = [p.name for p in sig.params]
+    for kw in call.kwargs:
+        if kw.name not in names:
+            close = difflib.get_close_matches(kw.name, names, n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            errors.append((ast.sub_span(kw.span, 0, len(kw.name)),
+                           f"`{sig.name}` has no parameter `{kw.name}`{hint}"))
+        elif kw.name in bound:
+            errors.append((kw.span, f"`{sig.name}` argument `{kw.name}` is given twice"))
+        else:
+            bound[kw.name] = kw.value
+    for p in sig.params:
+        if p.default is REQUIRED and p.name not in bound:
+            errors.append((call.span, f"`{sig.name}` is missing its argument `{p.name}` ({p.type})"))
+    return bound, errors

@@ -1,0 +1,177 @@
+"""The `ttcl` command. Exit codes: 0 fine, 1 errors in a program, 2 usage errors.
+
+Every failure is one clear message (with the source line and a caret for program errors),
+never a traceback. Heavy modules are imported only by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.text import Text
+
+from .errors import TTCLError, UsageError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (also used by `python -m ttcl`)."""
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except TTCLError as e:
+        _report(e)
+        return e.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _report(e: TTCLError) -> None:
+    """Each diagnostic's first line in bold red, then its source excerpt and notes."""
+    for block in e.render().split("\n\n"):
+        first, _, rest = block.partition("\n")
+        err.print(Text(first, style="bold red"), Text("\n" + rest if rest else ""), sep="")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="ttcl", description="Test-time compute programs for LLMs.")
+    p.add_argument("--version", action="version", version=f"ttcl {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("check", help="parse and type-check programs")
+    c.add_argument("files", nargs="+", metavar="FILE")
+    c.set_defaults(run=cmd_check)
+
+    f = sub.add_parser("fmt", help="print the canonical formatting of programs")
+    f.add_argument("files", nargs="+", metavar="FILE")
+    mode = f.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="rewrite the files in place")
+    mode.add_argument("--check", action="store_true", help="exit 1 if a file would change")
+    f.set_defaults(run=cmd_fmt)
+
+    g = sub.add_parser("graph", help="show the compiled DAG")
+    _program_args(g)
+    g.add_argument("--format", choices=("text", "dot", "mermaid"), default="text")
+    g.set_defaults(run=cmd_graph)
+
+    a = sub.add_parser("parse", help="show the AST or the IR")
+    _program_args(a)
+    a.add_argument("--emit", choices=("ast", "ir"), default="ast")
+    a.set_defaults(run=cmd_parse)
+
+    o = sub.add_parser("compile", help="write the compiled program as a JSON artifact")
+    _program_args(o)
+    o.add_argument("-o", "--output", required=True, metavar="OUT.json")
+    o.set_defaults(run=cmd_compile)
+    return p
+
+
+def _program_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--program", metavar="NAME", help="which program of the file (default: main)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a program parameter (repeatable)")
+
+
+def _params(args) -> dict[str, str]:
+    params = {}
+    for item in args.param:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise UsageError(f"--param takes NAME=VALUE, got {item!r}")
+        params[name.strip()] = value.strip()
+    return params
+
+
+def _load(args):
+    from .program import load
+
+    return load(args.file, args.program, _params(args))
+
+
+# ---- commands ------------------------------------------------------------------------------
+
+
+def cmd_check(args) -> int:
+    from .program import check_programs, check_source
+    from .source import read_source
+
+    status = 0
+    for path in args.files:
+        try:
+            programs = check_programs(check_source(read_source(path), path))
+        except TTCLError as e:
+            _report(e)
+            status = max(status, e.exit_code)
+            continue
+        names = ", ".join(p.name for p in programs) or "no programs"
+        out.print(f"{path}: ok ({names})")
+    return status
+
+
+def cmd_fmt(args) -> int:
+    from .formatter import format_source
+    from .source import read_source
+
+    status = 0
+    for path in args.files:
+        try:
+            text = read_source(path)
+            formatted = format_source(text, path)
+        except TTCLError as e:
+            _report(e)
+            status = max(status, e.exit_code)
+            continue
+        if args.check:
+            if formatted != text:
+                out.print(f"{path}: would be reformatted")
+                status = max(status, 1)
+        elif args.write:
+            if formatted != text:
+                Path(path).write_text(formatted, encoding="utf-8")
+                out.print(f"{path}: reformatted")
+        else:
+            sys.stdout.write(formatted)
+    return status
+
+
+def cmd_graph(args) -> int:
+    from .draw import FORMATS
+
+    sys.stdout.write(FORMATS[args.format](_load(args).graph))
+    return 0
+
+
+def cmd_parse(args) -> int:
+    if args.emit == "ir":
+        sys.stdout.write(_load(args).ir.model_dump_json(indent=1) + "\n")
+        return 0
+    from .ast import to_data
+    from .parser import parse
+    from .source import read_source
+
+    module = parse(read_source(args.file), args.file)
+    sys.stdout.write(json.dumps(to_data(module), indent=1) + "\n")
+    return 0
+
+
+def cmd_compile(args) -> int:
+    program = _load(args)
+    try:
+        program.save(args.output)
+    except OSError as e:
+        raise UsageError(f"{args.output}: cannot write: {e.strerror or e}") from None
+    out.print(f"{args.output}: program {program.name}, {len(program.graph)} nodes, "
+              f"{program.ir.generations} generations")
+    return 0

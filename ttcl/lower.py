@@ -1,0 +1,249 @@
+"""Lowering: a program's rewritten body to the IR, a `networkx.DiGraph` of primitive operations.
+
+Nodes are integers with attributes `op`, `params`, `type` (what the node gives), `span`,
+`generations` (its static count) and `origin` (the strategy calls it was expanded from).
+Edges carry data; `slot` orders the inputs of a `union` or `merge`, `guard` marks the entry
+into a `match` arm (the list of bins it takes) and `probe` marks the difficulty probe pool
+joining an arm. Graph attributes hold the declarations the nodes refer to by name.
+
+    question -> sample(16) -> best(prm) -> output
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from . import ast
+from .checker import Checked, bind_arguments
+from .errors import CheckError, Diagnostic
+from .signatures import (
+    ANSWER, BUILTIN_VERIFIERS, DEFAULT_MODEL, DEFAULT_MODEL_NAME, DIFFICULTY, MODELS, POOL,
+    QUESTION, REQUIRED, STAGES, VERIFIERS, Signature, step_level,
+)
+
+MAX_NODES = 10_000  # a `* k` that expands past this is almost surely a typo
+
+
+@dataclass
+class Lowering:
+    checked: Checked
+    program: ast.ProgramDecl
+    graph: nx.DiGraph = field(default_factory=nx.DiGraph)
+    errors: list[Diagnostic] = field(default_factory=list)
+    origin: tuple[str, ...] = ()
+    probe: int | None = None  # a difficulty node whose probe pool awaits the arm's first selector
+
+    def error(self, span, message: str, *notes: str) -> None:
+        self.errors.append(Diagnostic(message, span, tuple(notes)))
+
+    def add(self, op: str, span, type_: str, params: dict | None = None, generations: int = 0, inputs=()) -> int:
+        if len(self.graph) >= MAX_NODES:
+            raise CheckError(f"program `{self.program.name}` expands to more than {MAX_NODES} "
+                             "operations", self.program.name_span)
+        node = len(self.graph)
+        self.graph.add_node(node, op=op, params=params or {}, type=type_, span=span,
+                            generations=generations, origin=self.origin)
+        for slot, src in enumerate(inputs):
+            self.graph.add_edge(src, node, slot=slot)
+        return node
+
+    # ---- expressions: each returns (output node, static generation count) -----------------
+
+    def lower(self, expr: ast.Expr, src: int) -> tuple[int, int]:
+        return getattr(self, f"lower_{type(expr).__name__}")(expr, src)
+
+    def lower_Inlined(self, e: ast.Inlined, src: int):
+        outer, self.origin = self.origin, self.origin + (f"{e.strategy}@{e.span.line}:{e.span.col}",)
+        try:
+            return self.lower(e.body, src)
+        finally:
+            self.origin = outer
+
+    def lower_Name(self, e: ast.Name, src: int):
+        return self.lower_Call(ast.Call(span=e.span, func=e.id), src)
+
+    def lower_Call(self, e: ast.Call, src: int):
+        sig = STAGES[e.func]
+        params = self.arguments(sig, e)
+        if sig.kind == "generator" and "model" not in params:
+            params["model"] = self.default_model()
+        if sig.kind == "selector" and self.probe is not None:
+            src = self.add("union", e.span, POOL, inputs=(src, self.probe))
+            self.graph.edges[self.probe, src]["probe"] = True
+            self.probe = None
+        gens = _safe(sig.generations, params) or 0
+        return self.add(e.func, e.span, sig.returns, params, gens, inputs=(src,)), gens
+
+    def lower_BinOp(self, e: ast.BinOp, src: int):
+        if e.op == "|>":
+            mid, g1 = self.lower(e.left, src)
+            out, g2 = self.lower(e.right, mid)
+            return out, g1 + g2
+        if e.op == "+":
+            outs = [self.lower(part, src) for part in _union_parts(e)]
+            return self.add("union", e.span, POOL, inputs=[o for o, _ in outs]), sum(g for _, g in outs)
+        stage, count = (e.left, e.right) if isinstance(e.right, ast.Int) else (e.right, e.left)
+        if not isinstance(count, ast.Int) or count.value < 1:
+            self.error(count.span, f"a stage is repeated a positive number of times, not {_show(count)}")
+            return self.lower(stage, src)
+        outs = [self.lower(stage, src) for _ in range(count.value)]
+        return self.add("union", e.span, POOL, {"repeat": count.value},
+                        inputs=[o for o, _ in outs]), sum(g for _, g in outs)
+
+    def lower_Match(self, e: ast.Match, src: int):
+        params = self.arguments(DIFFICULTY, e.head)
+        bins = params.get("bins", 5)
+        head = self.add("difficulty", e.head.span, QUESTION, params, params.get("probe", 0), inputs=(src,))
+        outs, arm_generations = [], []
+        for arm in e.arms:
+            guard = _guard(arm, e, bins)
+            before = set(self.graph.successors(head))
+            out, generations = self.lower_arm(arm, head)
+            for entry in set(self.graph.successors(head)) - before:
+                self.graph.edges[head, entry]["guard"] = guard
+            outs.append((out, guard))
+            arm_generations.append(generations)
+        merge = self.add("merge", e.span, self.graph.nodes[outs[0][0]]["type"], {"bins": bins})
+        for slot, (out, guard) in enumerate(outs):
+            self.graph.add_edge(out, merge, slot=slot, guard=guard)
+        return merge, params.get("probe", 0) + max(arm_generations)
+
+    def lower_arm(self, arm: ast.Arm, head: int) -> tuple[int, int]:
+        """Lower one arm; the probe pool joins the arm's first selector, or its result."""
+        outer, self.probe = self.probe, head
+        out, generations = self.lower(arm.body, head)
+        if self.probe is not None:
+            out = self.add("union", arm.span, POOL, inputs=(out, head))
+            self.graph.edges[head, out]["probe"] = True
+        self.probe = outer
+        return out, generations
+
+    # ---- arguments and declarations ------------------------------------------------------
+
+    def arguments(self, sig: Signature, call: ast.Call) -> dict:
+        """Bound argument values with defaults filled in and limits checked."""
+        bound, _ = bind_arguments(sig, call)
+        values = {}
+        for p in sig.params:
+            expr = bound.get(p.name)
+            value = p.default if expr is None else self.value(expr, p.type)
+            if value is None or value is REQUIRED:
+                continue
+            span = expr.span if expr is not None else call.span
+            self.check_limits(sig, p, value, span)
+            values[p.name] = value
+        if not self.errors:
+            problem = _safe(sig.rule, values)
+            if problem:
+                self.error(call.span, f"`{sig.name}`: {problem}")
+        return values
+
+    def check_limits(self, sig: Signature, p, value, span) -> None:
+        if p.minimum is not None and value < p.minimum:
+            self.error(span, f"`{sig.name}` argument `{p.name}` must be at least {p.minimum:g}, got {value}")
+        elif p.maximum is not None and value > p.maximum:
+            self.error(span, f"`{sig.name}` argument `{p.name}` must be at most {p.maximum:g}, got {value}")
+        elif p.choices is not None and value not in p.choices:
+            self.error(span, f"`{sig.name}` argument `{p.name}` must be one of "
+                       f"{', '.join(map(repr, p.choices))}, got {value!r}")
+        elif p.step_level and not step_level(self.graph.graph["verifiers"][value]):
+            self.error(span, f"`{sig.name}` needs a step-level verifier (a PRM), but `{value}` "
+                       "scores only whole answers", "use self_verify(...), check(...) or a prm")
+
+    def value(self, expr: ast.Expr, type_: str):
+        """A literal's Python value, or the name of a declaration (registered in the graph)."""
+        if isinstance(expr, (ast.Int, ast.Float, ast.Str, ast.Bool)):
+            return float(expr.value) if type_ == "float" else expr.value
+        if isinstance(expr, ast.Neg):
+            return -self.value(expr.operand, type_)
+        if isinstance(expr, ast.Name) and type_ in ("model", "verifier", "prompt"):
+            return getattr(self, f"declare_{type_}")(expr.id)
+        self.error(expr.span, f"expected a constant {type_} here, got `{_show(expr)}`")
+        return None
+
+    def declare_model(self, name: str) -> str:
+        models = self.graph.graph["models"]
+        if name not in models:
+            decl = self.checked.definitions[name]
+            models[name] = {"kind": decl.value.func, **self.arguments(MODELS[decl.value.func], decl.value)}
+        return name
+
+    def default_model(self) -> str:
+        first = next((s for s in self.checked.workspace.main.statements if isinstance(s, ast.ModelDecl)), None)
+        if first is not None:
+            return self.declare_model(first.name)
+        self.graph.graph["models"].setdefault(DEFAULT_MODEL_NAME, dict(DEFAULT_MODEL))
+        return DEFAULT_MODEL_NAME
+
+    def declare_verifier(self, name: str) -> str:
+        verifiers = self.graph.graph["verifiers"]
+        if name in verifiers:
+            return name
+        if name in BUILTIN_VERIFIERS:
+            verifiers[name] = dict(BUILTIN_VERIFIERS[name])
+            return name
+        value = self.checked.definitions[name].value
+        if isinstance(value, ast.Name):  # an alias: `verifier v = prm`
+            verifiers[name] = verifiers[self.declare_verifier(value.id)]
+        else:
+            verifiers[name] = {"kind": value.func, **self.arguments(VERIFIERS[value.func], value)}
+        return name
+
+    def declare_prompt(self, name: str) -> str:
+        self.graph.graph["prompts"][name] = self.checked.definitions[name].template
+        return name
+
+
+def _safe(fn, values: dict):
+    """`fn(values)`, or None where an argument it needs was missing or already reported."""
+    try:
+        return fn(values)
+    except (KeyError, ZeroDivisionError, TypeError):
+        return None
+
+
+def _union_parts(e: ast.Expr) -> list[ast.Expr]:
+    """`a + b + c` as [a, b, c]: one union node, not a chain of them."""
+    if isinstance(e, ast.BinOp) and e.op == "+":
+        return _union_parts(e.left) + _union_parts(e.right)
+    return [e]
+
+
+def _guard(arm: ast.Arm, match: ast.Match, bins: int) -> list[int]:
+    """The bins an arm takes; `_` takes every bin that no earlier range names."""
+    def bins_of(a: ast.Arm) -> list[int]:
+        return list(range(a.pattern.lo, a.pattern.hi + 1))
+    if isinstance(arm.pattern, ast.Range):
+        return bins_of(arm)
+    taken = {b for a in match.arms if isinstance(a.pattern, ast.Range) for b in bins_of(a)}
+    return [b for b in range(1, bins + 1) if b not in taken]
+
+
+def _show(expr: ast.Expr) -> str:
+    from .formatter import format_expr
+    return format_expr(expr)
+
+
+def lower(body: ast.Expr, program: ast.ProgramDecl, checked: Checked, budgets: dict[str, float]) -> nx.DiGraph:
+    """Lower a rewritten program body to its IR graph; raise `CheckError` on value errors
+    (non-positive counts, a beam without a PRM, a budget the program cannot fit)."""
+    lowering = Lowering(checked, program)
+    g = lowering.graph
+    g.graph.update(program=program.name, models={}, verifiers={}, prompts={})
+    question = lowering.add("question", program.name_span, QUESTION)
+    out, generations = lowering.lower(body, question)
+    lowering.add("output", program.span, ANSWER, inputs=(out,))
+    g.graph["generations"] = generations
+    g.graph["budgets"] = budgets
+    limit = budgets.get("generations")
+    if limit is not None and generations > limit:
+        costly = sorted((n for n in g if g.nodes[n]["generations"]), key=lambda n: -g.nodes[n]["generations"])[:3]
+        names = ", ".join(f"{g.nodes[n]['op']} at {g.nodes[n]['span'].line}:{g.nodes[n]['span'].col} "
+                          f"({g.nodes[n]['generations']})" for n in costly)
+        lowering.error(program.name_span, f"program `{program.name}` needs {generations} generations "
+                       f"but its budget is {limit:g}", f"costliest: {names}")
+    if lowering.errors:
+        raise CheckError(lowering.errors)
+    return g

@@ -1,0 +1,205 @@
+"""The compile pipeline and the `Program` an app holds.
+
+    source -> parse + imports (loader) -> check -> passes -> lower -> Program (AST, IR, graph)
+
+`compile(text)` and `load(path)` are the public entry points; a `.json` path loads a compiled
+artifact instead of a source file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from . import ast, ir
+from .checker import Checked, check
+from .errors import CheckError, Diagnostic, TTCLError, UsageError
+from .loader import load as load_workspace
+from .lower import lower
+from .passes import PassContext, fold_constants, run_passes
+from .source import read_source
+
+
+class Program:
+    """A compiled program: its AST (when compiled from source), its IR document and graph."""
+
+    def __init__(self, doc: ir.IRDocument, checked: Checked | None = None):
+        self.ir = doc
+        self.checked = checked
+        self._graph = nx.freeze(ir.to_graph(doc))
+
+    @property
+    def name(self) -> str:
+        return self.ir.program
+
+    @property
+    def ast(self) -> ast.Module | None:
+        """The main module's AST; None for a program loaded from a compiled artifact."""
+        return self.checked.workspace.main if self.checked else None
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The IR as a frozen networkx DiGraph (see `lower.py` for its attributes)."""
+        return self._graph
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.ir.params)
+
+    def bind(self, **params: Any) -> Program:
+        """The same program compiled with some parameters changed: `prog.bind(budget=64)`."""
+        if self.checked is None:
+            raise UsageError("a program loaded from a compiled artifact has fixed parameters; "
+                             "compile it from source to change them")
+        return build(self.checked, self.name, {**self.params, **params})
+
+    def to_json(self) -> str:
+        """The compiled artifact (JSON with a checksum), loadable with `ttcl.load`."""
+        return ir.dumps(self.ir)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json(), encoding="utf-8")
+
+    def __repr__(self) -> str:
+        return f"<Program {self.name}: {len(self._graph)} nodes, {self.ir.generations} generations>"
+
+
+def compile(text: str, path: str | None = None, program: str | None = None,
+            params: dict[str, Any] | None = None) -> Program:
+    """Compile source text into a `Program` (`main`, or the only program, unless named).
+
+    Raises `TTCLError` (with spans) for any mistake in the text or the parameters.
+    """
+    checked = check_source(text, path)
+    return build(checked, choose_program(checked, program), params or {})
+
+
+def load(path: str | Path, program: str | None = None, params: dict[str, Any] | None = None) -> Program:
+    """Load a `.ttcl` source file, or a compiled `.json` artifact, as a `Program`."""
+    path = str(path)
+    if path.endswith(".json"):
+        if program is not None or params:
+            raise UsageError("a compiled artifact holds one program with fixed parameters")
+        return Program(ir.loads(_read_text(path), path))
+    return compile(read_source(path), path, program, params)
+
+
+def _read_text(path: str) -> str:
+    from .source import decode_source
+    try:
+        return decode_source(Path(path).read_bytes(), path)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory, not a compiled program") from None
+
+
+def check_source(text: str, path: str | None = None) -> Checked:
+    """Parse, resolve imports and check; raise `TTCLError` listing every problem found."""
+    ws = load_workspace(text, path)
+    try:
+        return check(ws)
+    except RecursionError:
+        raise CheckError("program is nested too deeply", ws.main.span).with_sources(ws.sources) from None
+
+
+def check_programs(checked: Checked) -> list[Program]:
+    """Compile every program of the main module with its default parameters, collecting all
+    errors (what `ttcl check` does after the checker itself)."""
+    programs, errors = [], []
+    for decl in checked.programs:
+        if any(p.default is None for p in decl.params or ()):
+            continue  # needs parameters from the caller; its types were checked already
+        try:
+            programs.append(build(checked, decl.name, {}))
+        except TTCLError as e:
+            errors.extend(e.diagnostics)
+    if errors:
+        raise CheckError(errors, sources=checked.workspace.sources)
+    return programs
+
+
+def choose_program(checked: Checked, name: str | None) -> str:
+    names = [p.name for p in checked.programs]
+    if name is not None:
+        if name not in names:
+            raise UsageError(f"no program `{name}`; this file defines: {', '.join(names) or 'none'}")
+        return name
+    if "main" in names or len(names) == 1:
+        return "main" if "main" in names else names[0]
+    if not names:
+        raise UsageError("this file defines no program (only definitions to import)")
+    raise UsageError(f"this file defines several programs ({', '.join(names)}); choose one "
+                     "(--program NAME, or program=... in Python)")
+
+
+def build(checked: Checked, name: str, params: dict[str, Any]) -> Program:
+    """Rewrite and lower one program with its parameters bound."""
+    decl = checked.definitions[name]
+    sources = checked.workspace.sources
+    try:
+        values = bind_params(decl, params)
+        bindings = {k: _literal(v, decl.span) for k, v in values.items()}
+        body = run_passes(decl.body, PassContext(checked.definitions, bindings))
+        graph = lower(body, decl, checked, module_budgets(checked, decl))
+    except RecursionError:
+        raise CheckError(f"program `{name}` is nested too deeply", decl.name_span).with_sources(sources) from None
+    except TTCLError as e:
+        raise e.with_sources(sources) from None
+    return Program(ir.to_document(graph, values), checked)
+
+
+def bind_params(decl: ast.ProgramDecl, given: dict[str, Any]) -> dict[str, Any]:
+    """The program's parameter values: given ones (converted from text when needed) over defaults."""
+    declared = {p.name: p for p in decl.params or ()}
+    unknown = [k for k in given if k not in declared]
+    if unknown:
+        raise UsageError(f"program `{decl.name}` has no parameter `{unknown[0]}`; "
+                         f"its parameters: {', '.join(declared) or 'none'}")
+    values = {}
+    for p in declared.values():
+        if p.name in given:
+            values[p.name] = convert(given[p.name], p.type, p.name)
+        elif p.default is not None:
+            folded = fold_constants(p.default, PassContext({}))
+            values[p.name] = convert(getattr(folded, "value", None), p.type, p.name)
+        else:
+            raise UsageError(f"program `{decl.name}` needs a value for `{p.name}` ({p.type})")
+    return values
+
+
+def convert(value: Any, type_: str, name: str) -> Any:
+    """A parameter value of the declared type; text from the command line is parsed."""
+    try:
+        if type_ == "bool":
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if type_ == "int" and (isinstance(value, bool) or isinstance(value, float)):
+            raise ValueError
+        return {"int": int, "float": float, "str": str}[type_](value)
+    except (ValueError, TypeError):
+        raise UsageError(f"parameter `{name}` must be {type_}, got {value!r}") from None
+
+
+def _literal(value: Any, span) -> ast.Expr:
+    kind = {bool: ast.Bool, int: ast.Int, float: ast.Float, str: ast.Str}[type(value)]
+    return kind(span=span, value=value)
+
+
+def module_budgets(checked: Checked, decl: ast.ProgramDecl) -> dict[str, float]:
+    """The budgets declared in the program's own file, as numbers."""
+    budgets = {}
+    for unit, b in checked.budgets.get(decl.span.path, {}).items():
+        amount = fold_constants(b.amount, PassContext({}))
+        if not isinstance(amount, (ast.Int, ast.Float)):
+            raise CheckError(f"a budget must be a constant number", b.amount.span)
+        budgets[unit] = amount.value
+    return budgets
+
+
+__all__ = ["Program", "compile", "load", "check_source", "check_programs", "Diagnostic"]

@@ -1,0 +1,184 @@
+"""Types and the signatures of everything built in: stages, model and verifier constructors.
+
+One table is the single source of truth for arity, argument types, defaults, value limits,
+stage types (what flows in and out) and generation counts; the checker, the lowering and the
+docs all read it, so a new primitive is one entry here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+# ---- types -------------------------------------------------------------------------------
+
+QUESTION, POOL, ANSWER = "Question", "Pool", "Answer"
+SCALARS = ("int", "float", "str", "bool")
+VALUE_TYPES = SCALARS + ("model", "verifier", "prompt")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """The type of a stage: the kinds of value it accepts and the kind it returns."""
+
+    accepts: frozenset[str]
+    returns: str
+
+    def __str__(self) -> str:
+        return f"{' | '.join(sorted(self.accepts, key=_FLOW_ORDER.index))} -> {self.returns}"
+
+
+_FLOW_ORDER = [QUESTION, POOL, ANSWER]
+Type = str | Stage  # a value type name, or a stage type
+
+
+def describe(t: Type) -> str:
+    """How a type reads in an error message: `an int`, `a verifier`, `a stage (Pool -> Answer)`."""
+    if isinstance(t, Stage):
+        return f"a stage ({t})"
+    return f"an {t}" if t[0].lower() in "aeiou" else f"a {t}"
+
+
+def assignable(actual: Type, expected: str) -> bool:
+    """Whether a value of type `actual` may be passed where `expected` is declared."""
+    return actual == expected or (actual == "int" and expected == "float")
+
+
+# ---- signatures --------------------------------------------------------------------------
+
+REQUIRED = object()  # the default of a parameter that must be given
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str
+    default: Any = REQUIRED
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+    step_level: bool = False  # a verifier argument that must score every step (beam search)
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A built-in callable. `kind` is generator, selector, difficulty, model or verifier."""
+
+    name: str
+    kind: str
+    params: tuple[Param, ...]
+    doc: str
+    returns: str = POOL
+    accepts: frozenset[str] = frozenset({QUESTION, POOL})
+    generations: Callable[[dict], int] = field(default=lambda args: 0)
+    rule: Callable[[dict], str | None] = field(default=lambda args: None)
+
+    @property
+    def stage(self) -> Stage:
+        return Stage(self.accepts, self.returns)
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+
+def _multiple_of_width(args: dict) -> str | None:
+    if args["n"] % args["width"]:
+        return f"n ({args['n']}) must be a multiple of width ({args['width']})"
+    return None
+
+
+# Options every generator takes; None means "inherit from the model".
+GENERATOR_OPTIONS = (
+    Param("model", "model", None, doc="the policy model (default: the file's first model)"),
+    Param("prompt", "prompt", None, doc="a prompt template with a {question} hole"),
+    Param("temperature", "float", None, minimum=0.0, maximum=10.0),
+    Param("max_tokens", "int", None, minimum=1, maximum=1_000_000),
+    Param("delimiter", "str", None, doc='the step delimiter (default "\\n\\n")'),
+)
+MAX_COUNT = 1_000_000  # samples per stage: far beyond any real budget, below anything absurd
+_N = Param("n", "int", minimum=1, maximum=MAX_COUNT, doc="number of generations")
+_V = Param("v", "verifier", doc="the verifier that scores candidates")
+_STEP_V = Param("v", "verifier", step_level=True, doc="a step-level verifier (PRM)")
+_WIDTH = Param("width", "int", 4, minimum=1, maximum=MAX_COUNT, doc="proposals per beam (m)")
+_DEPTH = Param("depth", "int", 40, minimum=1, maximum=1000, doc="maximum steps")
+
+_STAGES = (
+    Signature("sample", "generator", (_N,) + GENERATOR_OPTIONS,
+              "n independent samples, one batched call with the prompt prefilled once",
+              generations=lambda a: a["n"]),
+    Signature("revise", "generator",
+              (Param("k", "int", minimum=1, maximum=MAX_COUNT, doc="attempts in the chain"),
+               Param("context", "int", 4, minimum=0, maximum=4, doc="previous attempts in context"))
+              + GENERATOR_OPTIONS,
+              "a chain of k sequential attempts, each conditioned on up to 4 previous ones",
+              generations=lambda a: a["k"]),
+    Signature("beam", "generator", (_N, _STEP_V, _WIDTH, _DEPTH) + GENERATOR_OPTIONS,
+              "PRM beam search: keep the top n/width partial solutions by step score, "
+              "expand each with width proposals, until every beam ends or depth steps",
+              generations=lambda a: a["n"], rule=_multiple_of_width),
+    Signature("lookahead", "generator",
+              (_N, _STEP_V, _WIDTH, Param("k", "int", 2, minimum=1, maximum=100, doc="rollout steps"),
+               _DEPTH) + GENERATOR_OPTIONS,
+              "beam search scored at the end of a greedy k-step rollout; costs about n(k+1)",
+              generations=lambda a: a["n"] * (a["k"] + 1), rule=_multiple_of_width),
+    Signature("dvts", "generator", (_N, _STEP_V, _WIDTH, _DEPTH) + GENERATOR_OPTIONS,
+              "diverse verifier tree search: n/width independent subtrees, each searched "
+              "greedily by the verifier", generations=lambda a: a["n"], rule=_multiple_of_width),
+    Signature("vote", "selector", (), "majority over the extracted final answers",
+              accepts=frozenset({POOL}), returns=ANSWER),
+    Signature("best", "selector", (_V,), "the candidate with the highest verifier score",
+              accepts=frozenset({POOL}), returns=ANSWER),
+    Signature("weighted_vote", "selector", (_V,),
+              "best-of-N weighted: sum the scores of candidates sharing an answer, take the largest",
+              accepts=frozenset({POOL}), returns=ANSWER),
+)
+STAGES: dict[str, Signature] = {s.name: s for s in _STAGES}
+
+DIFFICULTY = Signature(
+    "difficulty", "difficulty",
+    (_V, Param("probe", "int", 4, minimum=1, maximum=1024, doc="probe samples (kept as candidates)"),
+     Param("bins", "int", 5, minimum=2, maximum=20, doc="quantile bins")),
+    "bin the question by the mean verifier score of a few probe samples",
+    accepts=frozenset({QUESTION}), returns=QUESTION,
+    generations=lambda a: a["probe"],
+)
+
+_AGG = Param("agg", "str", "last", choices=("last", "min", "prod"), doc="step score aggregation")
+
+MODELS: dict[str, Signature] = {s.name: s for s in (
+    Signature("llama", "model", (
+        Param("path", "str", doc='a GGUF file, or a known name such as "smollm2-135m"'),
+        Param("temperature", "float", 0.8, minimum=0.0, maximum=10.0),
+        Param("top_p", "float", 1.0, minimum=0.0, maximum=1.0),
+        Param("top_k", "int", 0, minimum=0),
+        Param("max_tokens", "int", 256, minimum=1, maximum=1_000_000),
+        Param("n_ctx", "int", 4096, minimum=16, maximum=1_048_576),
+        Param("n_gpu_layers", "int", 0, minimum=-1),
+        Param("threads", "int", 0, minimum=0, doc="0: one per core"),
+    ), "a GGUF model run by llama.cpp"),
+)}
+
+VERIFIERS: dict[str, Signature] = {s.name: s for s in (
+    Signature("self_verify", "verifier", (Param("m", "model"), _AGG),
+              "the model's own P(Yes) to 'is this step correct?', per step"),
+    Signature("check", "verifier", (Param("name", "str", choices=("arith",)), _AGG),
+              "a programmatic checker: `arith` checks each `a op b = c` in a step"),
+    Signature("registered", "verifier",
+              (Param("name", "str"), Param("steps", "bool", True), _AGG),
+              "a Python callable registered through the API (ttcl.register_verifier)"),
+)}
+
+# Verifiers that exist without a declaration. `oracle` grades against the ground truth, so it
+# scores whole answers only and serves evaluation and oracle difficulty.
+BUILTIN_VERIFIERS = {"oracle": {"kind": "oracle", "agg": "last", "steps": False}}
+
+DEFAULT_MODEL = {"kind": "llama", "path": "smollm2-135m"}
+DEFAULT_MODEL_NAME = "policy"
+
+RESERVED = set(STAGES) | set(MODELS) | set(VERIFIERS) | set(BUILTIN_VERIFIERS) | {"difficulty"}
+
+
+def step_level(verifier: dict) -> bool:
+    """Whether a resolved verifier declaration scores individual steps (a PRM)."""
+    return verifier["kind"] != "oracle" and verifier.get("steps", True)
