@@ -36,17 +36,23 @@ def order(graph: nx.DiGraph) -> list[int]:
 
 
 def to_text(graph: nx.DiGraph) -> str:
-    """One line per operation: id, call, inputs, static generations, and source position."""
+    """One line per operation in topological order: id, call, output type, inputs (with arm
+    guards), and the source position it came from (with the strategy calls it was inlined
+    from). Declarations follow."""
     g = graph.graph
     lines = [f"program {g['program']}: {g['generations']} generations"
              + "".join(f"; budget {v:g} {k}" for k, v in g.get("budgets", {}).items())]
+    rows = []
     for n in order(graph):
         attrs = graph.nodes[n]
+        preds = sorted(graph.predecessors(n), key=lambda u: graph.edges[u, n]["slot"])
         inputs = ", ".join(f"n{u}" + (f" [{_edge_label(graph.edges[u, n])}]" if _edge_label(graph.edges[u, n]) else "")
-                           for u in sorted(graph.predecessors(n), key=lambda u: graph.edges[u, n]["slot"]))
-        origin = f"  in {' > '.join(attrs['origin'])}" if attrs.get("origin") else ""
-        line = f"  n{n:<3} {label(graph, n):<44} <- {inputs or '-':<18} {attrs['type']:<8} {attrs['span']}{origin}"
-        lines.append(line.rstrip())
+                           for u in preds)
+        where = str(attrs["span"]) + (f" (in {' > '.join(attrs['origin'])})" if attrs.get("origin") else "")
+        rows.append((f"n{n}", label(graph, n), attrs["type"], f"<- {inputs}" if inputs else "", where))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths + [0])).rstrip())
     for kind in ("models", "verifiers", "prompts"):
         for name, decl in g.get(kind, {}).items():
             shown = json.dumps(decl) if isinstance(decl, str) else ", ".join(f"{k}={_value(v)}" for k, v in decl.items())

@@ -117,6 +117,15 @@ def _definition(keyword: str, s, comments) -> list[str]:
     return [head] + layout(s.body, INDENT, comments)
 
 
+def layout(e: ast.Expr, indent: str, comments=()) -> list[str]:
+    """Lines for an expression that does not fit after its `=` or `=>`: on its own indented
+    line if it fits there, else a pipeline breaks before each `|>` and a match puts each arm
+    on its own line."""
+    if not _has_match(e) and len(indent + format_expr(e)) <= WIDTH:
+        return [indent + format_expr(e)]
+    return _broken(e, indent, comments)
+
+
 def _param(p: ast.Param) -> str:
     default = f" = {format_expr(p.default)}" if p.default is not None else ""
     return f"{p.name}: {p.type}{default}"
@@ -131,9 +140,7 @@ def _has_match(e: ast.Expr) -> bool:
 # ---- multi-line layout -------------------------------------------------------------------
 
 
-def layout(e: ast.Expr, indent: str, comments=()) -> list[str]:
-    """Lines for an expression that does not fit on one: a pipeline breaks before each `|>`,
-    and a match puts each arm on its own line."""
+def _broken(e: ast.Expr, indent: str, comments=()) -> list[str]:
     stages = _pipeline(e)
     lines: list[str] = []
     for i, stage in enumerate(stages):

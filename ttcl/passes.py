@@ -36,9 +36,14 @@ def substitute(expr: ast.Expr, mapping: Mapping[str, ast.Expr]) -> ast.Expr:
 def bind_parameters(expr: ast.Expr, ctx: PassContext) -> ast.Expr:
     """Put the program's parameter values in place of their names.
 
-    `program main(n: int = 16) = sample(n) |> vote` becomes `sample(16) |> vote`.
+    `program main(n: int = 16) = sample(n) |> vote` becomes `sample(16) |> vote`. Each value
+    takes the span of the name it replaces, so an error about it points at the use.
     """
-    return substitute(expr, ctx.bindings)
+    def visit(node):
+        if isinstance(node, ast.Name) and node.id in ctx.bindings:
+            return ctx.bindings[node.id].model_copy(update={"span": node.span})
+        return ast.map_children(node, visit)
+    return visit(expr)
 
 
 def inline_strategies(expr: ast.Expr, ctx: PassContext) -> ast.Expr:
