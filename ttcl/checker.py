@@ -83,7 +83,9 @@ class Checker:
     # ---- driver --------------------------------------------------------------------------
 
     def run(self) -> Checked:
-        for module in self.ws.modules:
+        # Imported definitions are declared first, as their `import` lines come first: a
+        # clash is then reported in the file that brought it.
+        for module in self.ws.modules[1:] + self.ws.modules[:1]:
             for stmt in module.statements:
                 self.declare(stmt, module)
         for module in self.ws.modules:
@@ -159,7 +161,10 @@ class Checker:
                        "so the question would never reach the model")
 
     def check_StrategyDecl(self, stmt: ast.StrategyDecl) -> None:
-        self.strategy_type(stmt.name)
+        if self.out.definitions.get(stmt.name) is stmt:
+            self.strategy_type(stmt.name)
+        else:  # a refused duplicate or reserved name: its body still deserves a check
+            self.infer(stmt.body, self.params_env(stmt.params or (), VALUE_TYPES, "strategy"))
 
     def check_ProgramDecl(self, stmt: ast.ProgramDecl) -> None:
         env = self.params_env(stmt.params or (), SCALARS, "program")

@@ -91,7 +91,7 @@ class _Statements:
 
     @staticmethod
     def PromptDecl(s: ast.PromptDecl, comments):
-        return f"prompt {s.name} = {format_string(s.template)}".split("\n")
+        return f"prompt {s.name} = {format_string(s.template, multiline=True)}".split("\n")
 
     @staticmethod
     def BudgetDecl(s: ast.BudgetDecl, comments):
@@ -167,12 +167,13 @@ def _match_lines(m: ast.Match, indent: str, comments) -> list[str]:
     width = max(map(len, patterns), default=0)
     lines = [f"match {format_expr(m.head)} {{"]
     taken: set[Comment] = set()
-    for arm, pattern in zip(m.arms, patterns):
+    ends = [a.span.start for a in m.arms[1:]] + [m.span.end]
+    for arm, pattern, next_start in zip(m.arms, patterns, ends):
         for c in comments:
             if c not in taken and c.start < arm.span.start:
                 lines.append(inner + c.text)
                 taken.add(c)
-        trailing = [c for c in comments if c not in taken and c.start >= arm.span.end
+        trailing = [c for c in comments if c not in taken and arm.span.end <= c.start < next_start
                     and c.line == arm.span.end_line]
         head = f"{inner}{pattern.ljust(width)} =>"
         one_line = f"{head} {format_expr(arm.body)}"
@@ -209,7 +210,8 @@ def format_expr(e: ast.Expr, parent: int = 0, right: bool = False) -> str:
         text = f"{format_expr(e.left, prec)} {e.op} {format_expr(e.right, prec, right=True)}"
         return f"({text})" if prec < parent or (prec == parent and right) else text
     if isinstance(e, ast.Neg):
-        return f"-{format_expr(e.operand, 4)}"
+        inner = format_expr(e.operand, 4)
+        return f"-({inner})" if isinstance(e.operand, ast.Neg) else f"-{inner}"
     if isinstance(e, ast.Int):
         return str(e.value)
     if isinstance(e, ast.Float):
@@ -246,15 +248,17 @@ def format_float(x: float) -> str:
     return text
 
 
-def format_string(value: str) -> str:
-    """A double-quoted string, triple-quoted when the text has newlines (prompt templates)."""
+def format_string(value: str, multiline: bool = False) -> str:
+    """A double-quoted string with escapes; with `multiline` (prompt templates), a text with
+    newlines is triple-quoted so it reads as it will be sent."""
     escaped = value.replace("\\", "\\\\")
-    if "\n" in value:
+    if multiline and "\n" in value:
         out = []
         for i, ch in enumerate(escaped):
             # a quote that could close the string early is escaped; all others stay readable
             needs = ch == '"' and (i == len(escaped) - 1 or escaped[i + 1] == '"')
             out.append('\\"' if needs else ch)
         return '"""' + "".join(out) + '"""'
-    escaped = escaped.replace('"', '\\"').replace("\t", "\\t").replace("\r", "\\r")
+    for char, escape in (('"', '\\"'), ("\n", "\\n"), ("\t", "\\t"), ("\r", "\\r")):
+        escaped = escaped.replace(char, escape)
     return f'"{escaped}"'
