@@ -28,3 +28,9 @@ def errors_of():
             return e.render()
         return None
     return run
+
+
+@pytest.fixture(autouse=True)
+def _run_from_the_repository_root(monkeypatch):
+    """Tests name files like `programs/beam.ttcl`, relative to the repository root."""
+    monkeypatch.chdir(ROOT)

@@ -142,9 +142,9 @@ class Lowering:
 
     def check_limits(self, sig: Signature, p, value, span) -> None:
         if p.minimum is not None and value < p.minimum:
-            self.error(span, f"`{sig.name}` argument `{p.name}` must be at least {p.minimum:g}, got {value}")
+            self.error(span, f"`{sig.name}` argument `{p.name}` must be at least {_number(p.minimum)}, got {value}")
         elif p.maximum is not None and value > p.maximum:
-            self.error(span, f"`{sig.name}` argument `{p.name}` must be at most {p.maximum:g}, got {value}")
+            self.error(span, f"`{sig.name}` argument `{p.name}` must be at most {_number(p.maximum)}, got {value}")
         elif p.choices is not None and value not in p.choices:
             self.error(span, f"`{sig.name}` argument `{p.name}` must be one of "
                        f"{', '.join(map(repr, p.choices))}, got {value!r}")
@@ -194,6 +194,10 @@ class Lowering:
     def declare_prompt(self, name: str) -> str:
         self.graph.graph["prompts"][name] = self.checked.definitions[name].template
         return name
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 def _safe(fn, values: dict):

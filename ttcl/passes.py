@@ -106,7 +106,7 @@ def fuse_repeated_samples(expr: ast.Expr, ctx: PassContext) -> ast.Expr:
             for call, count in ((node.left, node.right), (node.right, node.left)):
                 if (isinstance(call, ast.Call) and call.func == "sample" and isinstance(count, ast.Int)
                         and len(call.args) == 1 and isinstance(call.args[0], ast.Int)):
-                    n = ast.Int(span=call.args[0].span, value=call.args[0].value * count.value)
+                    n = ast.Int(span=node.span, value=call.args[0].value * count.value)
                     return call.model_copy(update={"args": (n,), "span": node.span})
         return node
     return visit(expr)

@@ -1,0 +1,78 @@
+"""Compiled artifacts: a program saved as JSON loads back to the same IR; bad ones are refused."""
+
+import json
+
+import pytest
+
+import ttcl
+from ttcl.errors import ArtifactError
+from ttcl.ir import checksum
+
+
+@pytest.fixture
+def artifact(tmp_path):
+    prog = ttcl.load("programs/per_difficulty.ttcl")
+    path = tmp_path / "prog.json"
+    prog.save(path)
+    return prog, path
+
+
+def test_round_trip(artifact):
+    prog, path = artifact
+    loaded = ttcl.load(path)
+    assert loaded.ir == prog.ir
+    assert loaded.ast is None
+    a, b = prog.graph, loaded.graph
+    assert dict(a.nodes(data=True)) == dict(b.nodes(data=True))
+    assert sorted(a.edges(data=True)) == sorted(b.edges(data=True))
+    assert a.graph == b.graph
+
+
+def _rewrite(path, change, fix_checksum=False):
+    data = json.loads(path.read_text())
+    change(data)
+    if fix_checksum:
+        data["checksum"] = checksum(data)
+    path.write_text(json.dumps(data))
+
+
+def test_tampered_artifact_is_refused(artifact):
+    _, path = artifact
+    _rewrite(path, lambda d: d["nodes"][2]["params"].update(k=1000))
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        ttcl.load(path)
+
+
+def test_other_version_is_refused(artifact):
+    _, path = artifact
+    _rewrite(path, lambda d: d.update(version=99), fix_checksum=True)
+    with pytest.raises(ArtifactError, match="IR version 99"):
+        ttcl.load(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["nodes"][1].update(op="teleport"), "malformed artifact at nodes.1.op"),
+    (lambda d: d["edges"].append({"source": 0, "target": 999, "slot": 0}), "missing node"),
+    (lambda d: d["edges"].append({"source": 16, "target": 0, "slot": 0}), "cycle"),
+    (lambda d: d["nodes"][2]["params"].update(model="ghost"), "undeclared model 'ghost'"),
+    (lambda d: d.update(extra=1), "malformed artifact at extra"),
+])
+def test_malformed_artifact_is_refused(artifact, change, message):
+    _, path = artifact
+    _rewrite(path, change, fix_checksum=True)
+    with pytest.raises(ArtifactError, match=message):
+        ttcl.load(path)
+
+
+@pytest.mark.parametrize("text, message", [("{not json", "invalid JSON"), ('{"a": 1}', "not a compiled TTCL program")])
+def test_not_an_artifact(tmp_path, text, message):
+    path = tmp_path / "x.json"
+    path.write_text(text)
+    with pytest.raises(ArtifactError, match=message):
+        ttcl.load(path)
+
+
+def test_artifact_parameters_are_fixed(artifact):
+    _, path = artifact
+    with pytest.raises(ttcl.TTCLError, match="fixed parameters"):
+        ttcl.load(path).bind(budget=4)
