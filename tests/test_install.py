@@ -18,7 +18,6 @@ def test_wheel_ships_grammar_and_stdlib(tmp_path):
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    program = 'import "search"\nprogram main = beam_search(8, self_verify(policy))\n'
     code = (
         "import ttcl, ttcl.parser as p\n"
         f"assert str(p.resource_dir('stdlib')).startswith({str(site)!r}), p.resource_dir('stdlib')\n"
@@ -30,4 +29,3 @@ def test_wheel_ships_grammar_and_stdlib(tmp_path):
                           env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "4"
-    del program

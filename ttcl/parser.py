@@ -60,11 +60,8 @@ def _parse(text: str, path: str | None) -> ast.Module:
 # ---- tree -> AST -------------------------------------------------------------------------
 
 
-def _span(path: str | None, meta_or_token) -> Span:
-    m = meta_or_token
-    if isinstance(m, Token):
-        return Span(path=path, line=m.line, col=m.column, end_line=m.end_line,
-                    end_col=m.end_column, start=m.start_pos, end=m.end_pos)
+def _span(path: str | None, m) -> Span:
+    """The span of a Lark token or rule (both carry the same position attributes)."""
     return Span(path=path, line=m.line, col=m.column, end_line=m.end_line,
                 end_col=m.end_column, start=m.start_pos, end=m.end_pos)
 
