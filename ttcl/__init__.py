@@ -9,5 +9,8 @@ __version__ = "0.1.0"
 
 from .errors import TTCLError  # noqa: E402
 from .program import Program, compile, load  # noqa: E402
+from .results import Candidate, Cost, Result  # noqa: E402
+from .verifiers import register_verifier  # noqa: E402
 
-__all__ = ["Program", "TTCLError", "compile", "load", "__version__"]
+__all__ = ["Candidate", "Cost", "Program", "Result", "TTCLError", "compile", "load",
+           "register_verifier", "__version__"]

@@ -70,6 +70,20 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--emit", choices=("ast", "ir"), default="ast")
     a.set_defaults(run=cmd_parse)
 
+    r = sub.add_parser("run", help="run a program on a question (or a JSONL file of them)")
+    _program_args(r)
+    source = r.add_mutually_exclusive_group(required=True)
+    source.add_argument("-q", "--question", help="the question")
+    source.add_argument("--questions", metavar="FILE.jsonl",
+                        help='one {"question": ..., "answer": ...} per line; results stream out per line')
+    r.add_argument("--answer", help="the ground truth (for the oracle verifier)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--time-limit", type=float, metavar="SECONDS", help="per question")
+    r.add_argument("--json", action="store_true", help="print results as JSON")
+    r.add_argument("--trace", metavar="OUT.jsonl", help="write every trace event, one per line")
+    r.add_argument("-o", "--output", metavar="OUT.jsonl", help="with --questions: write results here")
+    r.set_defaults(run=cmd_run)
+
     o = sub.add_parser("compile", help="write the compiled program as a JSON artifact")
     _program_args(o)
     o.add_argument("-o", "--output", required=True, metavar="OUT.json")
@@ -175,3 +189,9 @@ def cmd_compile(args) -> int:
     out.print(f"{args.output}: program {program.name}, {len(program.graph)} nodes, "
               f"{program.ir.generations} generations")
     return 0
+
+
+def cmd_run(args) -> int:
+    from .runner import run_command
+
+    return run_command(args, _load(args), out, err)

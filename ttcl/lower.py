@@ -94,6 +94,7 @@ class Lowering:
 
     def lower_Match(self, e: ast.Match, src: int):
         params = self.arguments(DIFFICULTY, e.head)
+        params["model"] = self.default_model()  # the probe samples come from the policy
         bins = params.get("bins", 5)
         head = self.add("difficulty", e.head.span, QUESTION, params, params.get("probe", 0), inputs=(src,))
         outs, arm_generations = [], []

@@ -19,6 +19,7 @@ from .errors import CheckError, Diagnostic, TTCLError, UsageError
 from .loader import load as load_workspace
 from .lower import lower
 from .passes import PassContext, fold_constants, run_passes
+from .results import Result
 from .source import read_source
 
 
@@ -54,6 +55,47 @@ class Program:
             raise UsageError("a program loaded from a compiled artifact has fixed parameters; "
                              "compile it from source to change them")
         return build(self.checked, self.name, {**self.params, **params})
+
+    # ---- running ------------------------------------------------------------------------
+
+    def run(self, question: str, seed: int = 0, backend=None, answer: str | None = None,
+            time_limit: float | None = None, thresholds: list[float] | None = None) -> Result:
+        """Run the program on one question. `backend` is a Backend for every model, a dict
+        from model name to Backend, or None for the declared models (llama.cpp). `answer` is
+        the ground truth, needed only by the `oracle` verifier."""
+        return self.run_many([{"question": question, "answer": answer}], seed, backend,
+                             time_limit, thresholds)[0]
+
+    def run_many(self, questions: list, seed: int = 0, backend=None, time_limit: float | None = None,
+                 thresholds: list[float] | None = None, on_result=None) -> list[Result]:
+        """Run many questions together, batching their requests; `questions` are strings or
+        dicts with "question" (and optionally "answer"). `on_result(index, result)` is called
+        as each question finishes, so callers can save results as they come."""
+        from .executor import Executor, Limits
+
+        pairs = [(q, None) if isinstance(q, str) else (q["question"], q.get("answer")) for q in questions]
+        budgets = self.ir.budgets
+        limits = Limits(budgets.get("generations"), budgets.get("tokens"), budgets.get("flops"), time_limit)
+        executor = Executor(self._graph, self._backend_lookup(backend), thresholds, on_result)
+        return executor.run(pairs, seed, limits)
+
+    async def arun(self, question: str, **kwargs) -> Result:
+        """`run` in a worker thread, so an asyncio app's event loop is not blocked."""
+        import asyncio
+
+        return await asyncio.to_thread(self.run, question, **kwargs)
+
+    def _backend_lookup(self, backend):
+        if backend is None:
+            from .backends.llama import backend_for
+
+            return lambda name: backend_for(self.ir.models[name])
+        if isinstance(backend, dict):
+            missing = set(self.ir.models) - set(backend)
+            if missing:
+                raise UsageError(f"no backend given for model(s) {', '.join(sorted(missing))}")
+            return backend.__getitem__
+        return lambda name: backend
 
     def to_json(self) -> str:
         """The compiled artifact (JSON with a checksum), loadable with `ttcl.load`."""

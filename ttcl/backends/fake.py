@@ -1,0 +1,70 @@
+"""A scripted, deterministic backend for fast tests of the runtime's algorithms.
+
+The script is a function from a request to the text the "model" writes. Tokens are
+whitespace-separated words, so token counts are easy to check by hand; stop strings and
+`max_tokens` behave as on a real backend. `next_token_probs` asks a second function.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .base import Counters, Generation, GenerationRequest
+
+
+def render(request: GenerationRequest) -> str:
+    """The prompt as one string: each message as `role: content`, then the prefix."""
+    return "\n".join(f"{m.role}: {m.content}" for m in request.messages) + "\n" + request.prefix
+
+
+class ScriptedBackend:
+    """`ScriptedBackend(lambda req: "The answer is 5.")` always answers 5."""
+
+    n_params = 1_000_000  # a made-up size, so FLOPs are defined
+
+    def __init__(self, script: Callable[[GenerationRequest], str],
+                 probs: Callable[[GenerationRequest, list[str]], list[float]] | None = None,
+                 name: str = "scripted"):
+        self.script = script
+        self.probs = probs or (lambda request, options: [1.0 / len(options)] * len(options))
+        self.name = name
+        self.counters = Counters()
+        self.batch_sizes: list[int] = []
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        self.counters.batches += 1
+        self.batch_sizes.append(len(requests))
+        seen: set[str] = set()
+        return [self._one(r, seen) for r in requests]
+
+    def _one(self, request: GenerationRequest, seen: set[str]) -> Generation:
+        prompt = render(request)
+        # identical prompts in one batch are decoded once, as a real backend shares them
+        prompt_tokens = 0 if prompt in seen else self.count_tokens(prompt)
+        seen.add(prompt)
+        text = self.script(request)
+        words = text.split(" ")
+        finish = "eos"
+        if len(words) > request.params.max_tokens:
+            text, finish = " ".join(words[: request.params.max_tokens]), "length"
+        generated = self.count_tokens(text)
+        for stop in request.params.stop:
+            if stop in text:
+                text, finish = text[: text.index(stop)], "stop"
+                generated = self.count_tokens(text) + 1
+        self.counters.prompt_tokens += prompt_tokens
+        self.counters.generated_tokens += generated
+        self.counters.decode_calls += 1
+        return Generation(text=text, prompt_tokens=prompt_tokens, generated_tokens=generated, finish=finish)
+
+    def next_token_probs(self, requests: list[GenerationRequest], options: list[str]) -> list[list[float]]:
+        seen: set[str] = set()
+        for r in requests:
+            prompt = render(r)
+            self.counters.prompt_tokens += 0 if prompt in seen else self.count_tokens(prompt)
+            seen.add(prompt)
+        self.counters.decode_calls += 1
+        return [self.probs(r, options) for r in requests]

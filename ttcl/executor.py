@@ -1,0 +1,301 @@
+"""The executor: walks the IR for one or many questions and batches what is ready.
+
+Every node runs as a generator (see `ops.py`). The scheduler advances all of them until each
+is waiting on an ask, groups the asks by model and kind, and sends each group to its backend
+as one batch: the samples of one node, the beams of a search, parallel branches and the
+questions of a `run_many` all share a batch. Budgets and time limits are checked before a
+batch goes out; a run that would overrun stops there with the best answer found so far, and
+so does every run on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import networkx as nx
+
+from .backends.base import Backend, BackendError
+from .ops import OPS, Generate, NodeContext, majority
+from .results import Candidate, Cost, NodeCost, Result, TraceEvent
+from .verifiers import Probs
+
+Value = Any  # a question (str), a Pool (list of candidates) or an Answer (a candidate or None)
+
+
+@dataclass
+class Limits:
+    """What one question may spend: the program's budgets and a wall-clock limit."""
+
+    generations: float | None = None
+    tokens: float | None = None
+    flops: float | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class Task:
+    run: QuestionRun
+    node: int
+    coro: Any
+    ask: Generate | Probs | None = None
+
+
+@dataclass
+class QuestionRun:
+    """The state of one question going through the graph."""
+
+    question: str
+    truth: str | None
+    seed: int
+    limits: Limits
+    values: dict[int, Value] = field(default_factory=dict)
+    dead: set[int] = field(default_factory=set)
+    candidates: list[Candidate] = field(default_factory=list)
+    cost: Cost = field(default_factory=Cost)
+    trace: list[TraceEvent] = field(default_factory=list)
+    bin: int | None = None
+    stopped: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+    _ids: int = 0
+
+    def next_id(self) -> int:
+        self._ids += 1
+        return self._ids - 1
+
+    def event(self, kind: str, node: int | None, op: str | None, detail: dict) -> None:
+        self.trace.append(TraceEvent(event=kind, node=node, op=op, detail=detail))
+
+    @property
+    def done(self) -> bool:
+        return self.stopped is not None
+
+
+class Executor:
+    """Runs one program's graph over questions with a backend per model name."""
+
+    def __init__(self, graph: nx.DiGraph, backends: Callable[[str], Backend],
+                 thresholds: list[float] | None = None, on_result: Callable[[int, Result], None] | None = None):
+        self.graph = graph
+        self.backends = backends
+        self.thresholds = thresholds
+        self.on_result = on_result
+        self.tasks: list[Task] = []
+        self.order = list(nx.lexicographical_topological_sort(graph))
+
+    # ---- driving ---------------------------------------------------------------------------
+
+    def run(self, questions: list[tuple[str, str | None]], seed: int, limits: Limits) -> list[Result]:
+        """Run every question; results in order, each reported to `on_result` as it finishes."""
+        runs = [QuestionRun(q, truth, seed, limits) for q, truth in questions]
+        finished: set[int] = set()
+        for run in runs:
+            self.finish(run, self.order[0], run.question)
+        try:
+            while True:
+                self.advance()
+                self.report(runs, finished)
+                if not self.tasks:
+                    break
+                self.dispatch()
+        except KeyboardInterrupt:
+            for run in runs:
+                if not self.complete(run):
+                    self.stop(run, "interrupted")
+        self.report(runs, finished)
+        return [self.result(r) for r in runs]
+
+    def advance(self) -> None:
+        """Step every task that is not waiting, until all wait on an ask or are done."""
+        progress = True
+        while progress:
+            progress = False
+            for task in list(self.tasks):
+                if task.ask is None and not task.run.done:
+                    self.step(task, None)
+                    progress = True
+
+    def step(self, task: Task, reply) -> None:
+        try:
+            task.ask = task.coro.send(reply)
+        except StopIteration as done:
+            self.tasks.remove(task)
+            self.finish(task.run, task.node, done.value)
+
+    def report(self, runs: list[QuestionRun], finished: set[int]) -> None:
+        for i, run in enumerate(runs):
+            if i not in finished and (self.complete(run) or run.done):
+                finished.add(i)
+                if self.on_result:
+                    self.on_result(i, self.result(run))
+
+    def complete(self, run: QuestionRun) -> bool:
+        return self.order[-1] in run.values
+
+    # ---- the graph walk --------------------------------------------------------------------
+
+    def finish(self, run: QuestionRun, node: int, value: Value) -> None:
+        """Record a node's value and start every successor whose inputs are now known."""
+        attrs = self.graph.nodes[node]
+        run.values[node] = value
+        if isinstance(value, list) and attrs["op"] in ("sample", "revise", "beam", "lookahead", "dvts", "difficulty"):
+            run.candidates.extend(value)
+        run.event("node", node, attrs["op"], _summary(value))
+        for succ in self.graph.successors(node):
+            self.consider(run, succ)
+
+    def consider(self, run: QuestionRun, node: int) -> None:
+        preds = list(self.graph.predecessors(node))
+        if any(p not in run.values and p not in run.dead for p in preds) or node in run.values:
+            return
+        live = [p for p in preds if p not in run.dead and self.passes_guard(run, p, node)]
+        op = self.graph.nodes[node]["op"]
+        if (op == "merge" and not live) or (op != "merge" and len(live) < len(preds)):
+            run.dead.add(node)
+            for succ in self.graph.successors(node):
+                self.consider(run, succ)
+            return
+        inputs = [self.input_of(run, p, node) for p in sorted(live, key=lambda p: self.graph.edges[p, node]["slot"])]
+        ctx = NodeContext(run=run, node=node, op=op, params=dict(self.graph.nodes[node]["params"]),
+                          inputs=inputs, models=self.graph.graph["models"],
+                          verifiers=self.graph.graph["verifiers"], prompts=self.graph.graph["prompts"],
+                          thresholds=self.thresholds)
+        self.tasks.append(Task(run, node, OPS[op](ctx)))
+
+    def passes_guard(self, run: QuestionRun, pred: int, node: int) -> bool:
+        guard = self.graph.edges[pred, node].get("guard")
+        return guard is None or run.bin in guard
+
+    def input_of(self, run: QuestionRun, pred: int, node: int) -> Value:
+        value = run.values[pred]
+        if self.graph.nodes[pred]["op"] == "difficulty" and not self.graph.edges[pred, node].get("probe"):
+            return run.question  # arms take the question; the probe pool joins by its own edge
+        return value
+
+    # ---- batching --------------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Send every waiting ask, grouped by (kind, model, options), one batch per group."""
+        groups: dict[tuple, list[Task]] = defaultdict(list)
+        for task in self.tasks:
+            if task.ask is not None and not task.run.done and self.affordable(task):
+                key = (type(task.ask).__name__, task.ask.model, tuple(getattr(task.ask, "options", ())))
+                groups[key].append(task)
+        self.tasks = [t for t in self.tasks if not t.run.done]
+        for (kind, model, options), tasks in groups.items():
+            tasks = [t for t in tasks if not t.run.done]
+            if not tasks:
+                continue
+            requests = [r for t in tasks for r in t.ask.requests]
+            backend = self.backends(model)
+            before = backend.counters.prompt_tokens
+            try:
+                replies = backend.next_token_probs(requests, list(options)) if kind == "Probs" \
+                    else backend.generate(requests)
+            except BackendError as e:
+                node = self.graph.nodes[tasks[0].node]
+                raise BackendError(f"{e.message} (in `{node['op']}` at {node['span']})") from None
+            # a verifier pass reports no per-request tokens: share the backend's count by requests
+            shares = _shares(backend.counters.prompt_tokens - before, [len(t.ask.requests) for t in tasks])
+            self.deliver(tasks, replies, kind, model, shares)
+
+    def deliver(self, tasks: list[Task], replies: list, kind: str, model: str, shares: list[int]) -> None:
+        at, size = 0, len(replies)
+        for task, share in zip(tasks, shares):
+            n = len(task.ask.requests)
+            mine, at = replies[at:at + n], at + n
+            self.account(task, mine, kind, share)
+            task.run.event("batch", task.node, self.graph.nodes[task.node]["op"],
+                           {"kind": kind, "model": model, "requests": n, "batch_size": size})
+            task.ask = None
+            self.step(task, mine)
+
+    def account(self, task: Task, replies: list, kind: str, share: int) -> None:
+        run, node = task.run, task.node
+        cost = run.cost.per_node.setdefault(node, NodeCost(op=self.graph.nodes[node]["op"]))
+        if kind == "Probs":
+            tokens = share
+            cost.verifier_prompt_tokens += tokens
+            run.cost.verifier_prompt_tokens += tokens
+            return
+        prompt = sum(g.prompt_tokens for g in replies)
+        generated = sum(g.generated_tokens for g in replies)
+        for target in (cost, run.cost):
+            target.generations += task.ask.generations
+            target.prompt_tokens += prompt
+            target.generated_tokens += generated
+
+    def affordable(self, task: Task) -> bool:
+        """Whether the task's next batch fits its question's budgets and time; stop it if not."""
+        run, limits = task.run, task.run.limits
+        if limits.seconds is not None and time.perf_counter() - run.started > limits.seconds:
+            self.stop(run, "time")
+            return False
+        pending = [t.ask for t in self.tasks if t.run is run and t.ask is not None]
+        generations = run.cost.generations + sum(a.generations for a in pending if isinstance(a, Generate))
+        tokens = run.cost.tokens + sum(_max_tokens(a) for a in pending)
+        if (limits.generations is not None and generations > limits.generations) or \
+                (limits.tokens is not None and tokens > limits.tokens) or \
+                (limits.flops is not None and self.flops(tokens, task) > limits.flops):
+            self.stop(run, "budget")
+            return False
+        return True
+
+    def flops(self, tokens: int, task: Task) -> float:
+        return 2.0 * getattr(self.backends(task.ask.model), "n_params", 0) * tokens
+
+    def stop(self, run: QuestionRun, why: str) -> None:
+        run.stopped = why
+        run.event("stop", None, None, {"reason": why})
+        self.tasks = [t for t in self.tasks if t.run is not run]
+
+    # ---- results ---------------------------------------------------------------------------
+
+    def result(self, run: QuestionRun) -> Result:
+        chosen = run.values.get(self.order[-1]) if self.complete(run) else self.best_so_far(run)
+        run.cost.flops = self.measured_flops(run)
+        return Result(question=run.question, answer=chosen.answer if chosen else None,
+                      text=chosen.text if chosen else None, candidates=run.candidates, cost=run.cost,
+                      stopped=None if self.complete(run) else run.stopped, bin=run.bin, seed=run.seed,
+                      elapsed_s=time.perf_counter() - run.started, trace=run.trace)
+
+    def best_so_far(self, run: QuestionRun) -> Candidate | None:
+        """A run stopped early answers with the best it has: the last selector's choice, else a
+        majority vote over every candidate made so far."""
+        for node in reversed(self.order):
+            value = run.values.get(node)
+            if isinstance(value, Candidate):
+                return value
+        return majority(run.candidates)
+
+    def measured_flops(self, run: QuestionRun) -> float | None:
+        sizes = {getattr(self.backends(m), "n_params", None) for m in self.graph.graph["models"]}
+        if len(sizes) != 1 or None in sizes:
+            return None  # per-model FLOPs need the cost model (issue 4)
+        return 2.0 * sizes.pop() * run.cost.tokens
+
+
+def _summary(value: Value) -> dict:
+    if isinstance(value, list):
+        return {"candidates": [c.id for c in value]}
+    if isinstance(value, Candidate):
+        return {"chosen": value.id, "answer": value.answer}
+    return {}
+
+
+def _shares(total: int, weights: list[int]) -> list[int]:
+    """`total` split in proportion to `weights`, in whole numbers that add up to it."""
+    whole = sum(weights) or 1
+    parts = [total * w // whole for w in weights]
+    parts[0] += total - sum(parts)
+    return parts
+
+
+def _max_tokens(ask) -> int:
+    """An upper bound on the tokens an ask can use: its prompts' words plus max_tokens."""
+    prompts = sum(sum(len(m.content.split()) for m in r.messages) + len(r.prefix.split()) for r in ask.requests)
+    if isinstance(ask, Generate):
+        return prompts + sum(r.params.max_tokens for r in ask.requests)
+    return prompts

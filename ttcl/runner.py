@@ -1,0 +1,103 @@
+"""`ttcl run`: questions in, results out, shown with rich or written as JSON lines.
+
+Results of a `--questions` file are written one line each as soon as each question finishes,
+so an interrupted run keeps everything it computed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import UsageError
+from .program import Program
+from .results import Result
+
+
+def read_questions(path: str) -> list[dict]:
+    """Questions from a JSONL file; a bad line is reported with its number."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    questions = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        if not isinstance(item, dict) or not isinstance(item.get("question"), str):
+            raise UsageError(f'{path}:{number}: expected an object with a "question" string')
+        answer = item.get("answer")
+        questions.append({"question": item["question"], "answer": None if answer is None else str(answer)})
+    if not questions:
+        raise UsageError(f"{path}: no questions")
+    return questions
+
+
+def run_command(args, program: Program, out: Console, err: Console) -> int:
+    if args.question is not None:
+        result = program.run(args.question, seed=args.seed, answer=args.answer, time_limit=args.time_limit)
+        results = [result]
+        if args.json:
+            sys.stdout.write(result.model_dump_json(exclude={"trace"}, indent=1) + "\\n")
+        else:
+            show(result, out)
+    else:
+        results = run_file(args, program, err)
+    if args.trace:
+        with open(args.trace, "w", encoding="utf-8") as f:
+            for i, r in enumerate(results):
+                for e in r.trace:
+                    f.write(json.dumps({"question": i, **e.model_dump()}) + "\\n")
+    return 130 if any(r.stopped == "interrupted" for r in results) else 0
+
+
+def run_file(args, program: Program, err: Console) -> list[Result]:
+    questions = read_questions(args.questions)
+    sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    done: dict[int, Result] = {}
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err, transient=True)
+
+    def on_result(index: int, result: Result) -> None:
+        done[index] = result
+        line = {"index": index, "answer_expected": questions[index]["answer"],
+                **result.model_dump(exclude={"trace", "candidates"})}
+        sink.write(json.dumps(line) + "\\n")
+        sink.flush()
+        progress.advance(task)
+
+    with progress:
+        task = progress.add_task("questions", total=len(questions))
+        results = program.run_many(questions, seed=args.seed, time_limit=args.time_limit, on_result=on_result)
+    if sink is not sys.stdout:
+        sink.close()
+    return results
+
+
+def show(result: Result, out: Console) -> None:
+    """The answer, the candidates with their scores, and the measured cost."""
+    status = f" [yellow](stopped early: {result.stopped})[/]" if result.stopped else ""
+    out.print(f"[bold]answer:[/] {result.answer}{status}")
+    table = Table(title="candidates", show_lines=False)
+    for column in ("id", "node", "answer", "score", "tokens", "text"):
+        table.add_column(column, overflow="fold")
+    for c in result.candidates:
+        score = "" if c.score is None else f"{c.score:.3f}"
+        text = " ".join(c.text.split())
+        table.add_row(str(c.id), str(c.node), str(c.answer), score,
+                      str(c.prompt_tokens + c.generated_tokens), text[:60] + ("..." if len(text) > 60 else ""))
+    out.print(table)
+    cost = result.cost
+    flops = "unknown" if cost.flops is None else f"{cost.flops:.3g}"
+    out.print(f"generations {cost.generations}, prompt tokens {cost.prompt_tokens}, generated tokens "
+              f"{cost.generated_tokens}, verifier tokens {cost.verifier_prompt_tokens}, FLOPs {flops}, "
+              f"{result.elapsed_s:.1f} s" + (f", difficulty bin {result.bin}" if result.bin else ""))

@@ -1,0 +1,115 @@
+"""Verifiers: scoring candidates, per step, and aggregating the step scores.
+
+A verifier is a declaration from the IR (`{"kind": "self_verify", "m": "policy", "agg":
+"last"}`). Scoring is a generator that may yield `Probs` asks to the executor (the model's own
+P(Yes) needs a forward pass), so verifier passes are batched with everything else.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Callable, Generator
+
+from .answers import same_answer
+from .backends.base import GenerationRequest
+from .errors import TTCLError
+from .prompts import verify_messages
+from .results import Candidate
+
+# Python callables registered through the API: name -> fn(question, steps) -> per-step scores
+REGISTERED: dict[str, Callable[[str, list[str]], list[float] | float]] = {}
+
+
+def register_verifier(name: str, fn: Callable[[str, list[str]], list[float] | float]) -> None:
+    """Make `fn(question, steps)` available to programs as `registered("name")`.
+
+    It returns one score in [0, 1] per step, or one score for the whole answer.
+    """
+    REGISTERED[name] = fn
+
+
+class Probs:
+    """An ask to the executor: next-token probabilities of `options` after each request."""
+
+    def __init__(self, model: str, requests: list[GenerationRequest], options: list[str]):
+        self.model, self.requests, self.options = model, requests, options
+
+
+def aggregate(scores: list[float], how: str) -> float:
+    """One score from per-step scores: the last (the paper's choice), the minimum, or the product."""
+    if not scores:
+        return 0.0
+    if how == "min":
+        return min(scores)
+    if how == "prod":
+        return math.prod(scores)
+    return scores[-1]
+
+
+def score(question: str, candidates: list[Candidate], name: str, verifier: dict,
+          truth: str | None = None) -> Generator[Probs, list, list[float]]:
+    """Score each candidate (cached per verifier name) and return the aggregated scores."""
+    todo = [c for c in candidates if name not in c.scores]
+    if todo:
+        per_step = yield from _SCORERS[verifier["kind"]](question, todo, verifier, truth)
+        for c, s in zip(todo, per_step):
+            c.scores[name] = s
+    totals = [aggregate(c.scores[name], verifier.get("agg", "last")) for c in candidates]
+    for c, total in zip(candidates, totals):
+        c.score = total
+    return totals
+
+
+def _self_verify(question, candidates, verifier, truth):
+    # With `last` only the final step's score is needed: one forward pass per candidate.
+    last_only = verifier.get("agg", "last") == "last"
+    prefixes = [(i, c.steps[: j + 1]) for i, c in enumerate(candidates)
+                for j in ([len(c.steps) - 1] if last_only else range(len(c.steps)))]
+    requests = [GenerationRequest(messages=verify_messages(question, steps)) for _, steps in prefixes]
+    probs = yield Probs(verifier["m"], requests, ["Yes", "No"])
+    out: list[list[float]] = [[] for _ in candidates]
+    for (i, _), (yes, no) in zip(prefixes, probs):
+        out[i].append(yes / (yes + no) if yes + no > 0 else 0.5)
+    return out
+
+
+_EQUATION = re.compile(r"(-?\d+(?:\.\d+)?)\s*([-+*/x×])\s*(-?\d+(?:\.\d+)?)\s*=\s*(-?\d+(?:\.\d+)?)")
+
+
+def check_arith_step(step: str) -> float:
+    """Score one step by its arithmetic: (correct + 0.5) / (equations + 1), so a step with no
+    equation is neutral (0.5), correct work raises the score and a wrong equation lowers it."""
+    found = _EQUATION.findall(step.replace(",", ""))
+    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+           "x": lambda a, b: a * b, "×": lambda a, b: a * b, "/": lambda a, b: a / b if b else math.nan}
+    correct = sum(abs(ops[op](float(a), float(b)) - float(c)) < 1e-6 for a, op, b, c in found)
+    return (correct + 0.5) / (len(found) + 1)
+
+
+def _check(question, candidates, verifier, truth):
+    return [[check_arith_step(s) for s in c.steps] for c in candidates]
+    yield  # a generator that never needs the model
+
+
+def _registered(question, candidates, verifier, truth):
+    fn = REGISTERED.get(verifier["name"])
+    if fn is None:
+        raise TTCLError(f"no verifier registered as {verifier['name']!r}; call "
+                        "ttcl.register_verifier(name, fn) before running")
+    out = []
+    for c in candidates:
+        s = fn(question, list(c.steps))
+        out.append([float(x) for x in s] if isinstance(s, (list, tuple)) else [float(s)])
+    return out
+    yield
+
+
+def _oracle(question, candidates, verifier, truth):
+    if truth is None:
+        raise TTCLError("the `oracle` verifier needs the ground-truth answer (run(..., answer=...))")
+    return [[1.0 if same_answer(c.answer, truth) else 0.0] for c in candidates]
+    yield
+
+
+_SCORERS = {"self_verify": _self_verify, "check": _check, "registered": _registered, "oracle": _oracle}
