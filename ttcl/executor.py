@@ -39,6 +39,7 @@ class Limits:
 class Task:
     run: QuestionRun
     node: int
+    ctx: NodeContext
     coro: Any
     ask: Generate | Probs | None = None
 
@@ -122,6 +123,7 @@ class Executor:
             task.ask = task.coro.send(reply)
         except StopIteration as done:
             self.tasks.remove(task)
+            task.run.candidates.extend(task.ctx.made)
             self.finish(task.run, task.node, done.value)
 
     def report(self, runs: list[QuestionRun], finished: set[int]) -> None:
@@ -140,8 +142,6 @@ class Executor:
         """Record a node's value and start every successor whose inputs are now known."""
         attrs = self.graph.nodes[node]
         run.values[node] = value
-        if isinstance(value, list) and attrs["op"] in ("sample", "revise", "beam", "lookahead", "dvts", "difficulty"):
-            run.candidates.extend(value)
         run.event("node", node, attrs["op"], _summary(value))
         for succ in self.graph.successors(node):
             self.consider(run, succ)
@@ -162,7 +162,7 @@ class Executor:
                           inputs=inputs, models=self.graph.graph["models"],
                           verifiers=self.graph.graph["verifiers"], prompts=self.graph.graph["prompts"],
                           thresholds=self.thresholds)
-        self.tasks.append(Task(run, node, OPS[op](ctx)))
+        self.tasks.append(Task(run, node, ctx, OPS[op](ctx)))
 
     def passes_guard(self, run: QuestionRun, pred: int, node: int) -> bool:
         guard = self.graph.edges[pred, node].get("guard")
@@ -247,6 +247,11 @@ class Executor:
         return 2.0 * getattr(self.backends(task.ask.model), "n_params", 0) * tokens
 
     def stop(self, run: QuestionRun, why: str) -> None:
+        """End a run early, keeping every candidate its unfinished nodes had made."""
+        for task in self.tasks:
+            if task.run is run:
+                run.candidates.extend(task.ctx.made)
+        run.candidates.sort(key=lambda c: c.id)
         run.stopped = why
         run.event("stop", None, None, {"reason": why})
         self.tasks = [t for t in self.tasks if t.run is not run]

@@ -99,8 +99,12 @@ def _registered(question, candidates, verifier, truth):
                         "ttcl.register_verifier(name, fn) before running")
     out = []
     for c in candidates:
-        s = fn(question, list(c.steps))
-        out.append([float(x) for x in s] if isinstance(s, (list, tuple)) else [float(s)])
+        try:
+            s = fn(question, list(c.steps))
+            out.append([float(x) for x in s] if isinstance(s, (list, tuple)) else [float(s)])
+        except Exception as e:  # user code: report it as a program error, not a traceback
+            raise TTCLError(f"registered verifier {verifier['name']!r} failed: "
+                            f"{type(e).__name__}: {e}") from e
     return out
     yield
 
