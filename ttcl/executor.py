@@ -189,14 +189,14 @@ class Executor:
             if not tasks:
                 continue
             requests = [r for t in tasks for r in t.ask.requests]
-            backend = self.backends(model)
-            before = backend.counters.prompt_tokens
             try:
+                backend = self.backends(model)
+                before = backend.counters.prompt_tokens
                 replies = backend.next_token_probs(requests, list(options)) if kind == "Probs" \
                     else backend.generate(requests)
             except BackendError as e:
                 node = self.graph.nodes[tasks[0].node]
-                raise BackendError(f"{e.message} (in `{node['op']}` at {node['span']})") from None
+                raise BackendError(f"model `{model}`: {e.message} (running `{node['op']}` at {node['span']})") from None
             # a verifier pass reports no per-request tokens: share the backend's count by requests
             shares = _shares(backend.counters.prompt_tokens - before, [len(t.ask.requests) for t in tasks])
             self.deliver(tasks, replies, kind, model, shares)

@@ -44,7 +44,8 @@ def read_questions(path: str) -> list[dict]:
 
 def run_command(args, program: Program, out: Console, err: Console) -> int:
     if args.question is not None:
-        result = program.run(args.question, seed=args.seed, answer=args.answer, time_limit=args.time_limit)
+        with err.status(f"running {program.name} ({program.ir.generations} generations)"):
+            result = program.run(args.question, seed=args.seed, answer=args.answer, time_limit=args.time_limit)
         results = [result]
         if args.json:
             sys.stdout.write(result.model_dump_json(exclude={"trace"}, indent=1) + "\\n")
