@@ -361,8 +361,8 @@ class LlamaBackend:
         self._check_limits()
         try:
             self.model = _load_model(self.path, n_gpu_layers)
-        except BackendError as e:
-            raise BackendError(f"model {self.name}: {e}") from None
+        except BackendError as e:  # the message names the file; name the model if that is another name
+            raise BackendError(e.message if self.name in (path, self.path) else f"model {self.name}: {e.message}") from None
         self._ctx = self._new_context(n_gpu_layers)
         self._memory = _lib().llama_get_memory(self._ctx)
         self._batch = _lib().llama_batch_init(self.max_call + 1, 0, n_seq_max)
@@ -663,26 +663,34 @@ def _logprob(logits: Any, token: int) -> float:
 
 
 @functools.lru_cache(maxsize=None)
-def _cached_backend(path: str, n_ctx: int, n_gpu_layers: int, threads: int, n_seq_max: int) -> LlamaBackend:
-    return LlamaBackend(path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, threads=threads, n_seq_max=n_seq_max)
+def _shared_backend(path: str, n_ctx: int, n_gpu_layers: int, threads: int, n_seq_max: int, kv_cells: int) -> LlamaBackend:
+    name = os.path.basename(path)  # the file: one backend serves every name the file goes by
+    return LlamaBackend(path, n_ctx, n_gpu_layers, threads, n_seq_max, name, kv_cells=kv_cells)
 
 
-def load_backend(path: str, n_ctx: int = 4096, n_gpu_layers: int = 0, threads: int = 0, n_seq_max: int = 64) -> LlamaBackend:
-    """A shared backend: the same model file and settings give the same object (one loaded
-    model, one context, one set of counters)."""
-    return _cached_backend(resolve_model_path(path), n_ctx, n_gpu_layers, threads or os.cpu_count() or 1, n_seq_max)
+def load_backend(
+    path: str, n_ctx: int = 4096, n_gpu_layers: int = 0, threads: int = 0, n_seq_max: int = 64, kv_cells: int = 0
+) -> LlamaBackend:
+    """The shared backend for a model file and settings: the same file (by name or by path)
+    and settings give the same object, so one loaded model, one context and one set of
+    counters serve every model declaration and verifier that uses them."""
+    threads = threads or os.cpu_count() or 1
+    kv_cells = max(kv_cells or 4 * n_ctx, n_ctx)
+    return _shared_backend(resolve_model_path(path), n_ctx, n_gpu_layers, threads, n_seq_max, kv_cells)
 
 
 def backend_for(model: dict) -> LlamaBackend:
     """The shared backend for a model declaration such as {"kind": "llama", "path":
-    "smollm2-135m", "temperature": 0.8, "n_ctx": 4096, ...}. Sampling keys are the
-    executor's business and are ignored here."""
-    if "path" not in model:
-        raise BackendError(f"llama model declaration without a path: {model}")
+    "smollm2-135m", "temperature": 0.8, "max_tokens": 256, "n_ctx": 4096, ...}. Sampling
+    keys are the caller's business (they go in each request's SamplingParams); optional
+    "n_seq_max" and "kv_cells" keys size the context."""
+    if not model.get("path"):
+        raise BackendError(f"a llama model declaration needs a path: {model}")
     return load_backend(
         str(model["path"]),
         n_ctx=int(model.get("n_ctx", 4096)),
         n_gpu_layers=int(model.get("n_gpu_layers", 0)),
         threads=int(model.get("threads", 0)),
         n_seq_max=int(model.get("n_seq_max", 64)),
+        kv_cells=int(model.get("kv_cells", 0)),
     )
