@@ -104,3 +104,15 @@ def test_python_dash_m_and_console_script():
     assert done.returncode == 0 and "ok (main)" in done.stdout
     done = subprocess.run(["ttcl", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("ttcl ")
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"question": "a"}\nnot json\n', "q.jsonl:2: not valid JSON"),
+    ('{"q": "a"}\n', 'q.jsonl:1: expected an object with a "question" string'),
+    ("\n", "no questions"),
+])
+def test_bad_questions_files(capsys, tmp_path, content, message):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(content)
+    code, _, err = run(capsys, "run", "programs/bon.ttcl", "--questions", str(questions))
+    assert code == 2 and message in err

@@ -48,7 +48,7 @@ def run_command(args, program: Program, out: Console, err: Console) -> int:
             result = program.run(args.question, seed=args.seed, answer=args.answer, time_limit=args.time_limit)
         results = [result]
         if args.json:
-            sys.stdout.write(result.model_dump_json(exclude={"trace"}, indent=1) + "\\n")
+            sys.stdout.write(result.model_dump_json(exclude={"trace"}, indent=1) + "\n")
         else:
             show(result, out)
     else:
@@ -57,7 +57,7 @@ def run_command(args, program: Program, out: Console, err: Console) -> int:
         with open(args.trace, "w", encoding="utf-8") as f:
             for i, r in enumerate(results):
                 for e in r.trace:
-                    f.write(json.dumps({"question": i, **e.model_dump()}) + "\\n")
+                    f.write(json.dumps({"question": i, **e.model_dump()}) + "\n")
     return 130 if any(r.stopped == "interrupted" for r in results) else 0
 
 
@@ -72,7 +72,7 @@ def run_file(args, program: Program, err: Console) -> list[Result]:
         done[index] = result
         line = {"index": index, "answer_expected": questions[index]["answer"],
                 **result.model_dump(exclude={"trace", "candidates"})}
-        sink.write(json.dumps(line) + "\\n")
+        sink.write(json.dumps(line) + "\n")
         sink.flush()
         progress.advance(task)
 

@@ -1,0 +1,91 @@
+"""Programs on the real embedded model (SmolLM2-135M through llama.cpp). Marked slow; CI runs them."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import ttcl
+from ttcl.backends.base import GenerationRequest, SamplingParams
+from ttcl.prompts import solve_messages
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("llama_cpp")
+
+MODEL = 'model policy = llama("smollm2-135m", temperature=0.8, max_tokens=48)\n'
+QUESTION = "What is 2 + 3?"
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from ttcl.backends.llama import backend_for
+
+    return backend_for({"kind": "llama", "path": "smollm2-135m"})
+
+
+def test_batched_samples_equal_the_same_seeds_one_at_a_time(backend):
+    result = ttcl.compile(MODEL + "program main = sample(8) |> vote").run(QUESTION, seed=1, backend=backend)
+    assert len(result.candidates) == 8
+    for c in result.candidates:
+        alone = backend.generate([GenerationRequest(
+            messages=solve_messages(QUESTION, []),
+            params=SamplingParams(temperature=0.8, top_p=1.0, top_k=0, max_tokens=48, seed=c.seed))])[0]
+        assert alone.text.strip() == c.text
+
+
+def test_vote_answers_an_easy_question(backend):
+    prog = ttcl.compile('model policy = llama("smollm2-135m", temperature=0.7, max_tokens=96)\n'
+                        "program main = sample(8) |> vote")
+    assert prog.run(QUESTION, seed=0, backend=backend).answer == "5"
+
+
+@pytest.mark.parametrize("body, budget", [
+    ("beam(8, prm, width=4, depth=3) |> weighted_vote(prm)", 8),
+    ("revise(3) |> weighted_vote(prm)", 3),
+])
+def test_search_and_revisions_finish_within_their_budgets(backend, body, budget):
+    src = MODEL + f"verifier prm = self_verify(policy)\nbudget {budget} generations\nbudget 6000 tokens\n" \
+        f"program main = {body}"
+    result = ttcl.compile(src).run(QUESTION, seed=0, backend=backend)
+    assert result.cost.generations <= budget
+    assert result.cost.tokens <= 6000
+    assert result.answer is not None or result.stopped == "budget"
+
+
+def test_trace_token_counts_equal_the_backend_counters(backend):
+    before = backend.counters.model_copy()
+    prog = ttcl.compile(MODEL + "verifier prm = self_verify(policy)\n"
+                        "program main = sample(4) + revise(2) |> weighted_vote(prm)")
+    results = prog.run_many([QUESTION, "What is 7 - 4?"], seed=0, backend=backend)
+    prompt = sum(r.cost.prompt_tokens + r.cost.verifier_prompt_tokens for r in results)
+    generated = sum(r.cost.generated_tokens for r in results)
+    assert prompt == backend.counters.prompt_tokens - before.prompt_tokens
+    assert generated == backend.counters.generated_tokens - before.generated_tokens
+    assert generated == sum(c.generated_tokens for r in results for c in r.candidates)
+
+
+def test_ttcl_run_command(tmp_path):
+    program = tmp_path / "p.ttcl"
+    program.write_text(MODEL + "program main = sample(2) |> vote\n")
+    done = subprocess.run([sys.executable, "-m", "ttcl", "run", str(program), "-q", QUESTION, "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["cost"]["generations"] == 2 and len(out["candidates"]) == 2
+
+
+def test_ttcl_run_questions_file_streams_one_line_each(tmp_path):
+    program = tmp_path / "p.ttcl"
+    program.write_text(MODEL + "program main = sample(2) |> vote\n")
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "What is 2 + 3?", "answer": "5"}\n\n{"question": "What is 1 + 1?"}\n')
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run([sys.executable, "-m", "ttcl", "run", str(program), "--questions", str(questions),
+                           "-o", str(out), "--trace", str(tmp_path / "t.jsonl")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(line["index"] for line in lines) == [0, 1]
+    assert all(line["cost"]["generations"] == 2 for line in lines)
+    assert (tmp_path / "t.jsonl").read_text().count('"event"') > 4
