@@ -133,7 +133,6 @@ class _Model:
             raise BackendError(f"llama.cpp could not load the model file {path} (corrupt or unsupported GGUF)")
         self.vocab = lib.llama_model_get_vocab(self.ptr)
         self.n_vocab = lib.llama_vocab_n_tokens(self.vocab)
-        self.add_bos = bool(lib.llama_vocab_get_add_bos(self.vocab))
         self.bos = lib.llama_vocab_bos(self.vocab)
         self.eos = lib.llama_vocab_eos(self.vocab)
         template = lib.llama_model_chat_template(self.ptr, None)
@@ -331,7 +330,8 @@ class LlamaBackend:
     threads: CPU threads, 0 for all cores. n_seq_max: sequences decoded together; more
     requests run in chunks. kv_cells: the unified KV cache shared by the live sequences of a
     chunk (default 4 × n_ctx). ignore_eos: mask end-of-generation tokens so every sequence
-    runs to max_tokens (for benchmarks)."""
+    runs to max_tokens (for benchmarks). `batch_invariant`: on the CPU (n_gpu_layers 0), a
+    request gives the same result alone as in any batch."""
 
     def __init__(
         self,
@@ -353,8 +353,10 @@ class LlamaBackend:
         self.threads = threads or os.cpu_count() or 1
         self.ignore_eos = ignore_eos
         self.counters = Counters()
-        # on a GPU, cuBLAS kernels vary with batch size anyway: use the big calls it likes
-        self.max_call = MAX_CALL_TOKENS if n_gpu_layers == 0 else 512
+        # On the CPU, results do not depend on batching (see `call_sizes`). On a GPU the matmul
+        # kernels change with batch size anyway, so calls are as big as the GPU likes.
+        self.batch_invariant = n_gpu_layers == 0
+        self.max_call = MAX_CALL_TOKENS if self.batch_invariant else 512
         self._pad_seq = n_seq_max  # the spare sequence that pad tokens go to
         self._cells = 0  # KV cells taken since the cache was last cleared
         self._lock = threading.Lock()
@@ -386,7 +388,7 @@ class LlamaBackend:
         params.n_threads = params.n_threads_batch = self.threads
         params.kv_unified = True  # one cache: a shared prefix lives once, for all its sequences
         # flash attention on the CPU is what skips other sequences' cells (see above)
-        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if n_gpu_layers == 0 else lib.LLAMA_FLASH_ATTN_TYPE_AUTO
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.batch_invariant else lib.LLAMA_FLASH_ATTN_TYPE_AUTO
         params.no_perf = True
         ctx = lib.llama_init_from_model(self.model.ptr, params)
         if not ctx:
@@ -500,7 +502,7 @@ class LlamaBackend:
             call = entries[start : start + size]
             for i, (token, pos, seq_ids, output) in enumerate(call):
                 self._set_entry(i, token, pos, seq_ids, output)
-            pad = size == 1 and self._cells + 1 > _SPLIT_KV_CELLS and self.max_call == MAX_CALL_TOKENS
+            pad = size == 1 and self.batch_invariant and self._cells + 1 > _SPLIT_KV_CELLS
             if pad:  # position 0 of the spare sequence, attending to nothing but itself
                 self._set_entry(1, call[0][0], 0, [self._pad_seq], False)
             self._llama_decode(size + pad)
