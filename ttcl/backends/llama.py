@@ -30,6 +30,7 @@ import ctypes
 import functools
 import importlib.util
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -366,9 +367,10 @@ class LlamaBackend:
             self.model = _load_model(self.path, n_gpu_layers)
         except BackendError as e:  # name the model, unless the message names its file already
             raise BackendError(e.message if self.path in e.message else f"model {self.name}: {e.message}") from None
+        self._lib = _lib()
         self._ctx = self._new_context(n_gpu_layers)
-        self._memory = _lib().llama_get_memory(self._ctx)
-        self._batch = _lib().llama_batch_init(self.max_call + 1, 0, n_seq_max)
+        self._memory = self._lib.llama_get_memory(self._ctx)
+        self._batch = self._lib.llama_batch_init(self.max_call + 1, 0, n_seq_max)
 
     def _check_limits(self) -> None:
         if self.n_ctx < 1 or self.n_seq_max < 1:
@@ -395,11 +397,11 @@ class LlamaBackend:
             raise BackendError(f"model {self.name}: llama.cpp could not create a context of {self.kv_cells} cells")
         return ctx
 
-    def __del__(self) -> None:
-        if "_batch" in self.__dict__:
-            lib = _lib()
-            lib.llama_batch_free(self._batch)
-            lib.llama_free(self._ctx)
+    def __del__(self, _finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
+        # at interpreter exit the process lets go of everything (and module globals are gone)
+        if "_batch" in self.__dict__ and not _finalizing():
+            self._lib.llama_batch_free(self._batch)
+            self._lib.llama_free(self._ctx)
 
     def __repr__(self) -> str:
         return f"LlamaBackend({self.name!r}, n_ctx={self.n_ctx}, n_seq_max={self.n_seq_max})"
