@@ -12,6 +12,10 @@ and the ratios a/b (target >= 2.0) and a/c (target >= 0.85), plus the share of p
 that prefix sharing saved. End-of-generation tokens are masked everywhere (`ignore_eos` on the
 backend, a logit bias elsewhere), so every sample is exactly --tokens long and all three do
 the same work. Asserts nothing about time: a benchmark, not a test.
+
+Run it alone. llama.cpp's OpenMP threads spin while they wait, so two llama.cpp processes on
+the same cores (this bench and a test run, say) slow each other down a hundredfold;
+OMP_WAIT_POLICY=PASSIVE avoids that, but costs about 4x on one sequence when alone.
 """
 
 from __future__ import annotations
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     a, a_backend, b, c, c_off = (rate[k] for k in ("(a)", "(a')", "(b)", "(c)", "(c')"))
     print(f"a/b  = {a / b:.2f}   (target >= 2.0)")
     print(f"a/c  = {a / c:.2f}   (target >= 0.85)")
-    print(f"a/c' = {a / c_off:.2f}   (against the fastest raw loop, not batch-invariant)")
+    print(f"a/c' = {a / c_off:.2f}   (flash attention off: faster here when idle, not batch-invariant)")
     print(f"a'/c = {a_backend / c:.2f}   (the backend alone)")
     print(f"prompt tokens saved by prefix sharing: {saved:.1%} ({n} x {len(prompt)} -> {len(prompt)})")
 
