@@ -201,6 +201,26 @@ def main(argv: list[str] | None = None) -> None:
     print(f"a/c' = {a / c_off:.2f}   (flash attention off: faster here when idle, not batch-invariant)")
     print(f"a'/c = {a_backend / c:.2f}   (the backend alone)")
     print(f"prompt tokens saved by prefix sharing: {saved:.1%} ({n} x {len(prompt)} -> {len(prompt)})")
+    beam_search(threads)
+
+
+def beam_search(threads: int) -> None:
+    """Beam search (n=16, width 4) through TTCL with self-verification: generated tokens per
+    second of wall time (verifier passes included), and the prompt tokens it processed."""
+    backend = LlamaBackend(resolve_model_path("smollm2-135m"), n_ctx=2048, threads=threads, n_seq_max=16)
+    program = ttcl.compile(
+        f'model policy = llama("smollm2-135m", temperature={TEMPERATURE}, max_tokens=64, threads={threads})\n'
+        "verifier prm = self_verify(policy)\n"
+        "program main = beam(16, prm, width=4, depth=6) |> weighted_vote(prm)"
+    )
+    start = time.perf_counter()
+    result = program.run(QUESTION, seed=0, backend=backend)
+    seconds = time.perf_counter() - start
+    cost = result.cost
+    print(f"beam(16, prm, width=4, depth=6): {cost.generated_tokens} generated tokens in {seconds:.1f} s = "
+          f"{cost.generated_tokens / seconds:.1f} tok/s overall; prompt tokens processed "
+          f"{cost.prompt_tokens} (generation) + {cost.verifier_prompt_tokens} (verifier), "
+          f"{backend.counters.decode_calls} decode calls")
 
 
 if __name__ == "__main__":
