@@ -15,7 +15,12 @@ def label(graph: nx.DiGraph, node: int) -> str:
 
 
 def _value(v) -> str:
-    return json.dumps(v) if isinstance(v, str) and not v.isidentifier() else str(v).lower() if isinstance(v, bool) else str(v)
+    """A parameter value as a program would write it: names bare, other strings quoted."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str) and not v.isidentifier():
+        return json.dumps(v)
+    return str(v)
 
 
 def _edge_label(attrs: dict) -> str:

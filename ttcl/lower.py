@@ -18,6 +18,7 @@ import networkx as nx
 from . import ast
 from .checker import Checked, bind_arguments
 from .errors import CheckError, Diagnostic
+from .formatter import format_expr
 from .signatures import (
     ANSWER, BUILTIN_VERIFIERS, DEFAULT_MODEL, DEFAULT_MODEL_NAME, DIFFICULTY, MODELS, POOL,
     QUESTION, REQUIRED, STAGES, VERIFIERS, Signature, step_level,
@@ -70,9 +71,7 @@ class Lowering:
         if sig.kind == "generator" and "model" not in params:
             params["model"] = self.default_model()
         if sig.kind == "selector" and self.probe is not None:
-            src = self.add("union", e.span, POOL, inputs=(src, self.probe))
-            self.graph.edges[self.probe, src]["probe"] = True
-            self.probe = None
+            src = self.join_probes(src, e.span)
         gens = _safe(sig.generations, params) or 0
         return self.add(e.func, e.span, sig.returns, params, gens, inputs=(src,)), gens
 
@@ -116,10 +115,16 @@ class Lowering:
         outer, self.probe = self.probe, head
         out, generations = self.lower(arm.body, head)
         if self.probe is not None:
-            out = self.add("union", arm.span, POOL, inputs=(out, head))
-            self.graph.edges[head, out]["probe"] = True
+            out = self.join_probes(out, arm.span)
         self.probe = outer
         return out, generations
+
+    def join_probes(self, pool: int, span) -> int:
+        """A union of `pool` with the pending difficulty probes, whose edge is marked `probe`."""
+        union = self.add("union", span, POOL, inputs=(pool, self.probe))
+        self.graph.edges[self.probe, union]["probe"] = True
+        self.probe = None
+        return union
 
     # ---- arguments and declarations ------------------------------------------------------
 
@@ -227,7 +232,6 @@ def _guard(arm: ast.Arm, match: ast.Match, bins: int) -> list[int]:
 
 
 def _show(expr: ast.Expr) -> str:
-    from .formatter import format_expr
     return format_expr(expr)
 
 

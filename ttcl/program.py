@@ -20,7 +20,7 @@ from .loader import load as load_workspace
 from .lower import lower
 from .passes import PassContext, fold_constants, run_passes
 from .results import Result
-from .source import read_source
+from .source import MAX_ARTIFACT_BYTES, read_source
 
 
 class Program:
@@ -124,18 +124,8 @@ def load(path: str | Path, program: str | None = None, params: dict[str, Any] | 
     if path.endswith(".json"):
         if program is not None or params:
             raise UsageError("a compiled artifact holds one program with fixed parameters")
-        return Program(ir.loads(_read_text(path), path))
+        return Program(ir.loads(read_source(path, MAX_ARTIFACT_BYTES, "compiled programs"), path))
     return compile(read_source(path), path, program, params)
-
-
-def _read_text(path: str) -> str:
-    from .source import decode_source
-    try:
-        return decode_source(Path(path).read_bytes(), path)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path}: is a directory, not a compiled program") from None
 
 
 def check_source(text: str, path: str | None = None) -> Checked:
@@ -239,7 +229,7 @@ def module_budgets(checked: Checked, decl: ast.ProgramDecl) -> dict[str, float]:
     for unit, b in checked.budgets.get(decl.span.path, {}).items():
         amount = fold_constants(b.amount, PassContext({}))
         if not isinstance(amount, (ast.Int, ast.Float)):
-            raise CheckError(f"a budget must be a constant number", b.amount.span)
+            raise CheckError("a budget must be a constant number", b.amount.span)
         budgets[unit] = amount.value
     return budgets
 

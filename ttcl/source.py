@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from .errors import SourceError
 
 MAX_SOURCE_BYTES = 1_000_000  # a TTCL program is a few kilobytes; refuse what cannot be one
+MAX_ARTIFACT_BYTES = 64_000_000  # a compiled program of the largest allowed graph fits well
 
 
 class Span(BaseModel):
@@ -32,11 +33,12 @@ class Span(BaseModel):
         return f"{self.path or '<input>'}:{self.line}:{self.col}"
 
 
-def read_source(path: str | Path) -> str:
-    """Read a program file as UTF-8 text, or raise `SourceError` with a one-line reason.
+def read_source(path: str | Path, max_bytes: int = MAX_SOURCE_BYTES, kind: str = "program files") -> str:
+    """Read a program file (or a compiled artifact) as UTF-8 text, or raise `SourceError`
+    with a one-line reason.
 
     Missing files, directories, binary or non-UTF-8 content, empty files and files over
-    `MAX_SOURCE_BYTES` are refused before any parsing is attempted.
+    `max_bytes` are refused before any parsing is attempted.
     """
     p = Path(path)
     if not p.exists():
@@ -45,10 +47,10 @@ def read_source(path: str | Path) -> str:
         raise SourceError(f"{p}: is a directory, not a program file")
     try:
         size = p.stat().st_size
-        if size > MAX_SOURCE_BYTES:
+        if size > max_bytes:
             raise SourceError(
-                f"{p}: file is {size / 1e6:.1f} MB; program files are limited to "
-                f"{MAX_SOURCE_BYTES // 1_000_000} MB",
+                f"{p}: file is {size / 1e6:.1f} MB; {kind} are limited to "
+                f"{max_bytes // 1_000_000} MB",
                 usage=False,
             )
         data = p.read_bytes()
