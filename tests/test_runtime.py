@@ -242,3 +242,11 @@ def test_generator_fed_a_pool_uses_it_as_context():
     result = run("program main = sample(2) |> sample(3) |> vote", backend)
     assert [p.count("Attempt ") for p in prompts] == [0, 0, 2, 2, 2]
     assert len(result.candidates) == 5 and result.answer == "9"
+
+
+def test_flops_budget_needs_a_parameter_count():
+    backend = ScriptedBackend(lambda r: "The answer is 1.")
+    assert run("budget 1e12 flops\nprogram main = sample(2) |> vote", backend).answer == "1"
+    backend.n_params = None
+    with pytest.raises(ttcl.TTCLError, match="cannot enforce a flops budget"):
+        run("budget 1e12 flops\nprogram main = sample(2) |> vote", backend)

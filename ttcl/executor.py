@@ -244,7 +244,11 @@ class Executor:
         return True
 
     def flops(self, tokens: int, task: Task) -> float:
-        return 2.0 * getattr(self.backends(task.ask.model), "n_params", 0) * tokens
+        n_params = getattr(self.backends(task.ask.model), "n_params", None)
+        if n_params is None:  # refuse rather than silently never enforce the budget
+            raise BackendError(f"model `{task.ask.model}`: cannot enforce a flops budget, the backend "
+                               "reports no parameter count; use a generations or tokens budget")
+        return 2.0 * n_params * tokens
 
     def stop(self, run: QuestionRun, why: str) -> None:
         """End a run early, keeping every candidate its unfinished nodes had made."""
