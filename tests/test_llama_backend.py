@@ -10,7 +10,9 @@ import pytest
 
 from ttcl.backends.base import Backend, BackendError, GenerationRequest, Message, SamplingParams
 from ttcl.backends.llama import (
+    Fork,
     LlamaBackend,
+    PrefixCache,
     backend_for,
     call_sizes,
     check_model_file,
@@ -53,6 +55,31 @@ def test_a_shared_prefix_is_laid_out_once_and_each_prompt_keeps_position_order()
         assert [plan.positions[i] for i in entries] == list(range(len(prompt)))
         assert entries == sorted(entries)  # its cells come in position order
         assert plan.last[seq] == entries[-1]
+
+
+def test_forked_prompts_lay_out_only_their_new_tokens_and_share_only_within_a_fork():
+    prompts = [[5, 6, 7, 9], [5, 6, 7, 8], [5, 6, 7, 9], [5, 6, 7, 9]]
+    forks = [Fork(0, 3), Fork(0, 3), Fork(0, 3), Fork(1, 3)]  # the last forked other cells
+    plan = plan_prompts(prompts, forks)
+    assert plan.positions == [3, 3, 3]  # 9 (sequences 0 and 2), 8, and 9 again for sequence 3
+    assert sorted(map(sorted, plan.seq_ids)) == [[0, 2], [1], [3]]
+    assert [plan.charged[s] for s in range(4)] == [1, 1, 0, 1]
+
+
+def test_the_prefix_cache_forks_the_longest_shared_prefix_but_never_a_whole_prompt():
+    cache = PrefixCache(8)
+    cache.held = {0: [1, 2, 3, 4, 5], 1: [1, 2, 9], 2: [7, 7]}
+    assert cache.forks([[1, 2, 3, 4, 6], [1, 2, 9, 9], [1, 2, 3, 4, 5], [8], [7, 7, 7]]) == [
+        Fork(0, 4), Fork(1, 3), Fork(0, 4), Fork(), Fork(2, 2)
+    ]
+
+
+def test_the_prefix_cache_retires_the_least_recently_used_it_does_not_need():
+    cache = PrefixCache(4)
+    cache.held = {0: [1], 1: [2], 2: [3], 3: [4]}
+    cache.touch(0)
+    ids, retire = cache.free_ids(2, keep={1})
+    assert retire == [2, 3] and ids == [2, 3]
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 62, 63, 64, 65, 126, 127, 200])
@@ -206,6 +233,7 @@ def test_a_sequence_left_alone_in_a_long_run_equals_it_run_alone(endless):
 
 @pytest.mark.slow
 def test_identical_prompts_are_decoded_once_and_counters_add_up(backend):
+    backend.reset()  # nothing cached from earlier tests
     prompt_len = len(backend.model.tokenize(render_chat(backend.model, request(STORY), backend.name), special=True))
     before = backend.counters.model_copy()
     out = backend.generate([request(STORY, temperature=0.8, seed=s, max_tokens=16) for s in range(8)])
@@ -222,9 +250,81 @@ def test_identical_prompts_are_decoded_once_and_counters_add_up(backend):
 @pytest.mark.slow
 def test_prompts_sharing_a_prefix_are_charged_for_it_once(backend):
     a, b = request("What is 2 + 2?", max_tokens=1), request("What is 3 + 3?", max_tokens=1)
-    alone = [backend.generate([r])[0].prompt_tokens for r in (a, b)]
+    alone = []
+    for r in (a, b):
+        backend.reset()
+        alone.append(backend.generate([r])[0].prompt_tokens)
+    backend.reset()
     together = [g.prompt_tokens for g in backend.generate([a, b])]
     assert together[0] == alone[0] and 0 < together[1] < alone[1]
+
+
+@pytest.mark.slow
+def test_a_later_call_forks_the_cached_prefix_and_gives_what_a_fresh_cache_gives(backend):
+    # a beam's next step: the prompt is the last step's prompt plus the text it generated
+    first = request(COUNT, temperature=0.8, seed=4, max_tokens=12)
+    backend.reset()
+    step = backend.generate([first])[0]
+    nexts = [request(COUNT, prefix=step.text, temperature=0.8, seed=s, max_tokens=12) for s in range(4)]
+    before = backend.counters.prompt_tokens
+    forked = backend.generate(nexts)
+    decoded = backend.counters.prompt_tokens - before
+    backend.reset()
+    fresh = backend.generate(nexts)
+    assert texts(forked) == texts(fresh)
+    # the fresh call decodes the whole prompt once; the forked one only what the cache lacked
+    assert decoded == sum(g.prompt_tokens for g in forked) < sum(g.prompt_tokens for g in fresh)
+    assert decoded <= 3  # re-tokenizing the text may differ from the sampled tokens at the seam
+
+
+@pytest.mark.slow
+def test_verifier_probes_fork_earlier_probes(backend):
+    # a self-verifier's prompts for steps 1, 2, 3 of one solution
+    probes = [request(COUNT, prefix="1\n2\n3" + "\n4" * k) for k in range(3)]
+
+    def probs(reset: bool) -> tuple[list, int]:
+        backend.reset()
+        before, out = backend.counters.prompt_tokens, []
+        for r in probes:
+            if reset:
+                backend.reset()
+            out += backend.next_token_probs([r], ["Yes", "No"])
+        return out, backend.counters.prompt_tokens - before
+
+    (fresh, fresh_tokens), (cached, cached_tokens) = probs(reset=True), probs(reset=False)
+    assert cached == fresh
+    assert cached_tokens < fresh_tokens / 2
+
+
+@pytest.mark.slow
+def test_pruned_sequences_are_retired_and_the_cache_never_overflows():
+    needs_model()
+    small = LlamaBackend("smollm2-135m", n_ctx=256, n_seq_max=4, kv_cells=600)
+    requests = [request(STORY, temperature=0.8, seed=s, max_tokens=40) for s in range(4)]
+    first = texts(small.generate(requests))
+    for _ in range(6):  # 4 new sequences a call: ids are recycled, and the cells fill up
+        assert texts(small.generate(requests)) == first
+        assert len(small.cache.held) <= small.cache.n_ids and small._cells <= small.kv_cells
+
+
+@pytest.mark.slow
+def test_an_interrupted_call_clears_the_cache_and_the_next_call_is_unaffected(backend, monkeypatch):
+    r = request(STORY, temperature=0.8, seed=11, max_tokens=20)
+    backend.reset()
+    expected = backend.generate([r])[0].text
+    calls = iter(range(1000))
+
+    def interrupt(n_tokens, real=backend._llama_decode):
+        if next(calls) == 3:
+            raise KeyboardInterrupt
+        real(n_tokens)
+
+    monkeypatch.setattr(backend, "_llama_decode", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        backend.generate([request(COUNT, temperature=0.8, seed=1, max_tokens=20)])
+    assert backend.cache.held == {} and backend._cells == 0
+    monkeypatch.undo()
+    assert backend.generate([r])[0].text == expected
 
 
 @pytest.mark.slow

@@ -11,21 +11,29 @@ call runs its requests together:
    sequences, without the copy. Identical prompts cost one prompt; prompts that share a
    question but differ in a partial solution share the question.
 3. Then each `llama_decode` call advances every live sequence by one token, each with its own
-   sampler chain and seed, until EOS/EOG, `max_tokens` or a stop string. The cache is
-   cleared when the call ends.
+   sampler chain and seed, until EOS/EOG, `max_tokens` or a stop string.
+4. The sequences stay in the cache when the call ends, and a later call forks from them
+   (see `PrefixCache`): a request whose prompt starts with a cached sequence's tokens gets
+   those cells with `llama_memory_seq_cp` and decodes only the rest. So the beams of the next
+   step of a beam search, and the verifier prompts of the next step, start from the cells of
+   the step before. Sequences no longer needed are pruned with `llama_memory_seq_rm`.
 
 Results do not depend on batching: a request gives the same text alone as in a batch of 8 or
 64 (tested), on the CPU. That needs (a) kernels that compute each row of a batch on its own
 (no AMX or repacked weights), (b) flash attention on its per-row path, which visits a query's
 own KV cells in cell order and skips the rest (see `call_sizes`), and (c) each sequence's
-cells in position order, so nothing is freed while sequences are still generating.
+cells in position order. Cached prefixes keep (c) because no cell is freed until the whole
+cache is cleared (see `PrefixCache`), and the values in a cell depend only on the tokens up
+to it, so a forked prefix is bit for bit the prefix a fresh call would decode.
 
 llama_cpp is imported lazily, so `import ttcl` works without it.
 """
 
 from __future__ import annotations
 
+import bisect
 import codecs
+import contextlib
 import ctypes
 import functools
 import importlib.util
@@ -33,7 +41,7 @@ import os
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .base import BackendError, Counters, Generation, GenerationRequest, SamplingParams
 
@@ -239,6 +247,65 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
+@dataclass(frozen=True)
+class Fork:
+    """Where a prompt's first tokens are already in the cache: positions [0, length) of the
+    cached sequence `source` (none: nothing cached, the prompt is decoded whole)."""
+
+    source: int = -1
+    length: int = 0
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.source, self.length)
+
+
+class PrefixCache:
+    """The sequences left in the KV cache by earlier calls, by seq_id, with the tokens whose
+    cells they hold (positions 0..n-1), least recently used first.
+
+    A new request forks from the cached sequence that shares the longest prefix with its
+    prompt. A pruned sequence is removed with `llama_memory_seq_rm`, but its cells are first
+    given to a spare "retired" sequence that nothing attends to: freed cells would be holes
+    that llama.cpp fills first, putting a sequence's newer tokens in lower cells than its
+    older ones, and the attention's rounding would then depend on the cache's history. So
+    cells are only ever appended, and freed all at once when the cache is cleared (when a
+    call would not fit, or by `LlamaBackend.reset`)."""
+
+    def __init__(self, n_ids: int):
+        self.n_ids = n_ids  # seq_ids 0..n_ids-1 are for requests
+        self.held: dict[int, list[int]] = {}
+
+    def forks(self, prompts: list[list[int]]) -> list[Fork]:
+        """For each prompt, the cached sequence sharing most of it (all but its last token at
+        most: the last is decoded again for its logits)."""
+        index = sorted((tokens, seq) for seq, tokens in self.held.items())
+        keys = [tokens for tokens, _ in index]
+        forks = []
+        for prompt in prompts:
+            at = bisect.bisect_left(keys, prompt)
+            # the longest common prefix in a sorted list is with a neighbour of the insertion point
+            best = Fork()
+            for tokens, seq in index[max(at - 1, 0) : at + 1]:
+                length = min(_common_prefix(tokens, prompt), len(prompt) - 1)
+                if length > best.length:
+                    best = Fork(seq, length)
+            forks.append(best)
+        return forks
+
+    def free_ids(self, n: int, keep: set[int]) -> tuple[list[int], list[int]]:
+        """n seq_ids for new sequences, and the cached ones to retire to make room (least
+        recently used first, never one in `keep`)."""
+        free = [i for i in range(self.n_ids) if i not in self.held]
+        retire = [seq for seq in self.held if seq not in keep][: max(0, n - len(free))]
+        free += retire
+        return sorted(free)[:n], retire
+
+    def touch(self, seq: int) -> None:
+        """Mark a cached sequence as just used."""
+        self.held[seq] = self.held.pop(seq)
+
+
 @dataclass
 class _PromptPlan:
     """The distinct prompt tokens of a chunk, laid out as a trie in preorder: every entry is
@@ -251,31 +318,36 @@ class _PromptPlan:
     charged: dict[int, int] = field(default_factory=dict)  # sequence -> prompt tokens it decoded
 
 
-def plan_prompts(prompts: list[list[int]]) -> _PromptPlan:
+def plan_prompts(prompts: list[list[int]], forks: list[Fork] | None = None) -> _PromptPlan:
     """Lay out prompts (sequence i has prompt i) so shared prefixes are decoded once.
 
     Sorting puts the prompts that share most next to each other; each prompt then adds only
     the tokens after its common prefix with the one before it (a trie in preorder), and joins
     the seq_ids of the shared entries. Each sequence's entries come in position order, which
-    keeps its KV cells in position order."""
+    keeps its KV cells in position order. A prompt with a fork already holds its first
+    `fork.length` tokens (cells of a cached sequence); it shares entries only with prompts
+    forked from the same cells, since a token attends to the cells of its first sequence."""
     plan = _PromptPlan()
-    order = sorted(range(len(prompts)), key=lambda i: (prompts[i], i))
-    path: list[int] = []  # entries of the previous prompt's tokens, by position
+    forks = forks or [Fork() for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: (forks[i].key, prompts[i], i))
+    path: list[int] = []  # entries of the previous prompt's tokens, by position after its fork
     previous: list[int] = []
+    previous_key: tuple[int, int] | None = None
     for seq in order:
-        prompt = prompts[seq]
-        shared = _common_prefix(previous, prompt)
+        prompt, start = prompts[seq], forks[seq].length
+        same_cells = forks[seq].key == previous_key
+        shared = _common_prefix(previous, prompt) - start if same_cells else 0
         del path[shared:]
         for entry in path:
             plan.seq_ids[entry].append(seq)
-        for pos in range(shared, len(prompt)):
+        for pos in range(start + shared, len(prompt)):
             path.append(len(plan.tokens))
             plan.tokens.append(prompt[pos])
             plan.positions.append(pos)
             plan.seq_ids.append([seq])
-        plan.last[seq] = path[len(prompt) - 1]
-        plan.charged[seq] = len(prompt) - shared
-        previous = prompt
+        plan.last[seq] = path[len(prompt) - start - 1]
+        plan.charged[seq] = len(prompt) - start - shared
+        previous, previous_key = prompt, forks[seq].key
     return plan
 
 
@@ -313,7 +385,7 @@ class _Sequence:
     pos: int  # the position the next decoded token takes
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
     text: str = ""
-    tokens: int = 0  # sampled so far (EOG and stop-string tokens included)
+    sampled: list[int] = field(default_factory=list)  # token ids, EOG and stop-string tokens included
     logprobs: list[float] = field(default_factory=list)
     pending: int = -1  # sampled, not yet decoded
     finish: str | None = None
@@ -358,7 +430,11 @@ class LlamaBackend:
         # kernels change with batch size anyway, so calls are as big as the GPU likes.
         self.batch_invariant = n_gpu_layers == 0
         self.max_call = MAX_CALL_TOKENS if self.batch_invariant else 512
-        self._pad_seq = n_seq_max  # the spare sequence that pad tokens go to
+        # seq_ids: twice n_seq_max for requests (a chunk's sequences and the cached ones they
+        # fork from), then the spare sequence that pad tokens go to, then the retired one
+        self.cache = PrefixCache(2 * n_seq_max)
+        self._pad_seq = self.cache.n_ids
+        self._retired_seq = self._pad_seq + 1
         self._cells = 0  # KV cells taken since the cache was last cleared
         self._lock = threading.Lock()
         try:
@@ -370,12 +446,12 @@ class LlamaBackend:
         self._lib = _lib()
         self._ctx = self._new_context(n_gpu_layers)
         self._memory = self._lib.llama_get_memory(self._ctx)
-        self._batch = self._lib.llama_batch_init(self.max_call + 1, 0, n_seq_max)
+        self._batch = self._lib.llama_batch_init(self.max_call + 1, 0, self._retired_seq + 1)
 
     def _check_limits(self) -> None:
         if self.n_ctx < 1 or self.n_seq_max < 1:
             raise BackendError("n_ctx and n_seq_max must be positive")
-        most = _lib().llama_max_parallel_sequences() - 1  # one is the pad sequence
+        most = (_lib().llama_max_parallel_sequences() - 2) // 2  # see `self.cache`
         if self.n_seq_max > most:
             raise BackendError(f"n_seq_max {self.n_seq_max} is over llama.cpp's limit of {most}")
 
@@ -384,8 +460,8 @@ class LlamaBackend:
         params = lib.llama_context_default_params()
         params.n_ctx = self.kv_cells + 1  # + the pad token's cell
         # llama.cpp reserves one output per sequence, within n_batch; our calls stay smaller
-        params.n_batch = params.n_ubatch = max(self.max_call, self.n_seq_max) + 1
-        params.n_seq_max = self.n_seq_max + 1
+        params.n_seq_max = self._retired_seq + 1
+        params.n_batch = params.n_ubatch = max(self.max_call + 1, params.n_seq_max)
         params.n_outputs_max_per_seq = 0  # a shared prompt entry outputs for several sequences
         params.n_threads = params.n_threads_batch = self.threads
         params.kv_unified = True  # one cache: a shared prefix lives once, for all its sequences
@@ -415,7 +491,8 @@ class LlamaBackend:
             prompts = [self._prompt(r, r.params.max_tokens) for r in requests]
             results: list[Generation] = []
             for chunk in self._chunks(prompts, [r.params.max_tokens for r in requests]):
-                run = _Run(self, [requests[i] for i in chunk], [prompts[i] for i in chunk])
+                room = [requests[i].params.max_tokens for i in chunk]
+                run = _Run(self, [requests[i] for i in chunk], [prompts[i] for i in chunk], room)
                 results.extend(run.generate())
             return results
 
@@ -426,9 +503,14 @@ class LlamaBackend:
             prompts = [self._prompt(r, 0) for r in requests]
             results: list[list[float]] = []
             for chunk in self._chunks(prompts, [0] * len(prompts)):
-                run = _Run(self, [requests[i] for i in chunk], [prompts[i] for i in chunk])
+                run = _Run(self, [requests[i] for i in chunk], [prompts[i] for i in chunk], [0] * len(chunk))
                 results.extend(run.next_token_probs(option_tokens))
             return results
+
+    def reset(self) -> None:
+        """Forget every cached sequence: the next call decodes its prompts from scratch."""
+        with self._lock:
+            self._clear()
 
     def count_tokens(self, text: str) -> int:
         """Tokens in `text` by this model's tokenizer (no BOS, no control tokens parsed)."""
@@ -534,9 +616,31 @@ class LlamaBackend:
             raise BackendError(f"model {self.name}: llama_decode failed with code {code} ({reason})")
 
     def _clear(self) -> None:
-        """Forget every sequence (the end of a run, whatever happened in it)."""
+        """Forget every sequence and free every cell."""
         _lib().llama_memory_clear(self._memory, True)
+        self.cache.held.clear()
         self._cells = 0
+
+    def _fork(self, prompts: list[list[int]], room: list[int]) -> tuple[list[int], list[Fork]]:
+        """seq_ids for a chunk's prompts, each given the cells of its fork (seq_cp), and the
+        forks. Cached sequences no one forked from make room (seq_rm, see `PrefixCache`).
+        When the new cells would not fit beside the cached ones, the cache is cleared first."""
+        lib, cache = _lib(), self.cache
+        forks = cache.forks(prompts)
+        fresh = sum(len(p) - f.length for p, f in zip(prompts, forks))  # an upper bound: no trie sharing
+        if self._cells + fresh + sum(room) + 1 > self.kv_cells:  # + the pad token's cell
+            self._clear()
+            forks = [Fork() for _ in prompts]
+        ids, retire = cache.free_ids(len(prompts), keep={f.source for f in forks})
+        for seq in retire:  # first: their ids are among the new ones
+            lib.llama_memory_seq_cp(self._memory, seq, self._retired_seq, -1, -1)
+            lib.llama_memory_seq_rm(self._memory, seq, -1, -1)
+            del cache.held[seq]
+        for seq, fork in zip(ids, forks):
+            if fork.length:
+                lib.llama_memory_seq_cp(self._memory, fork.source, seq, 0, fork.length)
+                cache.touch(fork.source)
+        return ids, forks
 
     def _logits(self, i: int) -> Any:
         """The logits of entry i of the last call, as a numpy view (valid until the next call)."""
@@ -546,13 +650,16 @@ class LlamaBackend:
 
 
 class _Run:
-    """One chunk of requests on the backend's context: decode the prompts (shared prefixes
-    once), then generate. The KV cache is cleared when the run ends, whatever happens."""
+    """One chunk of requests on the backend's context: fork the cached prefixes, decode the
+    rest of the prompts (shared parts once), then generate. Request i is sequence `ids[i]`.
+    The sequences stay cached when the run ends; if it fails, the cache is cleared."""
 
-    def __init__(self, backend: LlamaBackend, requests: list[GenerationRequest], prompts: list[list[int]]):
+    def __init__(self, backend: LlamaBackend, requests: list[GenerationRequest], prompts: list[list[int]], room: list[int]):
         self.b = backend
         self.requests = requests
-        self.plan = plan_prompts(prompts)
+        self.prompts = prompts
+        self.ids, forks = backend._fork(prompts, room)
+        self.plan = plan_prompts(prompts, forks)
         self.starts = [len(p) for p in prompts]
         self.ends_at: dict[int, list[int]] = {}  # plan entry -> sequences whose prompt ends there
         for seq, entry in sorted(self.plan.last.items()):
@@ -564,7 +671,7 @@ class _Run:
         plan = self.plan
         self.b.counters.prompt_tokens += len(plan.tokens)
         entries = [
-            (token, pos, seqs, i in self.ends_at)
+            (token, pos, [self.ids[s] for s in seqs], i in self.ends_at)
             for i, (token, pos, seqs) in enumerate(zip(plan.tokens, plan.positions, plan.seq_ids))
         ]
 
@@ -585,38 +692,54 @@ class _Run:
             p /= p.sum()
             probs[seq] = [float(p[t]) for t in option_tokens]
 
-        try:
+        with self.caching(self.prompts):
             self.decode_prompts(read)
-        finally:
-            self.b._clear()
         return [probs[s] for s in range(len(self.requests))]
 
     def generate(self) -> list[Generation]:
         b = self.b
         seqs = [_Sequence(r, b._sampler(r.params), pos=start) for r, start in zip(self.requests, self.starts)]
+
+        def held() -> list[list[int]]:
+            # what each sequence's cells hold when done: its prompt and what it sampled, less
+            # the last token sampled (never decoded)
+            return [prompt + seq.sampled[:-1] for prompt, seq in zip(self.prompts, seqs)]
+
         try:
-            self.decode_prompts(lambda s, index: self.sample(seqs[s], index))
-            live = [s for s, seq in enumerate(seqs) if seq.finish is None]
-            while live:
-                # finished sequences keep their cells until the run ends: freeing them would let
-                # new tokens take lower cells, out of position order (see `call_sizes`)
-                entries = [(seqs[s].pending, seqs[s].pos, [s], True) for s in live]
-                for s in live:
-                    seqs[s].pos += 1
-                b._decode(entries, lambda k, index: self.sample(seqs[live[k]], index))
-                live = [s for s in live if seqs[s].finish is None]
+            with self.caching(held):
+                self.decode_prompts(lambda s, index: self.sample(seqs[s], index))
+                live = [s for s, seq in enumerate(seqs) if seq.finish is None]
+                while live:
+                    # finished sequences keep their cells: freeing them would let new tokens take
+                    # lower cells, out of position order (see `call_sizes` and `PrefixCache`)
+                    entries = [(seqs[s].pending, seqs[s].pos, [self.ids[s]], True) for s in live]
+                    for s in live:
+                        seqs[s].pos += 1
+                    b._decode(entries, lambda k, index: self.sample(seqs[live[k]], index))
+                    live = [s for s in live if seqs[s].finish is None]
         finally:
-            b._clear()
             for seq in seqs:
                 _lib().llama_sampler_free(seq.sampler)
         return [self.result(s, seq) for s, seq in enumerate(seqs)]
+
+    @contextlib.contextmanager
+    def caching(self, held: list[list[int]] | Callable[[], list[list[int]]]) -> Iterator[None]:
+        """Cache the run's sequences (holding the tokens `held` gives) when the block ends;
+        clear the whole cache if it fails (Ctrl-C included): half-decoded cells are no use."""
+        try:
+            yield
+        except BaseException:
+            self.b._clear()
+            raise
+        for seq, tokens in zip(self.ids, held() if callable(held) else held):
+            self.b.cache.held[seq] = tokens
 
     def sample(self, seq: _Sequence, index: int) -> None:
         """Sample the next token of `seq` from output `index` of the last call, and see
         whether the sequence is done."""
         b = self.b
         token = _lib().llama_sampler_sample(seq.sampler, b._ctx, index)
-        seq.tokens += 1
+        seq.sampled.append(token)
         b.counters.generated_tokens += 1
         params = seq.request.params
         if params.logprobs:
@@ -627,7 +750,7 @@ class _Run:
         seq.text += seq.decoder.decode(b.model.piece(token))
         if params.stop and self.find_stop(seq):
             seq.finish = "stop"
-        elif seq.tokens >= params.max_tokens:
+        elif len(seq.sampled) >= params.max_tokens:
             seq.finish = "length"
         else:
             seq.pending = token
@@ -649,7 +772,7 @@ class _Run:
         return Generation(
             text=text,
             prompt_tokens=self.plan.charged[s],
-            generated_tokens=seq.tokens,
+            generated_tokens=len(seq.sampled),
             finish=seq.finish or "length",
             logprobs=tuple(seq.logprobs) if seq.request.params.logprobs else None,
         )
