@@ -160,9 +160,13 @@ def test_check_arith_scores_equations():
 
 
 def test_token_budget_stops_with_the_best_so_far():
+    # A declared budget this small is refused by the checker (its estimate cannot fit), so the
+    # runtime's own guard is tested with the limit given to the executor directly.
+    from ttcl.executor import Executor, Limits
+
     backend = ScriptedBackend(lambda r: "one two three four five. The answer is 4.")
-    src = "budget 400 tokens\nprogram main = revise(20) |> vote"
-    result = run(src, backend)
+    graph = ttcl.compile("program main = revise(20) |> vote").graph
+    (result,) = Executor(graph, lambda name: backend).run([("What is 2 + 3?", None)], 0, Limits(tokens=400))
     assert result.stopped == "budget" and result.answer == "4"
     assert 0 < len(result.candidates) < 20 and result.cost.tokens <= 400
 

@@ -237,7 +237,8 @@ def _show(expr: ast.Expr) -> str:
 
 def lower(body: ast.Expr, program: ast.ProgramDecl, checked: Checked, budgets: dict[str, float]) -> nx.DiGraph:
     """Lower a rewritten program body to its IR graph; raise `CheckError` on value errors
-    (non-positive counts, a beam without a PRM, a budget the program cannot fit)."""
+    (non-positive counts, a beam without a PRM, a budget the program cannot fit: generations
+    counted, tokens and FLOPs estimated by `cost.py`)."""
     lowering = Lowering(checked, program)
     g = lowering.graph
     g.graph.update(program=program.name, models={}, verifiers={}, prompts={})
@@ -253,6 +254,10 @@ def lower(body: ast.Expr, program: ast.ProgramDecl, checked: Checked, budgets: d
                           f"({g.nodes[n]['generations']})" for n in costly)
         lowering.error(program.name_span, f"program `{program.name}` needs {generations} generations "
                        f"but its budget is {limit:g}", f"costliest: {names}")
+    if not lowering.errors:  # the estimate needs a well-formed graph
+        from .cost import budget_diagnostics
+
+        lowering.errors += budget_diagnostics(g, budgets, program.name_span)
     if lowering.errors:
         raise CheckError(lowering.errors)
     return g

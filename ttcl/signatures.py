@@ -157,6 +157,18 @@ MODELS: dict[str, Signature] = {s.name: s for s in (
         Param("n_gpu_layers", "int", 0, minimum=-1),
         Param("threads", "int", 0, minimum=0, doc="0: one per core"),
     ), "a GGUF model run by llama.cpp"),
+    Signature("spec", "model", (
+        Param("params", "float", minimum=1, doc="every parameter, embeddings included"),
+        Param("layers", "int", 0, minimum=0, doc="0: unknown (no attention term)"),
+        Param("d_model", "int", 0, minimum=0, doc="the residual width; 0: unknown"),
+        Param("heads", "int", 0, minimum=0, doc="attention heads (head_dim = d_model / heads)"),
+        Param("vocab", "int", 0, minimum=0, doc="vocabulary size; 0: unknown (no logits term)"),
+        Param("non_embedding", "float", 0.0, minimum=0, doc="0: params less the embeddings"),
+        Param("tied", "bool", True, doc="whether the output projection reuses the embedding"),
+        Param("n_ctx", "int", 4096, minimum=16, maximum=1_048_576, doc="the training context"),
+        Param("temperature", "float", 0.8, minimum=0.0, maximum=10.0),
+        Param("max_tokens", "int", 256, minimum=1, maximum=1_000_000),
+    ), "a model described by numbers alone, for costing what-if questions (it cannot run)"),
 )}
 
 VERIFIERS: dict[str, Signature] = {s.name: s for s in (

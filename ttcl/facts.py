@@ -1,0 +1,285 @@
+"""Model facts and the FLOPs model: what a model costs per token, and the paper's exchange.
+
+Facts come from a GGUF file's metadata and tensor shapes (the `gguf` package's reader), from
+a transformers `config.json` (dimensions only, no torch), or from numbers in a program
+(`model big = spec(params=1.7e9, layers=24, d_model=2048)`). The formulas:
+
+    forward FLOPs per token = 2·N + 4·n_layer·ctx·d_attn + 2·d_model·n_vocab (if its logits are needed)
+    pretraining FLOPs       = 6·N·D
+    exchange                = M + 3·(M - 1)/R   (Snell et al. 2024, §7)
+
+with N the non-embedding parameters, ctx the positions a token attends over, D tokens and
+R = D_inference / D_pretrain.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import TTCLError
+
+
+class ModelFactsError(TTCLError):
+    """A model whose facts cannot be read: a missing or corrupt file, an unknown architecture."""
+
+
+class ModelFacts(BaseModel):
+    """What the cost model needs to know about a model. 0 means unknown (a `spec` may leave
+    out layers or widths; the terms that need them are then left out, and `notes` says so)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    source: str  # "gguf", "config" or "spec"
+    architecture: str = ""
+    params: float  # every parameter, embeddings included
+    params_non_embedding: float  # N of the FLOPs formula (Kaplan et al.: embeddings excluded)
+    tied_embeddings: bool = True  # the output projection reuses the token embedding
+    n_layer: int = 0
+    n_ctx: int = 0  # the training context
+    d_model: int = 0
+    n_head: int = 0
+    n_head_kv: int = 0  # grouped-query attention: fewer key/value heads than query heads
+    head_dim: int = 0
+    n_vocab: int = 0
+
+    @property
+    def d_attn(self) -> int:
+        """Attention width n_head·head_dim: what queries are dotted with keys over."""
+        return self.n_head * self.head_dim
+
+    @property
+    def d_kv(self) -> int:
+        """Key/value width n_head_kv·head_dim (the KV cache per layer and token)."""
+        return self.n_head_kv * self.head_dim
+
+    @property
+    def notes(self) -> list[str]:
+        missing = [what for what, known in (("layers", self.n_layer), ("attention width", self.d_attn),
+                                            ("vocabulary", self.n_vocab and self.d_model)) if not known]
+        return [f"{', '.join(missing)} unknown: those FLOPs terms are left out"] if missing else []
+
+
+# ---- the FLOPs model ---------------------------------------------------------------------
+
+
+def forward_flops(facts: ModelFacts, tokens: float, start: float = 0.0, logits: float = 0.0) -> float:
+    """FLOPs of a forward pass over `tokens` consecutive tokens whose first sits at position
+    `start` (so token i attends over start + i + 1 positions), computing `logits` outputs.
+
+    Kaplan et al. 2020, "Scaling Laws for Neural Language Models", Table 1:
+    C_forward ≈ 2N + 2·n_layer·n_ctx·d_attn per token, N the non-embedding parameters (one
+    multiply-add per weight). Their attention term is for a token of a full n_ctx window under
+    a causal mask, whose query attends over n_ctx/2 positions on average; QK^T and A·V are
+    each ctx·d_attn multiply-adds, so with ctx the positions actually attended the term is
+    4·n_layer·ctx·d_attn (equal to theirs at ctx = n_ctx/2). The mean ctx of the run is
+    start + (tokens + 1)/2. Table 1 also lists the de-embedding, 2·d_model·n_vocab per token,
+    which C_forward drops as negligible for large models; at 135M parameters and a 49k
+    vocabulary it is a quarter of 2N, so it is counted where logits are computed (every
+    decoded token; the last token of a prompt).
+    """
+    mean_ctx = start + (tokens + 1) / 2
+    return (2 * facts.params_non_embedding * tokens
+            + 4 * facts.n_layer * facts.d_attn * mean_ctx * tokens
+            + 2 * facts.d_model * facts.n_vocab * logits)
+
+
+def pretraining_flops(params: float, tokens: float) -> float:
+    """6·N·D: forward (2N) plus backward (4N) per training token (Kaplan et al. 2020, §2.1)."""
+    return 6 * params * tokens
+
+
+# ---- the paper's exchange (Snell et al. 2024, §7) ----------------------------------------
+#
+# A small model of N parameters and a model M times larger are pretrained on D_pre tokens and
+# then serve D_inf inference tokens; R = D_inf / D_pre. Their total FLOPs:
+#     small, spending k times its inference compute:  6·N·D_pre + k·2·N·D_inf
+#     large, spending it once:                        6·M·N·D_pre + 2·M·N·D_inf
+# Setting them equal and dividing by 2·N·D_inf:  3/R + k = 3M/R + M, so
+#     k = M + 3·(M - 1)/R        and back:       M = (k + 3/R) / (1 + 3/R) = (k·R + 3)/(R + 3).
+
+
+class Exchange(BaseModel):
+    """The test-time multiple k of a small model that costs what a model M× larger costs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    size_ratio: float  # M
+    ratio: float  # R = D_inference / D_pretrain
+    multiple: float  # k
+
+
+def exchange(size_ratio: float, ratio: float) -> Exchange:
+    """The test-time compute multiple k = M + 3(M-1)/R of the small model whose total FLOPs
+    (pretraining plus inference) equal those of a model `size_ratio` (M) times larger that
+    spends its inference compute once. `exchange(14, 0.79).multiple` is about 63.4."""
+    _positive(size_ratio=size_ratio, ratio=ratio)
+    return Exchange(size_ratio=size_ratio, ratio=ratio, multiple=size_ratio + 3 * (size_ratio - 1) / ratio)
+
+
+def matching_size(multiple: float, ratio: float) -> Exchange:
+    """The reverse question: the size ratio M = (k·R + 3)/(R + 3) of the larger model whose
+    total FLOPs equal the small model's at a test-time multiple k."""
+    _positive(multiple=multiple, ratio=ratio)
+    return Exchange(size_ratio=(multiple * ratio + 3) / (ratio + 3), ratio=ratio, multiple=multiple)
+
+
+def _positive(**values: float) -> None:
+    for name, value in values.items():
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise TTCLError(f"{name} must be a positive number, got {value!r}")
+
+
+# ---- facts from a GGUF file --------------------------------------------------------------
+
+
+def facts_from_gguf(path: str | os.PathLike) -> ModelFacts:
+    """Facts from a GGUF file: parameters counted from the tensor shapes (`token_embd` and an
+    untied `output` are the embeddings), dimensions from the `{arch}.*` metadata. Cached per
+    file (and its size and modification time)."""
+    path = os.path.abspath(os.fspath(path))
+    try:
+        stat = os.stat(path)
+    except OSError as e:
+        raise ModelFactsError(f"model file not found: {path}" if isinstance(e, FileNotFoundError)
+                              else f"cannot read model file {path}: {e.strerror}") from None
+    return _gguf_facts(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _gguf_facts(path: str, size: int, mtime: int) -> ModelFacts:
+    if not os.path.isfile(path):
+        raise ModelFactsError(f"model path is not a file: {path}")
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelFactsError(f"not a GGUF model file: {path}")
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise ModelFactsError("reading GGUF metadata needs the gguf package (pip install gguf)") from None
+    try:
+        reader = GGUFReader(path)
+        meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
+        sizes = {t.name: int(t.n_elements) for t in reader.tensors}
+    except Exception as e:  # the reader raises whatever numpy or struct hit on a broken file
+        raise ModelFactsError(f"corrupt GGUF model file {path}: {type(e).__name__}: {e}") from None
+    arch = meta.get("general.architecture")
+
+    def key(name: str, default=None):
+        value = meta.get(f"{arch}.{name}", default)
+        if value is None:
+            raise ModelFactsError(f"GGUF file {path} has no `{arch}.{name}` metadata")
+        return value
+
+    d_model, n_head = int(key("embedding_length")), int(key("attention.head_count"))
+    embedding = sizes.get("token_embd.weight", 0) + sizes.get("output.weight", 0)
+    vocab = meta.get(f"{arch}.vocab_size") or _rows(reader, "token_embd.weight")
+    return ModelFacts(
+        name=str(meta.get("general.name") or Path(path).name), source="gguf", architecture=str(arch),
+        params=sum(sizes.values()), params_non_embedding=sum(sizes.values()) - embedding,
+        tied_embeddings="output.weight" not in sizes, n_layer=int(key("block_count")),
+        n_ctx=int(key("context_length")), d_model=d_model, n_head=n_head,
+        n_head_kv=int(key("attention.head_count_kv", n_head)),
+        head_dim=int(key("attention.key_length", d_model // n_head)), n_vocab=int(vocab))
+
+
+def _rows(reader, name: str) -> int:
+    tensor = next((t for t in reader.tensors if t.name == name), None)
+    return int(tensor.shape[-1]) if tensor is not None else 0
+
+
+# ---- facts from a transformers config.json -----------------------------------------------
+
+# Architectures whose MLP is gated (gate, up and down projections: 3·d_model·d_ff weights).
+GATED = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+         "phi3", "olmo", "olmo2", "smollm3", "granite", "stablelm"}
+
+
+def facts_from_config(directory: str | os.PathLike) -> ModelFacts:
+    """Facts from a transformers `config.json` (a directory or the file), for llama-like
+    (gated MLP) and GPT-2-like models. Parameters are counted from the dimensions:
+    per layer the q, k, v, o projections, the MLP and two norms, plus a final norm; biases
+    are left out (a fraction of a percent)."""
+    path = Path(directory)
+    path = path / "config.json" if path.is_dir() else path
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFactsError(f"model config not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFactsError(f"cannot read model config {path}: {e}") from None
+    if not isinstance(config, dict):
+        raise ModelFactsError(f"model config {path} is not a JSON object")
+    config = config.get("text_config", config)  # multimodal configs nest the language model
+    kind = str(config.get("model_type", ""))
+    try:
+        dims = _gpt2_dims(config) if kind == "gpt2" else _llama_dims(config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFactsError(f"model config {path} ({kind or 'no model_type'}) lacks {e}; "
+                              f"known: llama-like ({', '.join(sorted(GATED))}) and gpt2") from None
+    d, layers, heads, kv, hd, ff, vocab, ctx, tied, gated = dims
+    per_layer = d * heads * hd + 2 * d * kv * hd + heads * hd * d + (3 if gated else 2) * d * ff + 2 * d
+    non_embedding = layers * per_layer + d
+    embedding = vocab * d * (1 if tied else 2)
+    return ModelFacts(name=str(config.get("_name_or_path") or path.parent.name), source="config",
+                      architecture=kind, params=non_embedding + embedding, params_non_embedding=non_embedding,
+                      tied_embeddings=tied, n_layer=layers, n_ctx=ctx, d_model=d, n_head=heads,
+                      n_head_kv=kv, head_dim=hd, n_vocab=vocab)
+
+
+def _llama_dims(c: dict) -> tuple:
+    d, heads = int(c["hidden_size"]), int(c["num_attention_heads"])
+    return (d, int(c["num_hidden_layers"]), heads, int(c.get("num_key_value_heads") or heads),
+            int(c.get("head_dim") or d // heads), int(c["intermediate_size"]), int(c["vocab_size"]),
+            int(c.get("max_position_embeddings", 0)), bool(c.get("tie_word_embeddings", False)), True)
+
+
+def _gpt2_dims(c: dict) -> tuple:
+    d, heads = int(c["n_embd"]), int(c["n_head"])
+    return (d, int(c["n_layer"]), heads, heads, d // heads, int(c.get("n_inner") or 4 * d),
+            int(c["vocab_size"]), int(c.get("n_positions", 0)), True, False)
+
+
+# ---- facts from numbers, and from a model declaration ------------------------------------
+
+
+def facts_from_spec(spec: dict, name: str = "spec") -> ModelFacts:
+    """Facts from a `spec(...)` declaration's values: `params` is every parameter; the
+    non-embedding count is given, or else params less the embeddings (vocab·d_model, twice if
+    untied) where both are known."""
+    d, vocab, heads = int(spec.get("d_model", 0)), int(spec.get("vocab", 0)), int(spec.get("heads", 0))
+    tied = bool(spec.get("tied", True))
+    params = float(spec["params"])
+    non_embedding = float(spec.get("non_embedding") or params - vocab * d * (1 if tied else 2))
+    if non_embedding <= 0:
+        raise ModelFactsError(f"model {name}: its embeddings ({vocab} × {d}) are more than its "
+                              f"{params:g} parameters")
+    return ModelFacts(name=name, source="spec", architecture="spec", params=params,
+                      params_non_embedding=non_embedding, tied_embeddings=tied,
+                      n_layer=int(spec.get("layers", 0)), n_ctx=int(spec.get("n_ctx", 0)), d_model=d,
+                      n_head=heads or (1 if d else 0), n_head_kv=heads or (1 if d else 0),
+                      head_dim=d // heads if heads else d, n_vocab=vocab)
+
+
+def facts_for(decl: dict, name: str = "") -> ModelFacts:
+    """Facts for a model declaration of the IR (`{"kind": "llama", "path": ...}` or a spec)."""
+    if decl.get("kind") == "spec":
+        return facts_from_spec(decl, name or "spec")
+    return facts_from_path(str(decl.get("path", "")))
+
+
+def facts_from_path(name_or_path: str) -> ModelFacts:
+    """Facts for a known model name ("smollm2-135m"), a GGUF file, or a transformers model
+    directory (or its config.json)."""
+    from .backends.llama import resolve_model_path  # imports llama_cpp only when a model loads
+
+    path = resolve_model_path(name_or_path)
+    if os.path.isdir(path) or path.endswith(".json"):
+        return facts_from_config(path)
+    return facts_from_gguf(path)
