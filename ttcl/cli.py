@@ -84,6 +84,19 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", metavar="OUT.jsonl", help="with --questions: write results here")
     r.set_defaults(run=cmd_run)
 
+    k = sub.add_parser("cost", help="estimate tokens and FLOPs per node before running")
+    _program_args(k)
+    k.add_argument("--model", metavar="NAME", help="price as this model: one declared in the file "
+                   "(a spec), a known name, a GGUF file or a config directory")
+    k.add_argument("--budget", action="append", default=[], metavar="AMOUNT[UNIT]",
+                   help='check against a budget, e.g. "64", "2e5 tokens", "1e13 flops" (repeatable)')
+    k.add_argument("--vs-params", type=float, metavar="N", help="the paper's exchange against a model of N parameters")
+    k.add_argument("--ratio", type=float, default=0.79, metavar="R",
+                   help="D_inference / D_pretrain for the exchange (default 0.79)")
+    k.add_argument("--calibration", metavar="FILE", help="token-length priors measured by earlier runs")
+    k.add_argument("--json", action="store_true", help="print the report as JSON")
+    k.set_defaults(run=cmd_cost)
+
     o = sub.add_parser("compile", help="write the compiled program as a JSON artifact")
     _program_args(o)
     o.add_argument("-o", "--output", required=True, metavar="OUT.json")
@@ -161,10 +174,33 @@ def cmd_fmt(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from .draw import FORMATS
+    from .draw import FORMATS, to_text
 
-    sys.stdout.write(FORMATS[args.format](_load(args).graph))
+    program = _load(args)
+    if args.format != "text":
+        sys.stdout.write(FORMATS[args.format](program.graph))
+        return 0
+    sys.stdout.write(to_text(program.graph, _node_costs(program)))
     return 0
+
+
+def _node_costs(program) -> dict[int, str]:
+    """Each node's estimated cost for `graph`: FLOPs where the model's facts can be read,
+    else tokens."""
+    from .cost import _short
+
+    try:
+        report = program.cost()
+    except TTCLError:
+        report = program.cost(flops=False)
+    return {e.node: f"~{_short(e.flops)} FLOPs" if e.flops is not None else f"~{_short(e.tokens)} tokens"
+            for e in report.nodes if e.tokens}
+
+
+def cmd_cost(args) -> int:
+    from .costview import cost_command
+
+    return cost_command(args, _load(args), out)
 
 
 def cmd_parse(args) -> int:

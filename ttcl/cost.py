@@ -2,8 +2,10 @@
 
 Each generator and verifier pass is priced from token-length priors and the model's facts
 (`facts.py`: 2·N per token plus attention and logits). Shared prompt prefixes are charged
-once, as the llama backend decodes them (a batch's prompts form a token trie), once per
-chunk of 64 sequences; nothing is shared across calls (the cache is cleared after each).
+once, as the llama backend decodes them (a batch's prompts form a token trie, once per chunk
+of 64 sequences), and a search's or a revision chain's later calls pay only for what their
+prompts add, as the backend keeps sequences cached across calls and forks them (`seq_cp`).
+Reuse across nodes is not credited, nor is eviction from the cache charged.
 
     question -> sample(16) -> best(prm): one prompt, 16 answers, 16 verifier passes
 
@@ -35,6 +37,8 @@ STEP_TOKENS = 32  # one step of a solution (a short paragraph), before calibrati
 ATTEMPT_TOKENS = 4  # "Attempt 2:" and the blank lines around an attempt in a revision prompt
 CHUNK = 64  # sequences the llama backend decodes together (n_seq_max); each chunk prefills its prompt
 MAX_CONTEXT = 4  # previous attempts a generator shows (ops.MAX_CONTEXT)
+BOUNDARY_TOKENS = 2  # a cached partial solution's next prompt re-decodes its delimiter
+TRAILER_TOKENS = 20  # a revision prompt's closing request, after the attempts
 UNITS = ("generations", "tokens", "flops")
 
 
@@ -251,9 +255,11 @@ class Estimator:
 
     # ---- verifiers ------------------------------------------------------------------------
 
-    def verify(self, acc: Acc, name: str, requests: float, unique: float, shared: float = 0.0) -> None:
-        """Price `requests` verifier passes whose step texts hold `unique` tokens in all, plus
-        `shared` tokens of partial solutions that siblings share (decoded once)."""
+    def verify(self, acc: Acc, name: str, requests: float, unique: float, shared: float = 0.0,
+               head_cached: bool = False) -> None:
+        """Price `requests` verifier passes whose step texts hold `unique` new tokens in all,
+        plus `shared` tokens of partial solutions that siblings share (decoded once); the
+        prompt's head (question) is free where an earlier call left it cached."""
         decl = self.graph.graph["verifiers"][name]
         if decl["kind"] != "self_verify" or requests <= 0:
             return  # programmatic checkers, registered callables and the oracle use no model
@@ -263,7 +269,7 @@ class Estimator:
         if priors is not None and priors.verify_tokens is not None:
             acc.verify(model, priors.verify_tokens, head, 1, requests)
             return
-        chunks = _chunks(requests)
+        chunks = 0 if head_cached else _chunks(requests)
         acc.verify(model, head, 0, 0, chunks)
         acc.verify(model, shared, head, 0)
         acc.verify(model, unique / requests + tail, head + shared / requests, 1, requests)
@@ -302,7 +308,13 @@ class Estimator:
             shown = min(context, earlier + i)
             prompt = ln.prompt + (ln.revise_extra + shown * (ln.answer + ATTEMPT_TOKENS) if shown else 0)
             times = 1 if i < distinct - 1 else k - distinct + 1  # each attempt is its own call
-            acc.prompt(model, prompt, times)
+            # The previous attempt's cached prompt holds the attempts before it: while the
+            # window grows only the newest attempt and the closing request are new. Once it
+            # slides (or at the first revision) only the chat and the question are shared.
+            growing = 0 < i and shown > min(context, earlier + i - 1) and earlier + i - 1 > 0
+            new = ln.answer + ATTEMPT_TOKENS + TRAILER_TOKENS if growing else \
+                prompt - (CHAT_TOKENS + QUESTION_TOKENS if i else 0)
+            acc.prompt(model, new, times, prompt - new)
             acc.generate(model, times, ln.answer, prompt)
         return [Group(k, ln.answer, ln.answer_steps)]
 
@@ -316,13 +328,14 @@ class Estimator:
         t, steps = ln.step, ln.search_steps
         acc.prompt(model, prompt, _chunks(n))
         acc.generate(model, n, t, prompt)
+        # Later calls fork the cached partial solutions: each step's prompts add only the
+        # delimiter, and each verifier pass only the new steps and its closing question.
         for s in range(1, math.ceil(steps)):
-            parents = (n / m) * (s - 1) * t  # siblings share their parent's steps
             for r in range(rollout):
-                acc.prompt(model, prompt + parents + n * (r + 1) * t, _chunks(n))
+                acc.prompt(model, n * BOUNDARY_TOKENS, 1, prompt + (s + r) * t)
                 acc.generate(model, n, t, prompt + (s + r) * t)
-            self.verify(acc, v, n, n * (rollout + 1) * t, parents)
-            acc.prompt(model, prompt + (n / m) * s * t, _chunks(n))
+            self.verify(acc, v, n, n * (rollout + 1) * t, head_cached=s > 1)
+            acc.prompt(model, (n / m) * BOUNDARY_TOKENS, 1, prompt + s * t)
             acc.generate(model, n, t, prompt + s * t)
         return [Group(n, steps * t, steps)]
 
@@ -335,9 +348,12 @@ class Estimator:
         prompt, t, steps = self.search_prompt(node, ln), ln.step, ln.search_steps
         trees = n // m
         for s in range(math.ceil(steps)):
-            acc.prompt(model, prompt + trees * s * t, _chunks(n))
+            if s == 0:
+                acc.prompt(model, prompt, _chunks(n))
+            else:  # the kept child of each tree is cached: its next prompt adds the delimiter
+                acc.prompt(model, trees * BOUNDARY_TOKENS, 1, prompt + s * t)
             acc.generate(model, trees * m, t, prompt + s * t)
-            self.verify(acc, v, trees * m, trees * m * t, trees * s * t)
+            self.verify(acc, v, trees * m, trees * m * t, head_cached=s > 0)
         return [Group(trees, steps * t, steps)]
 
     def search_prompt(self, node: int, ln: Lengths) -> float:

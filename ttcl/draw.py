@@ -40,10 +40,10 @@ def order(graph: nx.DiGraph) -> list[int]:
     return list(nx.lexicographical_topological_sort(graph))
 
 
-def to_text(graph: nx.DiGraph) -> str:
+def to_text(graph: nx.DiGraph, costs: dict[int, str] | None = None) -> str:
     """One line per operation in topological order: id, call, output type, inputs (with arm
-    guards), and the source position it came from (with the strategy calls it was inlined
-    from). Declarations follow."""
+    guards), the source position it came from (with the strategy calls it was inlined from)
+    and, where given, its estimated cost. Declarations follow."""
     g = graph.graph
     lines = [f"program {g['program']}: {g['generations']} generations"
              + "".join(f"; budget {v:g} {k}" for k, v in g.get("budgets", {}).items())]
@@ -54,8 +54,9 @@ def to_text(graph: nx.DiGraph) -> str:
         inputs = ", ".join(f"n{u}" + (f" [{_edge_label(graph.edges[u, n])}]" if _edge_label(graph.edges[u, n]) else "")
                            for u in preds)
         where = str(attrs["span"]) + (f" (in {' > '.join(attrs['origin'])})" if attrs.get("origin") else "")
-        rows.append((f"n{n}", label(graph, n), attrs["type"], f"<- {inputs}" if inputs else "", where))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        cost = (costs or {}).get(n, "")
+        rows.append((f"n{n}", label(graph, n), attrs["type"], f"<- {inputs}" if inputs else "", cost, where))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for row in rows:
         lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths + [0])).rstrip())
     for kind in ("models", "verifiers", "prompts"):

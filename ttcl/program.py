@@ -89,6 +89,10 @@ class Program:
         if backend is None:
             from .backends.llama import backend_for
 
+            specs = [name for name, decl in self.ir.models.items() if decl.get("kind") == "spec"]
+            if specs:
+                raise UsageError(f"model `{specs[0]}` is a spec(...): numbers for costing, with no weights "
+                                 "to run; `ttcl cost` prices it, running needs a llama(...) model or a backend")
             return lambda name: backend_for(self.ir.models[name])
         if isinstance(backend, dict):
             missing = set(self.ir.models) - set(backend)
@@ -96,6 +100,37 @@ class Program:
                 raise UsageError(f"no backend given for model(s) {', '.join(sorted(missing))}")
             return backend.__getitem__
         return lambda name: backend
+
+    # ---- costing ------------------------------------------------------------------------
+
+    def cost(self, model: str | None = None, calibration=None, vs_params: float | None = None,
+             ratio: float | None = None, flops: bool = True):
+        """The static cost estimate (a pydantic `CostReport`): tokens and FLOPs per node and in
+        total, expected and worst case. `model` prices every model as another one: a model
+        declared in the file (a `spec(...)` for what-if questions), a known name such as
+        "smollm2-135m", a GGUF file or a transformers config directory. `calibration` is a
+        `Calibration` or the path of a calibration file. With `vs_params` and `ratio`, the report
+        holds the paper's exchange against a model of that many parameters."""
+        from .cost import Calibration, estimate, with_exchange
+
+        if isinstance(calibration, (str, Path)):
+            calibration = Calibration.load(calibration)
+        facts = None
+        if model is not None:
+            one = self._model_facts(model)
+            facts = {name: one for name in self.ir.models}
+        report = estimate(self._graph, calibration, facts, with_flops=flops)
+        if vs_params is not None:
+            report = with_exchange(report, vs_params, 0.79 if ratio is None else ratio)
+        return report
+
+    def _model_facts(self, model: str):
+        from .cost import facts_for, facts_from_path
+
+        decl = self.ir.models.get(model)
+        if decl is None and self.checked is not None and isinstance(self.checked.definitions.get(model), ast.ModelDecl):
+            decl = declared_model(self.checked, model)
+        return facts_for(decl, model) if decl is not None else facts_from_path(model)
 
     def to_json(self) -> str:
         """The compiled artifact (JSON with a checksum), loadable with `ttcl.load`."""
@@ -221,6 +256,15 @@ def convert(value: Any, type_: str, name: str) -> Any:
 def _literal(value: Any, span) -> ast.Expr:
     kind = {bool: ast.Bool, int: ast.Int, float: ast.Float, str: ast.Str}[type(value)]
     return kind(span=span, value=value)
+
+
+def declared_model(checked: Checked, name: str) -> dict:
+    """A model declaration's values, as the IR would hold them, though no stage uses it."""
+    from .lower import Lowering
+
+    lowering = Lowering(checked, checked.programs[0] if checked.programs else None)
+    lowering.graph.graph.update(models={}, verifiers={}, prompts={})
+    return lowering.graph.graph["models"][lowering.declare_model(name)]
 
 
 def module_budgets(checked: Checked, decl: ast.ProgramDecl) -> dict[str, float]:
