@@ -143,17 +143,17 @@ def facts_from_gguf(path: str | os.PathLike) -> ModelFacts:
     """Facts from a GGUF file: parameters counted from the tensor shapes (`token_embd` and an
     untied `output` are the embeddings), dimensions from the `{arch}.*` metadata. Cached per
     file (and its size and modification time)."""
-    path = os.path.abspath(os.fspath(path))
+    path = os.fspath(path)  # messages name the file as the caller did
     try:
         stat = os.stat(path)
     except OSError as e:
         raise ModelFactsError(f"model file not found: {path}" if isinstance(e, FileNotFoundError)
                               else f"cannot read model file {path}: {e.strerror}") from None
-    return _gguf_facts(path, stat.st_size, stat.st_mtime_ns)
+    return _gguf_facts(os.path.abspath(path), stat.st_size, stat.st_mtime_ns, path)
 
 
 @functools.lru_cache(maxsize=32)
-def _gguf_facts(path: str, size: int, mtime: int) -> ModelFacts:
+def _gguf_facts(full: str, size: int, mtime: int, path: str) -> ModelFacts:
     if not os.path.isfile(path):
         raise ModelFactsError(f"model path is not a file: {path}")
     with open(path, "rb") as f:
@@ -164,7 +164,7 @@ def _gguf_facts(path: str, size: int, mtime: int) -> ModelFacts:
     except ImportError:
         raise ModelFactsError("reading GGUF metadata needs the gguf package (pip install gguf)") from None
     try:
-        reader = GGUFReader(path)
+        reader = GGUFReader(full)
         meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
         sizes = {t.name: int(t.n_elements) for t in reader.tensors}
     except Exception as e:  # the reader raises whatever numpy or struct hit on a broken file
@@ -279,7 +279,8 @@ def facts_from_path(name_or_path: str) -> ModelFacts:
     directory (or its config.json)."""
     from .backends.llama import resolve_model_path  # imports llama_cpp only when a model loads
 
-    path = resolve_model_path(name_or_path)
+    path = os.path.expanduser(name_or_path) if os.path.exists(os.path.expanduser(name_or_path)) \
+        or name_or_path.endswith((".gguf", ".json")) else resolve_model_path(name_or_path)
     if os.path.isdir(path) or path.endswith(".json"):
         return facts_from_config(path)
     return facts_from_gguf(path)
