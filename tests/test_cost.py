@@ -11,7 +11,7 @@ from ttcl.backends.fake import ScriptedBackend
 from ttcl.backends.llama import resolve_model_path
 from ttcl.cli import main
 from ttcl.cost import (
-    Calibration, ModelFactsError, Priors, estimate, exchange, facts_from_config, facts_from_gguf,
+    Calibration, ModelFactsError, Priors, exchange, facts_from_config, facts_from_gguf,
     facts_from_spec, forward_flops, matching_size,
 )
 

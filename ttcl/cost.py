@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field
 
-from .calibration import Calibration, Priors, model_key
+from .calibration import Calibration, Priors, model_key  # noqa: F401  (re-exported)
 from .errors import Diagnostic
 from .facts import (  # noqa: F401  (re-exported: the cost analyzer's public face)
     Exchange, ModelFacts, ModelFactsError, exchange, facts_for, facts_from_config, facts_from_gguf,
