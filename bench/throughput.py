@@ -1,6 +1,6 @@
 """Generation throughput: 16 samples of 128 tokens of one question on SmolLM2-135M, 2 threads.
 
-    python bench/throughput.py [--samples 16] [--tokens 128] [--threads 2]
+    python bench/throughput.py [--samples 16] [--tokens 128] [--threads 2] [--no-q8] [--beam-only]
 
 Prints generated tokens per second for
   (a) TTCL: `ttcl.compile("... program main = sample(16) |> vote").run(...)`, tokens from the
@@ -11,7 +11,10 @@ Prints generated tokens per second for
 and the ratios a/b (target >= 2.0) and a/c (target >= 0.85), plus the share of prompt tokens
 that prefix sharing saved. End-of-generation tokens are masked everywhere (`ignore_eos` on the
 backend, a logit bias elsewhere), so every sample is exactly --tokens long and all three do
-the same work. Asserts nothing about time: a benchmark, not a test.
+the same work. All of it twice: on the embedded Q4_1 file, and on the same weights
+requantized to Q8_0 (written to a temporary directory), whose batched matmul has tiled kernels
+on this CPU. Then beam search with and without the backend's cross-call prefix cache.
+Asserts nothing about time: a benchmark, not a test.
 
 Run it alone. llama.cpp's OpenMP threads spin while they wait, so two llama.cpp processes on
 the same cores (this bench and a test run, say) slow each other down a hundredfold;
@@ -21,7 +24,9 @@ OMP_WAIT_POLICY=PASSIVE avoids that, but costs about 4x on one sequence when alo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -172,19 +177,45 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", default="smollm2-135m", help="a GGUF file or known model name (default: the embedded SmolLM2)")
+    parser.add_argument("--no-q8", action="store_true", help="skip the figures on the model requantized to Q8_0")
+    parser.add_argument("--beam-only", action="store_true", help="only the beam search figures")
     args = parser.parse_args(argv)
-    n, tokens, threads = args.samples, args.tokens, args.threads
+    if not args.beam_only:
+        path = resolve_model_path(args.model)
+        sampling(path, os.path.basename(path), args.samples, args.tokens, args.threads)
+        if not args.no_q8:
+            with tempfile.TemporaryDirectory() as tmp:
+                sampling(requantized(path, tmp), "the same weights requantized to Q8_0", args.samples, args.tokens, args.threads)
+    beam_search(args.threads)
 
-    path = resolve_model_path("smollm2-135m")
+
+def requantized(path: str, directory: str) -> str:
+    """`path` requantized to Q8_0 in `directory`. ggml's batched matmul has tiled kernels
+    (llamafile's tinyBLAS) for Q8_0 and Q4_0 but not for Q4_1, the embedded file's type."""
+    import llama_cpp.llama_cpp as lib
+
+    out = os.path.join(directory, "q8_0.gguf")
+    params = lib.llama_model_quantize_default_params()
+    params.ftype, params.allow_requantize, params.nthread = lib.LLAMA_FTYPE_MOSTLY_Q8_0, True, 2
+    if lib.llama_model_quantize(path.encode(), out.encode(), params) != 0:
+        raise SystemExit(f"could not requantize {path}")
+    return out
+
+
+def sampling(path: str, label: str, n: int, tokens: int, threads: int) -> None:
+    """(a), (b) and (c) on one model file, side by side."""
     backend = LlamaBackend(path, n_ctx=1024, threads=threads, n_seq_max=max(n, 1), ignore_eos=True)
     backend.generate([GenerationRequest(messages=solve_messages(QUESTION, []), params=SamplingParams(max_tokens=4))])
     prompt = prompt_tokens(backend)
     eog = backend.model.eog_tokens
-    print(f"SmolLM2-135M Q4_1, {threads} threads, {n} samples x {tokens} tokens, prompt {len(prompt)} tokens")
+    print(f"\n{label}: {threads} threads, {n} samples x {tokens} tokens, prompt {len(prompt)} tokens")
 
+    backend.reset()
     rows = {
         "(a)  TTCL program sample(N) |> vote": ttcl_sample16(backend, n, tokens, threads),
     }
+    backend.reset()  # so (a') decodes its prompt and the sharing figure is its own
     a_gen, a_time, saved = backend_sample16(backend, n, tokens)
     rows["(a') LlamaBackend.generate, N requests"] = (a_gen, a_time)
     rows["(b)  N x Llama.create_completion"] = high_level(path, prompt_text(backend), eog, n, tokens, threads)
@@ -192,35 +223,61 @@ def main(argv: list[str] | None = None) -> None:
     rows["(c') the same, flash attention off"] = raw_batched(path, prompt, eog, n, tokens, threads, flash_attn=False)
 
     rate = {}
-    for label, (generated, seconds) in rows.items():
-        rate[label[:4].strip()] = generated / seconds
-        print(f"{label:<40} {generated:5d} tokens {seconds:6.2f} s {generated / seconds:7.1f} tok/s")
+    for row, (generated, seconds) in rows.items():
+        rate[row[:4].strip()] = generated / seconds
+        print(f"{row:<40} {generated:5d} tokens {seconds:6.2f} s {generated / seconds:7.1f} tok/s")
     a, a_backend, b, c, c_off = (rate[k] for k in ("(a)", "(a')", "(b)", "(c)", "(c')"))
     print(f"a/b  = {a / b:.2f}   (target >= 2.0)")
+    print(f"c/b  = {c / b:.2f}   (the most batching can give here)")
     print(f"a/c  = {a / c:.2f}   (target >= 0.85)")
     print(f"a/c' = {a / c_off:.2f}   (flash attention off: faster here when idle, not batch-invariant)")
     print(f"a'/c = {a_backend / c:.2f}   (the backend alone)")
     print(f"prompt tokens saved by prefix sharing: {saved:.1%} ({n} x {len(prompt)} -> {len(prompt)})")
-    beam_search(threads)
 
 
 def beam_search(threads: int) -> None:
-    """Beam search (n=16, width 4) through TTCL with self-verification: generated tokens per
-    second of wall time (verifier passes included), and the prompt tokens it processed."""
+    """Beam search (n=16, width 4) through TTCL with self-verification, twice: with the
+    backend's prefix cache (each step's beams and verifier prompts fork the cells of the step
+    before) and with the cache cleared before every call (each call decodes its prompts from
+    scratch). Generated tokens per second of wall time, verifier passes included, and the
+    prompt tokens each processed. The answers must agree: forking changes no result."""
     backend = LlamaBackend(resolve_model_path("smollm2-135m"), n_ctx=2048, threads=threads, n_seq_max=16)
     program = ttcl.compile(
         f'model policy = llama("smollm2-135m", temperature={TEMPERATURE}, max_tokens=64, threads={threads})\n'
         "verifier prm = self_verify(policy)\n"
         "program main = beam(16, prm, width=4, depth=6) |> weighted_vote(prm)"
     )
-    start = time.perf_counter()
-    result = program.run(QUESTION, seed=0, backend=backend)
-    seconds = time.perf_counter() - start
-    cost = result.cost
-    print(f"beam(16, prm, width=4, depth=6): {cost.generated_tokens} generated tokens in {seconds:.1f} s = "
-          f"{cost.generated_tokens / seconds:.1f} tok/s overall; prompt tokens processed "
-          f"{cost.prompt_tokens} (generation) + {cost.verifier_prompt_tokens} (verifier), "
-          f"{backend.counters.decode_calls} decode calls")
+    results = {}
+    for label, target in (("prefix cache", backend), ("cleared every call", _Forgetful(backend))):
+        backend.reset()
+        start = time.perf_counter()
+        result = program.run(QUESTION, seed=0, backend=target)
+        seconds = time.perf_counter() - start
+        cost, results[label] = result.cost, result
+        print(f"beam(16, prm, width=4, depth=6), {label:<18}: {cost.generated_tokens} generated tokens in "
+              f"{seconds:5.1f} s = {cost.generated_tokens / seconds:5.1f} tok/s overall; prompt tokens decoded "
+              f"{cost.prompt_tokens} (generation) + {cost.verifier_prompt_tokens} (verifier)")
+    same = len({(r.answer, r.text) for r in results.values()}) == 1
+    print(f"same answer and text both ways: {same}")
+
+
+class _Forgetful:
+    """A backend that clears its prefix cache before every call (the comparison above)."""
+
+    def __init__(self, backend: LlamaBackend):
+        self.backend = backend
+        self.name, self.counters = backend.name, backend.counters
+
+    def generate(self, requests):
+        self.backend.reset()
+        return self.backend.generate(requests)
+
+    def next_token_probs(self, requests, options):
+        self.backend.reset()
+        return self.backend.next_token_probs(requests, options)
+
+    def count_tokens(self, text):
+        return self.backend.count_tokens(text)
 
 
 if __name__ == "__main__":
