@@ -65,6 +65,32 @@ def test_trace_token_counts_equal_the_backend_counters(backend):
     assert generated == sum(c.generated_tokens for r in results for c in r.candidates)
 
 
+def test_measured_flops_are_counted_from_the_backend_per_node(backend):
+    from ttcl.facts import counted_flops
+
+    prog = ttcl.compile(MODEL + "verifier prm = self_verify(policy)\n"
+                        "program main = sample(4) |> weighted_vote(prm)")
+    before = backend.counters.model_copy()
+    result = prog.run(QUESTION, seed=0, backend=backend)
+    after = backend.counters
+    forward = after.forward_tokens - before.forward_tokens
+    assert result.cost.flops == pytest.approx(counted_flops(
+        backend.facts, forward, after.attended - before.attended, after.logits - before.logits), rel=1e-9)
+    assert sum(c.flops for c in result.cost.per_node.values()) == pytest.approx(result.cost.flops, rel=1e-9)
+    # every decoded token costs 2N and more (attention, logits); the sampler's last token of
+    # each sequence is never decoded
+    assert result.cost.flops > 2 * backend.n_params * forward
+    assert forward == result.cost.tokens - len(result.candidates)
+
+
+def test_flops_budget_stops_a_run_on_the_real_model(backend):
+    src = MODEL + "program main = sample(8) |> vote"
+    one = ttcl.compile(src).run(QUESTION, seed=0, backend=backend).cost.flops
+    limited = ttcl.compile(src.replace("program", f"budget {one:.6g} flops\nprogram"))
+    result = limited.run(QUESTION, seed=0, backend=backend, )
+    assert result.cost.flops <= one
+
+
 def test_ttcl_run_command(tmp_path):
     program = tmp_path / "p.ttcl"
     program.write_text(MODEL + "program main = sample(2) |> vote\n")

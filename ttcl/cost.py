@@ -511,13 +511,17 @@ def with_exchange(report: CostReport, big_params: float, ratio: float) -> CostRe
 
 
 def budget_diagnostics(graph: nx.DiGraph, budgets: dict[str, float], span) -> list[Diagnostic]:
-    """Errors for `tokens` and `flops` budgets the program's worst-case estimate cannot fit,
-    naming the costliest nodes (the checker's counterpart of the generations check)."""
+    """Errors for `tokens` and `flops` budgets that no run can meet: even with every answer and
+    step one token long the estimate exceeds them. The costliest nodes are named (the checker's
+    counterpart of the generations check). A budget the worst case exceeds is the runtime's
+    to enforce (it stops with the best answer so far); `ttcl cost` reports it."""
     units = [u for u in ("tokens", "flops") if u in budgets]
     if not units:
         return []
+    least = Priors(answer_tokens=1, answer_steps=1, step_tokens=1, search_steps=1)
+    floor = Calibration(models={model_key(decl): least for decl in graph.graph["models"].values()})
     try:
-        report = estimate(graph, with_flops="flops" in units)
+        report = estimate(graph, floor, with_flops="flops" in units)
     except Exception as e:  # a model file that cannot be read: say why the budget is unchecked
         from .errors import TTCLError
 
@@ -528,10 +532,10 @@ def budget_diagnostics(graph: nx.DiGraph, budgets: dict[str, float], span) -> li
     for unit, amount, limit in report.over_budget():
         names = ", ".join(f"{e.op} at {_line_col(graph, e.node)} ({_short(e.flops if unit == 'flops' else e.tokens)})"
                           for e in report.costliest(unit))
-        out.append(Diagnostic(f"program `{graph.graph['program']}` needs about {_short(amount)} {unit} "
+        out.append(Diagnostic(f"program `{graph.graph['program']}` needs at least about {_short(amount)} {unit} "
                               f"but its budget is {_short(limit)}", span,
-                              (f"costliest: {names}", "estimated with each answer as long as its max_tokens; "
-                               "`ttcl cost` shows the estimate")))
+                              (f"costliest: {names}", "estimated with every answer one token long; "
+                               "`ttcl cost` shows the full estimate")))
     return out
 
 

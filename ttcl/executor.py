@@ -18,6 +18,7 @@ from typing import Any, Callable
 import networkx as nx
 
 from .backends.base import Backend, BackendError
+from .facts import counted_flops
 from .ops import OPS, Generate, NodeContext, majority
 from .results import Candidate, Cost, NodeCost, Result, TraceEvent
 from .verifiers import Probs
@@ -191,30 +192,40 @@ class Executor:
             requests = [r for t in tasks for r in t.ask.requests]
             try:
                 backend = self.backends(model)
-                before = backend.counters.prompt_tokens
+                before = backend.counters.model_copy()
                 replies = backend.next_token_probs(requests, list(options)) if kind == "Probs" \
                     else backend.generate(requests)
             except BackendError as e:
                 node = self.graph.nodes[tasks[0].node]
                 raise BackendError(f"model `{model}`: {e.message} (running `{node['op']}` at {node['span']})") from None
-            # a verifier pass reports no per-request tokens: share the backend's count by requests
-            shares = _shares(backend.counters.prompt_tokens - before, [len(t.ask.requests) for t in tasks])
-            self.deliver(tasks, replies, kind, model, shares)
+            self.deliver(tasks, replies, kind, model, _spent(backend, before))
 
-    def deliver(self, tasks: list[Task], replies: list, kind: str, model: str, shares: list[int]) -> None:
+    def deliver(self, tasks: list[Task], replies: list, kind: str, model: str, spent: tuple[int, float | None]) -> None:
+        """Hand each task its replies, and its share of the batch's cost: a verifier pass
+        reports no per-request tokens, so its tokens are shared by requests; FLOPs are shared
+        in proportion to tokens."""
         at, size = 0, len(replies)
-        for task, share in zip(tasks, shares):
+        prompt_tokens, flops = spent
+        if kind == "Probs":
+            tokens = _shares(prompt_tokens, [len(t.ask.requests) for t in tasks])
+        else:
+            tokens = [sum(g.prompt_tokens + g.generated_tokens for g in replies[a:a + len(t.ask.requests)])
+                      for a, t in zip(_starts(tasks), tasks)]
+        whole = sum(tokens) or 1
+        for task, share in zip(tasks, tokens):
             n = len(task.ask.requests)
             mine, at = replies[at:at + n], at + n
-            self.account(task, mine, kind, share)
+            self.account(task, mine, kind, share, None if flops is None else flops * share / whole)
             task.run.event("batch", task.node, self.graph.nodes[task.node]["op"],
                            {"kind": kind, "model": model, "requests": n, "batch_size": size})
             task.ask = None
             self.step(task, mine)
 
-    def account(self, task: Task, replies: list, kind: str, share: int) -> None:
+    def account(self, task: Task, replies: list, kind: str, share: int, flops: float | None) -> None:
         run, node = task.run, task.node
         cost = run.cost.per_node.setdefault(node, NodeCost(op=self.graph.nodes[node]["op"]))
+        for target in (cost, run.cost):
+            target.flops = _add_flops(target.flops, target.tokens, flops)
         if kind == "Probs":
             tokens = share
             cost.verifier_prompt_tokens += tokens
@@ -235,20 +246,22 @@ class Executor:
             return False
         pending = [t.ask for t in self.tasks if t.run is run and t.ask is not None]
         generations = run.cost.generations + sum(a.generations for a in pending if isinstance(a, Generate))
-        tokens = run.cost.tokens + sum(_max_tokens(a) for a in pending)
+        next_tokens = sum(_max_tokens(a) for a in pending)
         if (limits.generations is not None and generations > limits.generations) or \
-                (limits.tokens is not None and tokens > limits.tokens) or \
-                (limits.flops is not None and self.flops(tokens, task) > limits.flops):
+                (limits.tokens is not None and run.cost.tokens + next_tokens > limits.tokens) or \
+                (limits.flops is not None and self.flops(run.cost.flops, next_tokens, task) > limits.flops):
             self.stop(run, "budget")
             return False
         return True
 
-    def flops(self, tokens: int, task: Task) -> float:
+    def flops(self, spent: float | None, next_tokens: int, task: Task) -> float:
+        """FLOPs measured so far plus 2·N per token the next batch may use at most."""
         n_params = getattr(self.backends(task.ask.model), "n_params", None)
-        if n_params is None:  # refuse rather than silently never enforce the budget
+        if n_params is None or (spent is None and task.run.cost.tokens):
+            # refuse rather than silently never enforce the budget
             raise BackendError(f"model `{task.ask.model}`: cannot enforce a flops budget, the backend "
                                "reports no parameter count; use a generations or tokens budget")
-        return 2.0 * n_params * tokens
+        return (spent or 0.0) + 2.0 * n_params * next_tokens
 
     def stop(self, run: QuestionRun, why: str) -> None:
         """End a run early, keeping every candidate its unfinished nodes had made."""
@@ -264,7 +277,6 @@ class Executor:
 
     def result(self, run: QuestionRun) -> Result:
         chosen = run.values.get(self.order[-1]) if self.complete(run) else self.best_so_far(run)
-        run.cost.flops = self.measured_flops(run)
         return Result(question=run.question, answer=chosen.answer if chosen else None,
                       text=chosen.text if chosen else None, candidates=run.candidates, cost=run.cost,
                       stopped=None if self.complete(run) else run.stopped, bin=run.bin, seed=run.seed,
@@ -279,11 +291,37 @@ class Executor:
                 return value
         return majority(run.candidates)
 
-    def measured_flops(self, run: QuestionRun) -> float | None:
-        sizes = {getattr(self.backends(m), "n_params", None) for m in self.graph.graph["models"]}
-        if len(sizes) != 1 or None in sizes:
-            return None  # per-model FLOPs need the cost model (issue 4)
-        return 2.0 * sizes.pop() * run.cost.tokens
+
+
+def _spent(backend: Backend, before) -> tuple[int, float | None]:
+    """A batch's prompt tokens and FLOPs, from the backend's counters: counted exactly
+    (`counted_flops`) where the backend counts positions and knows its model's facts, else
+    2·N per token where it knows N, else unknown."""
+    after = backend.counters
+    prompt = after.prompt_tokens - before.prompt_tokens
+    facts = getattr(backend, "facts", None)
+    if facts is not None and after.forward_tokens > before.forward_tokens:
+        return prompt, counted_flops(facts, after.forward_tokens - before.forward_tokens,
+                                     after.attended - before.attended, after.logits - before.logits)
+    n_params = getattr(backend, "n_params", None)
+    tokens = prompt + after.generated_tokens - before.generated_tokens
+    return prompt, None if n_params is None else 2.0 * n_params * tokens
+
+
+def _add_flops(total: float | None, tokens_so_far: int, flops: float | None) -> float | None:
+    """A running FLOPs total: unknown (None) once any batch's FLOPs were unknown."""
+    if flops is None or (total is None and tokens_so_far):
+        return None
+    return (total or 0.0) + flops
+
+
+def _starts(tasks: list[Task]) -> list[int]:
+    """Where each task's requests start in the batch."""
+    starts, at = [], 0
+    for task in tasks:
+        starts.append(at)
+        at += len(task.ask.requests)
+    return starts
 
 
 def _summary(value: Value) -> dict:

@@ -15,6 +15,7 @@ R = D_inference / D_pretrain.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -84,9 +85,14 @@ def forward_flops(facts: ModelFacts, tokens: float, start: float = 0.0, logits: 
     vocabulary it is a quarter of 2N, so it is counted where logits are computed (every
     decoded token; the last token of a prompt).
     """
-    mean_ctx = start + (tokens + 1) / 2
+    return counted_flops(facts, tokens, attended=tokens * (start + (tokens + 1) / 2), logits=logits)
+
+
+def counted_flops(facts: ModelFacts, tokens: float, attended: float, logits: float) -> float:
+    """The same formula on what a backend counted: `tokens` decoded, `attended` the sum over
+    them of the positions each attended to, `logits` outputs computed."""
     return (2 * facts.params_non_embedding * tokens
-            + 4 * facts.n_layer * facts.d_attn * mean_ctx * tokens
+            + 4 * facts.n_layer * facts.d_attn * attended
             + 2 * facts.d_model * facts.n_vocab * logits)
 
 
@@ -154,6 +160,28 @@ def facts_from_gguf(path: str | os.PathLike) -> ModelFacts:
 
 @functools.lru_cache(maxsize=32)
 def _gguf_facts(full: str, size: int, mtime: int, path: str) -> ModelFacts:
+    # the reader parses every metadata array (a 49k-token vocabulary takes 2 s), so the facts
+    # of a file are kept on disk, keyed by its path, size and modification time
+    stored = _facts_cache_dir() / (hashlib.sha1(f"{full}:{size}:{mtime}".encode()).hexdigest() + ".json")
+    try:
+        return ModelFacts.model_validate_json(stored.read_bytes())
+    except (OSError, ValueError):
+        pass
+    facts = _read_gguf(full, path)
+    try:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        stored.write_text(facts.model_dump_json())
+    except OSError:
+        pass  # a read-only home: read the file again next time
+    return facts
+
+
+def _facts_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ttcl" / "facts"
+
+
+def _read_gguf(full: str, path: str) -> ModelFacts:
     if not os.path.isfile(path):
         raise ModelFactsError(f"model path is not a file: {path}")
     with open(path, "rb") as f:

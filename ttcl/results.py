@@ -32,6 +32,11 @@ class NodeCost(BaseModel):
     prompt_tokens: int = 0
     generated_tokens: int = 0
     verifier_prompt_tokens: int = 0
+    flops: float | None = None  # measured (see `Cost.flops`)
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.generated_tokens + self.verifier_prompt_tokens
 
 
 class Cost(BaseModel):
@@ -43,7 +48,9 @@ class Cost(BaseModel):
     prompt_tokens: int = 0
     generated_tokens: int = 0
     verifier_prompt_tokens: int = 0
-    flops: float | None = None  # 2 * N * tokens processed, where N is known
+    # FLOPs of the tokens processed: counted by position where the backend can
+    # (`ttcl.facts.counted_flops`), else 2·N per token, else unknown (None)
+    flops: float | None = None
     per_node: dict[int, NodeCost] = Field(default_factory=dict)
 
     @property

@@ -50,7 +50,7 @@ def run_command(args, program: Program, out: Console, err: Console) -> int:
         if args.json:
             sys.stdout.write(result.model_dump_json(exclude={"trace"}, indent=1) + "\n")
         else:
-            show(result, out)
+            show(result, out, _estimate(program))
     else:
         results = run_file(args, program, err)
     if args.trace:
@@ -84,8 +84,20 @@ def run_file(args, program: Program, err: Console) -> list[Result]:
     return results
 
 
-def show(result: Result, out: Console) -> None:
-    """The answer, the candidates with their scores, and the measured cost."""
+def _estimate(program: Program):
+    """The program's static estimate, to show beside what the run measured (None where the
+    program cannot be priced, e.g. a model file without readable facts)."""
+    from .errors import TTCLError
+
+    try:
+        return program.cost()
+    except TTCLError:
+        return None
+
+
+def show(result: Result, out: Console, estimate=None) -> None:
+    """The answer, the candidates with their scores, and the measured cost per node beside
+    the estimate."""
     status = f" [yellow](stopped early: {result.stopped})[/]" if result.stopped else ""
     out.print(f"[bold]answer:[/] {result.answer}{status}")
     table = Table(title="candidates", show_lines=False)
@@ -98,7 +110,32 @@ def show(result: Result, out: Console) -> None:
                       str(c.prompt_tokens + c.generated_tokens), text[:60] + ("..." if len(text) > 60 else ""))
     out.print(table)
     cost = result.cost
+    out.print(cost_table(result, estimate))
     flops = "unknown" if cost.flops is None else f"{cost.flops:.3g}"
     out.print(f"generations {cost.generations}, prompt tokens {cost.prompt_tokens}, generated tokens "
               f"{cost.generated_tokens}, verifier tokens {cost.verifier_prompt_tokens}, FLOPs {flops}, "
               f"{result.elapsed_s:.1f} s" + (f", difficulty bin {result.bin}" if result.bin else ""))
+
+
+def cost_table(result: Result, estimate=None) -> Table:
+    """Measured tokens and FLOPs per node, with the static estimate's FLOPs beside them."""
+    estimated = {e.node: e for e in estimate.nodes} if estimate is not None else {}
+    table = Table(title="cost per node: measured, and estimated before the run")
+    for column in ("node", "op", "gens", "prompt", "generated", "verifier", "FLOPs", "estimate", "error"):
+        table.add_column(column, justify="left" if column == "op" else "right")
+
+    def row(name: str, op: str, c, guess: float | None) -> list[str]:
+        error = f"{(guess - c.flops) / c.flops:+.0%}" if guess and c.flops else ""
+        return [name, op, str(c.generations), str(c.prompt_tokens), str(c.generated_tokens),
+                str(c.verifier_prompt_tokens), _flops(c.flops), _flops(guess), error]
+
+    for node, c in sorted(result.cost.per_node.items()):
+        guess = estimated[node].flops if node in estimated else None
+        table.add_row(*row(f"n{node}", c.op, c, guess))
+    total = estimate.expected.flops if estimate is not None else None
+    table.add_row(*row("total", "", result.cost, total), style="bold")
+    return table
+
+
+def _flops(x: float | None) -> str:
+    return "" if x is None else f"{x:.3g}"

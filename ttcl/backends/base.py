@@ -66,6 +66,11 @@ class Counters(BaseModel):
     generated_tokens: int = 0
     batches: int = 0  # generate() calls
     decode_calls: int = 0  # forward passes (llama_decode calls on llama.cpp)
+    # for measured FLOPs (`ttcl.facts.counted_flops`): tokens through the model, the sum over
+    # them of the positions each attended to, and the logits computed
+    forward_tokens: int = 0
+    attended: int = 0
+    logits: int = 0
 
 
 class BackendError(TTCLError):

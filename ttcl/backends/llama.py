@@ -479,6 +479,18 @@ class LlamaBackend:
             self._lib.llama_batch_free(self._batch)
             self._lib.llama_free(self._ctx)
 
+    @functools.cached_property
+    def facts(self) -> Any:
+        """The model's `ttcl.facts.ModelFacts` (parameters, layers, widths), for FLOPs."""
+        from ..facts import facts_from_gguf
+
+        return facts_from_gguf(self.path)
+
+    @property
+    def n_params(self) -> float:
+        """Non-embedding parameters: what a token costs is about 2 FLOPs each."""
+        return self.facts.params_non_embedding
+
     def __repr__(self) -> str:
         return f"LlamaBackend({self.name!r}, n_ctx={self.n_ctx}, n_seq_max={self.n_seq_max})"
 
@@ -591,6 +603,9 @@ class LlamaBackend:
                 self._set_entry(1, call[0][0], 0, [self._pad_seq], False)
             self._llama_decode(size + pad)
             self._cells += size
+            self.counters.forward_tokens += size  # pads left out: not the request's work
+            self.counters.attended += sum(pos + 1 for _, pos, _, _ in call)
+            self.counters.logits += sum(output for *_, output in call)
             if pad:  # its cell is the newest, so the next token takes it: cells stay in order
                 _lib().llama_memory_seq_rm(self._memory, self._pad_seq, -1, -1)
             for i, (_, _, _, output) in enumerate(call):

@@ -1,0 +1,102 @@
+"""Estimated against measured FLOPs, per stdlib strategy, on SmolLM2-135M.
+
+    python bench/cost_accuracy.py [--questions 20] [--level 2] [--threads 2] [--calibration-out FILE]
+
+Runs each stdlib strategy (small settings: 4 samples or beams, 128 tokens an answer) on the
+same arithmetic questions (`ttcl.datasets.arith`, seeded), with self-verification as the
+verifier, and prints per strategy the measured FLOPs per question (from the backend's
+counters: every decoded token at its position, `ttcl.facts.counted_flops`) beside
+  - the estimate before calibration, from the program alone (every answer as long as its
+    max_tokens, prompts from their templates), and
+  - the estimate once calibrated, by 2-fold cross-validation: the token-length priors are
+    measured on one half of the questions (`Calibration.from_results`) and the estimate is
+    compared with the other half's measurement, and the other way round.
+The error is (estimate - measured) / measured; the target is within ±25% once calibrated.
+Run it alone (see bench/throughput.py on OpenMP). Asserts nothing: a benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import ttcl  # noqa: E402
+from ttcl.calibration import Calibration  # noqa: E402
+from ttcl.datasets import arith  # noqa: E402
+
+STRATEGIES = {
+    "majority": ("parallel", "majority(4)"),
+    "best_of_n": ("parallel", "best_of_n(4, prm)"),
+    "weighted_best_of_n": ("parallel", "weighted_best_of_n(4, prm)"),
+    "beam_search": ("search", "beam_search(4, prm, width=2)"),
+    "lookahead_search": ("search", "lookahead_search(4, prm, width=2, k=1)"),
+    "diverse_tree_search": ("search", "diverse_tree_search(4, prm, width=2)"),
+    "sequential_revisions": ("revision", "sequential_revisions(4, prm)"),
+    "parallel_revisions": ("revision", "parallel_revisions(2, 2, prm)"),
+    "revision_ratio": ("revision", "revision_ratio(4, 2, prm)"),
+}
+
+
+def program(module: str, call: str, threads: int) -> ttcl.Program:
+    return ttcl.compile(
+        f'import "{module}"\n'
+        f'model policy = llama("smollm2-135m", temperature=0.8, max_tokens=128, threads={threads})\n'
+        "verifier prm = self_verify(policy)\n"
+        f"program main = {call}\n"
+    )
+
+
+def error(estimate: float, measured: float) -> str:
+    return f"{(estimate - measured) / measured:+7.1%}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--questions", type=int, default=20)
+    parser.add_argument("--level", type=int, default=2, help="arith difficulty level, 1 to 5")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", nargs="*", default=None, help="strategies to run (default: all)")
+    parser.add_argument("--calibration-out", help="write the calibration measured on all questions here")
+    args = parser.parse_args(argv)
+    questions = arith(args.questions, args.level, seed=1)
+    half = len(questions) // 2
+    folds = (questions[:half], questions[half:])
+    print(f"SmolLM2-135M Q4_1, {args.threads} threads; {len(questions)} arith questions of level {args.level} "
+          f"(seed 1), run seed 0; 2-fold calibration ({half} + {len(questions) - half})")
+    print(f"{'strategy':<22} {'measured FLOPs/q':>16} {'uncalibrated':>13} {'error':>8} {'calibrated':>11} {'error':>8} {'s':>6}")
+    calibrations = []
+    worst = 0.0
+    for name in args.only or STRATEGIES:
+        module, call = STRATEGIES[name]
+        prog = program(module, call, args.threads)
+        start = time.perf_counter()
+        runs = [prog.run_many(fold, seed=0) for fold in folds]
+        seconds = time.perf_counter() - start
+        measured = [statistics.mean(r.cost.flops for r in fold) for fold in runs]
+        overall = statistics.mean(r.cost.flops for fold in runs for r in fold)
+        before = prog.cost().expected.flops
+        fitted = [Calibration.from_results(prog.graph, fold) for fold in runs]
+        # fold i is estimated with the priors of the other fold
+        after = [prog.cost(calibration=fitted[1 - i]).expected.flops for i in range(2)]
+        errors = [(a - m) / m for a, m in zip(after, measured)]
+        worst = max(worst, *map(abs, errors))
+        calibrated = statistics.mean(after)
+        print(f"{name:<22} {overall:16.3g} {before:13.3g} {error(before, overall)} {calibrated:11.3g} "
+              f"{'/'.join(f'{e:+.0%}' for e in errors):>8} {seconds:6.0f}", flush=True)
+        calibrations.append(fitted[0].merge(fitted[1]))
+    print(f"largest calibrated error: {worst:.0%} (target: within 25%)")
+    if args.calibration_out and calibrations:
+        total = calibrations[0]
+        for c in calibrations[1:]:
+            total = total.merge(c)
+        total.save(args.calibration_out)
+        print(f"calibration written to {args.calibration_out}")
+
+
+if __name__ == "__main__":
+    main()
