@@ -108,10 +108,26 @@ def test_ttcl_run_questions_file_streams_one_line_each(tmp_path):
     questions.write_text('{"question": "What is 2 + 3?", "answer": "5"}\n\n{"question": "What is 1 + 1?"}\n')
     out = tmp_path / "out.jsonl"
     done = subprocess.run([sys.executable, "-m", "ttcl", "run", str(program), "--questions", str(questions),
-                           "-o", str(out), "--trace", str(tmp_path / "t.jsonl")],
+                           "-o", str(out), "--trace", str(tmp_path / "t.jsonl"),
+                           "--calibration-out", str(tmp_path / "cal.json")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(line["index"] for line in lines) == [0, 1]
     assert all(line["cost"]["generations"] == 2 for line in lines)
     assert (tmp_path / "t.jsonl").read_text().count('"event"') > 4
+    # the measured lengths price the program: the mean generated tokens per answer
+    priors = ttcl.compile(MODEL + "program main = sample(2) |> vote").cost(calibration=tmp_path / "cal.json").priors
+    mean = sum(line["cost"]["generated_tokens"] for line in lines) / 4
+    assert priors["policy"].source.startswith("calibration") and priors["policy"].answer_tokens == pytest.approx(mean)
+
+
+def test_ttcl_run_shows_measured_cost_beside_the_estimate(tmp_path):
+    program = tmp_path / "p.ttcl"
+    program.write_text(MODEL + "program main = sample(2) |> vote\n")
+    done = subprocess.run([sys.executable, "-m", "ttcl", "run", str(program), "-q", QUESTION],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "cost per node: measured, and estimated before the run" in done.stdout
+    total = next(line for line in done.stdout.splitlines() if "total" in line)
+    assert "e+" in total and "%" in total  # measured FLOPs, the estimate and the error

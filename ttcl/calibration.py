@@ -40,6 +40,10 @@ class Priors(BaseModel):
     step_tokens: float | None = None  # generated tokens per search step
     search_steps: float | None = None  # steps per search answer
     verify_tokens: float | None = None  # verifier prompt tokens per request, after prefix sharing
+    # measured over estimated tokens per "op.component" (prefill, decode, verifier), with the
+    # priors above: what lengths alone miss, such as a search's pruned proposals (it runs as
+    # many rounds as its longest beam, not its average one) or prompts shared by a batch
+    factors: dict[str, float] = Field(default_factory=dict)
     questions: int = 0
 
 
@@ -109,7 +113,32 @@ class Calibration(BaseModel):
             for key, requests, tokens in _verifier_batches(graph, result):
                 per_model[key].verify_requests += requests
                 per_model[key].verify_tokens += tokens
-        return cls(models={k: t.priors() for k, t in per_model.items() if t.questions})
+        return cls(models={k: t.priors() for k, t in per_model.items() if t.questions}).with_factors(graph, results)
+
+    def with_factors(self, graph: nx.DiGraph, results: list[Result]) -> Calibration:
+        """This calibration with each model's `factors`: per op and component, the tokens the
+        runs measured over what the estimate with these priors expects, over all results."""
+        from .cost import estimate
+
+        plain = {key: p.model_copy(update={"factors": {}}) for key, p in self.models.items()}
+        report = estimate(graph, self.model_copy(update={"models": plain}), with_flops=False)
+        sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])  # measured, estimated
+        for e in report.nodes:
+            if e.model is None or e.runs <= 0:
+                continue
+            key = model_key(graph.graph["models"][e.model])
+            measured = [r.cost.per_node[e.node] for r in results if e.node in r.cost.per_node]
+            for component, expected, field in (("prefill", e.prefill_tokens, "prompt_tokens"),
+                                               ("decode", e.decode_tokens, "generated_tokens"),
+                                               ("verifier", e.verifier_tokens, "verifier_prompt_tokens")):
+                if expected > 0:
+                    tally = sums[(key, f"{e.op}.{component}")]
+                    tally[0] += sum(getattr(m, field) for m in measured) / len(results)
+                    tally[1] += expected * e.runs
+        models = {key: p.model_copy(update={"factors": {name: got / want for (k, name), (got, want) in sums.items()
+                                                          if k == key and got > 0}})
+                  for key, p in plain.items()}
+        return self.model_copy(update={"models": models})
 
 
 def model_key(decl: dict) -> str:
@@ -169,9 +198,10 @@ def _mean(xs: list) -> float | None:
 
 def _weighted(a: Priors, b: Priors) -> Priors:
     total = (a.questions + b.questions) or 1
-    values = {}
+    values = {"factors": {name: (a.factors.get(name, 1.0) * a.questions + b.factors.get(name, 1.0) * b.questions) / total
+                          for name in a.factors.keys() | b.factors.keys()}}
     for name in Priors.model_fields:
-        if name == "questions":
+        if name in ("questions", "factors"):
             continue
         x, y = getattr(a, name), getattr(b, name)
         values[name] = x if y is None else y if x is None else (x * a.questions + y * b.questions) / total

@@ -82,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print results as JSON")
     r.add_argument("--trace", metavar="OUT.jsonl", help="write every trace event, one per line")
     r.add_argument("-o", "--output", metavar="OUT.jsonl", help="with --questions: write results here")
+    r.add_argument("--calibration-out", metavar="FILE.json",
+                   help="write the token lengths the run measured, for `ttcl cost --calibration`")
     r.set_defaults(run=cmd_run)
 
     k = sub.add_parser("cost", help="estimate tokens and FLOPs per node before running")

@@ -40,6 +40,7 @@ MAX_CONTEXT = 4  # previous attempts a generator shows (ops.MAX_CONTEXT)
 BOUNDARY_TOKENS = 2  # a cached partial solution's next prompt re-decodes its delimiter
 TRAILER_TOKENS = 20  # a revision prompt's closing request, after the attempts
 UNITS = ("generations", "tokens", "flops")
+COMPONENTS = ("prefill", "decode", "verifier")
 
 
 class NodeEstimate(BaseModel):
@@ -197,27 +198,30 @@ class Acc:
     """A node's running totals."""
 
     facts: dict
-    prefill: float = 0.0
-    decode: float = 0.0
-    verifier: float = 0.0
-    flops: float = 0.0
+    tokens: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0.0))
+    flops: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0.0))
 
-    def _flops(self, model: str, tokens: float, start: float, logits: float, times: float = 1.0) -> None:
+    def _add(self, component: str, model: str, tokens: float, start: float, logits: float, times: float) -> None:
+        self.tokens[component] += times * tokens
         f = self.facts.get(model) if self.facts else None
         if f is not None:
-            self.flops += times * forward_flops(f, tokens, start, logits)
+            self.flops[component] += times * forward_flops(f, tokens, start, logits)
 
     def prompt(self, model: str, tokens: float, chunks: int = 1, start: float = 0.0) -> None:
-        self.prefill += chunks * tokens
-        self._flops(model, tokens, start, 1, chunks)
+        self._add("prefill", model, tokens, start, 1, chunks)
 
     def generate(self, model: str, sequences: float, tokens: float, start: float) -> None:
-        self.decode += sequences * tokens
-        self._flops(model, tokens, start, tokens, sequences)
+        self._add("decode", model, tokens, start, tokens, sequences)
 
     def verify(self, model: str, tokens: float, start: float, logits: float, times: float = 1.0) -> None:
-        self.verifier += times * tokens
-        self._flops(model, tokens, start, logits, times)
+        self._add("verifier", model, tokens, start, logits, times)
+
+    def scale(self, op: str, factors: dict[str, float]) -> None:
+        """Apply a calibration's measured-over-estimated factors, per component."""
+        for component in COMPONENTS:
+            factor = factors.get(f"{op}.{component}", 1.0)
+            self.tokens[component] *= factor
+            self.flops[component] *= factor
 
 
 def _chunks(n: float) -> int:
@@ -390,10 +394,14 @@ class Estimator:
         self.pools[node] = getattr(self, f"op_{attrs['op']}")(node, acc)
         verifier = self.graph.graph["verifiers"].get(attrs["params"].get("v"), {})
         model = attrs["params"].get("model") or verifier.get("m")
+        priors = self.priors(model) if model is not None else None
+        if priors is not None:
+            acc.scale(attrs["op"], priors.factors)
         where = str(attrs["span"]) + (f" (in {' > '.join(attrs['origin'])})" if attrs.get("origin") else "")
-        return NodeEstimate(node=node, op=attrs["op"], where=where, model=model,
-                            generations=attrs["generations"], prefill_tokens=acc.prefill, decode_tokens=acc.decode,
-                            verifier_tokens=acc.verifier, flops=acc.flops if self.facts is not None else None)
+        return NodeEstimate(node=node, op=attrs["op"], where=where, model=model, generations=attrs["generations"],
+                            prefill_tokens=acc.tokens["prefill"], decode_tokens=acc.tokens["decode"],
+                            verifier_tokens=acc.tokens["verifier"],
+                            flops=sum(acc.flops.values()) if self.facts is not None else None)
 
 
 def _mean(pool: list[Group]) -> tuple[float, float]:

@@ -53,6 +53,10 @@ def run_command(args, program: Program, out: Console, err: Console) -> int:
             show(result, out, _estimate(program))
     else:
         results = run_file(args, program, err)
+    if args.calibration_out:
+        from .calibration import Calibration
+
+        Calibration.from_results(program.graph, results).save(args.calibration_out)
     if args.trace:
         with open(args.trace, "w", encoding="utf-8") as f:
             for i, r in enumerate(results):
