@@ -201,6 +201,30 @@ def test_calibration_from_results():
     assert cal.merge(cal).models["smollm2-135m"].questions == 4
 
 
+def test_calibration_factors_make_the_estimate_match_what_was_measured():
+    # beam search whose beams run for different numbers of steps: lengths alone miss the
+    # pruned proposals, so the factors carry the rest, per op and component
+    prog = ttcl.compile(HEADER + "program main = beam(4, prm, width=2, depth=5) |> weighted_vote(prm)")
+    def script(r):  # "What is 2 + 3?" ends after 2 steps, "What is 4 + 1?" after 4
+        steps = r.prefix.count("Add")
+        first = int(r.messages[-1].content.split("What is ")[1][0])
+        return "The answer is 5." if steps >= first + len(r.prefix) % 2 else "Add them up.\n\nNext."
+
+    results = prog.run_many(["What is 2 + 3?", "What is 1 + 4?", "What is 4 + 1?"],
+                            backend=ScriptedBackend(script, lambda r, o: [0.6, 0.4]))
+    cal = Calibration.from_results(prog.graph, results)
+    factors = cal.models["smollm2-135m"].factors
+    assert {"beam.decode", "beam.verifier", "weighted_vote.verifier"} <= factors.keys()
+    calibrated = prog.cost(calibration=cal)
+    for e in calibrated.nodes:
+        measured = [r.cost.per_node[e.node] for r in results if e.node in r.cost.per_node]
+        for estimate, field in ((e.prefill_tokens, "prompt_tokens"), (e.decode_tokens, "generated_tokens"),
+                                (e.verifier_tokens, "verifier_prompt_tokens")):
+            assert estimate == pytest.approx(sum(getattr(m, field) for m in measured) / len(results))
+    # factors come from the priors' own estimate: refitting a calibrated one changes nothing
+    assert cal.with_factors(prog.graph, results) == cal
+
+
 def test_what_if_on_a_spec_model():
     src = HEADER + "model big = spec(params=1.7e9, layers=24, d_model=2048, heads=32, vocab=49152)\n" \
         "program main = majority(8)"
