@@ -99,6 +99,27 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--json", action="store_true", help="print the report as JSON")
     k.set_defaults(run=cmd_cost)
 
+    e = sub.add_parser("eval", help="run programs over a dataset and grade them, per budget")
+    e.add_argument("files", nargs="+", metavar="FILE", help="programs (each a strategy)")
+    e.add_argument("--program", metavar="NAME", help="which program of each file (default: main)")
+    e.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a program parameter (repeatable)")
+    e.add_argument("--dataset", required=True, metavar="NAME|FILE.jsonl",
+                   help="arith (levels 1-5 interleaved), arith:1 .. arith:5, or a JSONL file "
+                        '({"question", "answer"} per line; GSM8K\'s "#### N" is understood)')
+    e.add_argument("--limit", type=int, metavar="N", help="the first N questions (default: arith 100, a file all)")
+    e.add_argument("--budgets", metavar="N,N,...", help="run each program with its budget parameter at each value")
+    e.add_argument("--budget-param", metavar="NAME", help="the parameter --budgets binds (default: the only int one)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("-o", "--output", metavar="OUT.jsonl", help="results, a line per question (default: "
+                   "FILE.DATASET.eval.jsonl)")
+    e.add_argument("--resume", action="store_true", help="continue an interrupted eval in --output")
+    e.add_argument("--strict", action="store_true", help="a malformed dataset line is fatal (default: skipped)")
+    e.add_argument("--plot", metavar="OUT.png", help="accuracy against FLOPs, a line per program")
+    e.add_argument("--report", metavar="OUT.md", help="write the tables as Markdown")
+    e.add_argument("--json", action="store_true", help="print the summary as JSON")
+    e.set_defaults(run=cmd_eval)
+
     o = sub.add_parser("compile", help="write the compiled program as a JSON artifact")
     _program_args(o)
     o.add_argument("-o", "--output", required=True, metavar="OUT.json")
@@ -227,6 +248,12 @@ def cmd_compile(args) -> int:
     out.print(f"{args.output}: program {program.name}, {len(program.graph)} nodes, "
               f"{program.ir.generations} generations")
     return 0
+
+
+def cmd_eval(args) -> int:
+    from .evalview import eval_command
+
+    return eval_command(args, out, err)
 
 
 def cmd_run(args) -> int:

@@ -1,4 +1,9 @@
-"""Question sets: the built-in arithmetic generator, with difficulty levels and exact answers.
+"""Question sets: the built-in arithmetic generator, and JSONL files such as GSM8K.
+
+`load("arith", limit=100, seed=0)` or `load("arith:3", ...)` draws built-in questions;
+`load("path.jsonl")` reads one {"question": ..., "answer": ...} object per line, where an
+answer may be GSM8K's worked solution ending in "#### 72". A malformed line is reported with
+its line number, and either skipped (with a warning, counted) or fatal (`strict=True`).
 
 `arith(n, level, seed)` draws distinct questions of one level (1 to 5), each with its answer
 computed by Python, so grading is exact:
@@ -15,10 +20,93 @@ questions in the same order.
 
 from __future__ import annotations
 
+import json
 import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
+from .answers import normalize
+from .errors import UsageError
+
 LEVELS = (1, 2, 3, 4, 5)
+_GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$")
+
+
+@dataclass
+class Dataset:
+    """Questions ({"question", "answer", and "level" for arith}) and the lines skipped."""
+
+    name: str
+    questions: list[dict]
+    skipped: list[str] = field(default_factory=list)  # "path:line: why", one per bad line
+
+
+def load(spec: str, limit: int | None = None, seed: int = 0, strict: bool = False) -> Dataset:
+    """A dataset by name: "arith" (levels 1 to 5 in turn), "arith:N" (level N), or a JSONL
+    file. `limit` keeps the first questions; for arith, as many are drawn."""
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be positive, not {limit}")
+    if spec == "arith" or spec.startswith("arith:"):
+        return Dataset(spec, _arith_spec(spec, limit or 100, seed))
+    data = read_jsonl(spec, strict)
+    data.questions = data.questions[:limit]
+    return data
+
+
+def _arith_spec(spec: str, n: int, seed: int) -> list[dict]:
+    if spec == "arith":  # every level, interleaved, so any prefix covers them all
+        per_level = [arith(-(-n // len(LEVELS)), level, seed) for level in LEVELS]
+        return [q for group in zip(*per_level) for q in group][:n]
+    level = spec.partition(":")[2]
+    if not level.isdigit() or int(level) not in LEVELS:
+        raise UsageError(f"unknown dataset {spec!r}: arith levels are arith:1 to arith:5")
+    return arith(n, int(level), seed)
+
+
+def read_jsonl(path: str, strict: bool = False, need_answers: bool = True) -> Dataset:
+    """Questions from a JSONL file, one {"question", "answer"} object per line (blank lines
+    are fine). A GSM8K answer's "#### N" is its final answer. Without `need_answers` an
+    answer is optional (None where absent)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UsageError(f"dataset not found: {path} (use arith, arith:1..5 or a JSONL file)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    data = Dataset(path, [])
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            data.questions.append(_question(line, need_answers))
+        except ValueError as e:
+            problem = f"{path}:{number}: {e}"
+            if strict:
+                raise UsageError(problem) from None
+            data.skipped.append(problem)
+    if not data.questions:
+        raise UsageError(f"{path}: no questions" + (f" ({len(data.skipped)} bad lines)" if data.skipped else ""))
+    return data
+
+
+def _question(line: str, need_answer: bool) -> dict:
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg})") from None
+    if not isinstance(item, dict) or not isinstance(item.get("question"), str) or not item["question"].strip():
+        raise ValueError('expected an object with a "question" string')
+    answer = item.get("answer")
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        answer = str(answer)
+    if answer is None and not need_answer:
+        return {"question": item["question"], "answer": None}
+    if not isinstance(answer, str) or not answer.strip():
+        raise ValueError('expected an "answer" (a string or a number)')
+    final = _GSM8K_ANSWER.search(answer)
+    return {"question": item["question"], "answer": normalize(final.group(1) if final else answer)}
 
 
 def arith(n: int, level: int, seed: int = 0) -> list[dict]:
@@ -28,9 +116,13 @@ def arith(n: int, level: int, seed: int = 0) -> list[dict]:
     rng = random.Random(f"arith:{level}:{seed}")
     make = _MAKERS[level - 1]
     seen: dict[str, int] = {}
-    while len(seen) < n:
+    for _ in range(100 * n):  # level 1 has 810 distinct questions; the others far more
+        if len(seen) == n:
+            break
         question, answer = make(rng)
         seen.setdefault(question, answer)
+    else:
+        raise UsageError(f"arith level {level} has fewer than {n} distinct questions")
     return [{"question": q, "answer": str(a), "level": level} for q, a in seen.items()]
 
 

@@ -8,38 +8,14 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import UsageError
+from .datasets import read_jsonl
 from .program import Program
 from .results import Result
-
-
-def read_questions(path: str) -> list[dict]:
-    """Questions from a JSONL file; a bad line is reported with its number."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
-    questions = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-        if not isinstance(item, dict) or not isinstance(item.get("question"), str):
-            raise UsageError(f'{path}:{number}: expected an object with a "question" string')
-        answer = item.get("answer")
-        questions.append({"question": item["question"], "answer": None if answer is None else str(answer)})
-    if not questions:
-        raise UsageError(f"{path}: no questions")
-    return questions
 
 
 def run_command(args, program: Program, out: Console, err: Console) -> int:
@@ -66,7 +42,7 @@ def run_command(args, program: Program, out: Console, err: Console) -> int:
 
 
 def run_file(args, program: Program, err: Console) -> list[Result]:
-    questions = read_questions(args.questions)
+    questions = read_jsonl(args.questions, strict=True, need_answers=False).questions
     sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     done: dict[int, Result] = {}
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

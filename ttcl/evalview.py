@@ -1,0 +1,101 @@
+"""`ttcl eval` on the command line: progress while it runs, then rich tables per program and
+budget, per difficulty bin and per dataset level; optionally a plot, Markdown and JSON."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .datasets import load as load_dataset
+from .errors import UsageError
+from .evaluate import Eval, Summary, budget_param, dump_json, markdown, plot, summarize, summarize_by
+
+
+def eval_command(args, out: Console, err: Console) -> int:
+    from .cli import _params
+    from .program import load
+
+    data = load_dataset(args.dataset, args.limit, strict=args.strict)
+    for problem in data.skipped:
+        err.print(f"[yellow]skipped[/] {problem}")
+    programs = [(_label(f, args.files), load(f, args.program, _params(args))) for f in args.files]
+    budgets = _budgets(args.budgets)
+    output = args.output or _default_output(args.files, args.dataset)
+    runs = [(label, prog, b, budget_param(prog, args.budget_param) if b is not None else None)
+            for label, prog in programs for b in budgets]
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err, transient=True)
+    ev = Eval(output, data.questions, seed=args.seed, resume=args.resume, on_record=lambda r: progress.advance(bar))
+    keys = {(label, b) for label, _, b, _ in runs}
+    with progress:
+        bar = progress.add_task("questions", total=len(runs) * len(data.questions))
+        progress.advance(bar, sum((r.program, r.budget) in keys for r in ev.records))
+        for label, prog, budget, param in runs:
+            progress.update(bar, description=f"{label}" + (f" {param}={budget}" if param else ""))
+            if not ev.run(prog, label, budget, param):
+                err.print(f"interrupted: {len(ev.records)} results are in {output}; run again with --resume to finish")
+                return 130
+    records = [r for r in ev.records if (r.program, r.budget) in keys]
+    summaries = summarize(records)
+    by_bin = summarize_by(records, lambda r: r.bin)
+    by_level = summarize_by(records, lambda r: r.level)
+    if args.json:
+        sys.stdout.write(dump_json(summaries) + "\n")
+    else:
+        title = f"{data.name}: {len(data.questions)} questions, seed {args.seed}"
+        _show(summaries, title, out)
+        for name, groups in (("bin", by_bin), ("level", by_level)):
+            for key, rows in groups.items():
+                _show(rows, f"{name} {key}", out)
+        err.print(f"results: {output}")
+    if args.plot:
+        plot(summaries, args.plot, title=f"{data.name}, {len(data.questions)} questions")
+    if args.report:
+        _write(args.report, markdown(summaries, by_bin, f"ttcl eval on {data.name}"))
+    return 0
+
+
+def _show(summaries: list[Summary], title: str, out: Console) -> None:
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for column in ("program", "budget", "questions", "accuracy", "95% interval", "FLOPs/question", "tokens/question"):
+        table.add_column(column, justify="left" if column == "program" else "right")
+    for s in summaries:
+        table.add_row(s.program, "" if s.budget is None else str(s.budget), str(s.questions), f"{s.accuracy:.1%}",
+                      f"{s.low:.1%}–{s.high:.1%}", "" if s.flops is None else f"{s.flops:.3g}", f"{s.tokens:.0f}")
+    out.print(table)
+
+
+def _budgets(text: str | None) -> list[int | None]:
+    if text is None:
+        return [None]
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise UsageError(f"--budgets takes positive whole numbers separated by commas, such as 1,4,16; got {text!r}")
+    return values
+
+
+def _label(path: str, paths: list[str]) -> str:
+    """A program's name in the results: its file's stem, or its path where stems collide."""
+    stem = Path(path).stem
+    return stem if [Path(p).stem for p in paths].count(stem) == 1 else path
+
+
+def _default_output(files: list[str], dataset: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_-]+", "", Path(dataset).stem if dataset.endswith(".jsonl") else dataset)
+    return f"{'+'.join(Path(f).stem for f in files)}.{name}.eval.jsonl"
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write: {e.strerror or e}") from None
