@@ -1,6 +1,7 @@
 """The abstract syntax tree: frozen pydantic nodes, each with the span it was parsed from.
 
-Expressions are one small algebra: literals, names, calls, binary operators and `match`.
+Expressions are one small algebra: literals (numbers, strings, booleans, lists), names,
+calls, binary operators and `match`.
 Whether `a + b` adds two integers or unions two stages, and whether `a * k` multiplies or
 replicates, is decided by the checker from the operands' types, not by the grammar.
 """
@@ -45,6 +46,12 @@ class Name(Node):
     """A reference: a parameter, a declaration, or a stage called without arguments (`vote`)."""
 
     id: str
+
+
+class List(Node):
+    """A list literal `[e, e, ...]`; the checker allows only numbers in it (`thresholds=`)."""
+
+    items: tuple[Expr, ...] = ()
 
 
 class Keyword(Node):
@@ -105,7 +112,7 @@ class Inlined(Node):
     body: Expr
 
 
-Expr = Union[Int, Float, Str, Bool, Name, Call, BinOp, Neg, Match, Inlined]
+Expr = Union[Int, Float, Str, Bool, Name, List, Call, BinOp, Neg, Match, Inlined]
 
 # ---- statements --------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from . import ast
 from .errors import CheckError, Diagnostic
 from .loader import Workspace
 from .signatures import (
-    ANSWER, BUILTIN_VERIFIERS, DIFFICULTY, GENERATOR_OPTIONS, MODELS, POOL, QUESTION, REQUIRED,
+    ANSWER, BUILTIN_VERIFIERS, DIFFICULTY, GENERATOR_OPTIONS, MAX_BINS, MODELS, POOL, QUESTION, REQUIRED,
     RESERVED, SCALARS, STAGES, VALUE_TYPES, VERIFIERS, Param, Signature, Stage, Type, assignable,
     describe,
 )
@@ -246,6 +246,18 @@ class Checker:
     def infer_Bool(self, e, env):
         return "bool"
 
+    def infer_List(self, e: ast.List, env):
+        """A list of numbers: `list[int]` if every item is an int (an empty list too), else
+        `list[float]`. Only numbers, as thresholds are the one list-valued argument."""
+        types = [self.infer(item, env) for item in e.items]
+        for item, t in zip(e.items, types):
+            if t is not None and t not in ("int", "float"):
+                self.error(item.span, f"a list holds numbers, not {describe(t)}")
+                return None
+        if None in types:
+            return None
+        return "list[int]" if all(t == "int" for t in types) else "list[float]"
+
     def infer_Name(self, e: ast.Name, env):
         if e.id in env:
             return env[e.id]
@@ -353,16 +365,9 @@ class Checker:
         if head.func != "difficulty":
             self.error(head.span, f"`match` takes `difficulty(...)`, not `{head.func}(...)`")
             return None
-        args = self.bind(DIFFICULTY, head, env)
-        bins_expr = args.get("bins")
-        if bins_expr is None:
-            bins = DIFFICULTY.param("bins").default
-        elif isinstance(bins_expr, ast.Int):
-            bins = bins_expr.value
-        else:
-            self.error(bins_expr.span, "`bins` must be a literal integer, so arms can be checked")
-            return None
-        self.check_arms(e, bins)
+        bins = self.match_bins(self.bind(DIFFICULTY, head, env))
+        if bins is not None:
+            self.check_arms(e, bins)
         types = [(arm, self.infer(arm.body, env)) for arm in e.arms]
         returns = set()
         for arm, t in types:
@@ -377,6 +382,31 @@ class Checker:
             self.error(e.span, "match arms disagree: some give a Pool and some an Answer")
             return None
         return Stage(frozenset({QUESTION}), returns.pop()) if returns else None
+
+    def match_bins(self, args: dict[str, ast.Expr]) -> int | None:
+        """How many bins a `difficulty(...)` head makes: `bins`, else one more than its
+        `thresholds`, else 5. Both are literals, so the arms' coverage can be checked; None
+        (arms unchecked) where they are wrong. Threshold values are checked in lowering, once
+        parameters are bound and constants folded, like every other argument's limits."""
+        bins, cuts = args.get("bins"), args.get("thresholds")
+        if bins is not None and not isinstance(bins, ast.Int):
+            self.error(bins.span, "`bins` must be a literal integer, so arms can be checked")
+            return None
+        if cuts is None:
+            return DIFFICULTY.param("bins").default if bins is None else bins.value
+        if not isinstance(cuts, ast.List):
+            return None  # not a list at all: `bind` has reported its type
+        n = len(cuts.items)
+        if bins is not None and n != bins.value - 1:
+            self.error(cuts.span, f"`thresholds` holds {n} number{'s' * (n != 1)}, but bins={bins.value} "
+                       f"needs {bins.value - 1}", "n thresholds cut the scores into n + 1 bins; "
+                       "leave out `bins` to take the count from the thresholds")
+            return None
+        if not 1 <= n <= MAX_BINS - 1:
+            self.error(cuts.span, f"`thresholds` must hold 1 to {MAX_BINS - 1} numbers "
+                       f"(2 to {MAX_BINS} bins), not {n}", "n thresholds cut the scores into n + 1 bins")
+            return None
+        return n + 1
 
     def check_arms(self, e: ast.Match, bins: int) -> None:
         covered: dict[int, ast.Arm] = {}

@@ -18,6 +18,8 @@ def _value(v) -> str:
     """A parameter value as a program would write it: names bare, other strings quoted."""
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, list):  # difficulty's thresholds
+        return "[" + ", ".join(map(_value, v)) + "]"
     if isinstance(v, str) and not v.isidentifier():
         return json.dumps(v)
     return str(v)

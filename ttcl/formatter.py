@@ -222,6 +222,8 @@ def format_expr(e: ast.Expr, parent: int = 0, right: bool = False) -> str:
         return "true" if e.value else "false"
     if isinstance(e, ast.Name):
         return e.id
+    if isinstance(e, ast.List):
+        return "[" + ", ".join(format_expr(i) for i in e.items) + "]"
     if isinstance(e, ast.Call):
         args = [format_expr(a) for a in e.args] + [f"{k.name}={format_expr(k.value)}" for k in e.kwargs]
         return f"{e.func}({', '.join(args)})"

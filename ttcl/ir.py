@@ -22,6 +22,7 @@ FORMAT = "ttcl-ir"
 VERSION = 1  # bump when the document's meaning changes; older artifacts are then refused
 OPS = ("question", "output", "union", "difficulty", "merge") + tuple(STAGES)
 Scalar = bool | int | float | str
+Value = Scalar | list[float]  # an op's argument: a scalar, or a list (difficulty's thresholds)
 
 
 class IRNode(BaseModel):
@@ -29,7 +30,7 @@ class IRNode(BaseModel):
 
     id: int
     op: Literal[OPS]  # type: ignore[valid-type]
-    params: dict[str, Scalar]
+    params: dict[str, Value]
     type: Literal[QUESTION, POOL, ANSWER]  # type: ignore[valid-type]
     span: Span
     generations: int

@@ -94,6 +94,8 @@ class Lowering:
     def lower_Match(self, e: ast.Match, src: int):
         params = self.arguments(DIFFICULTY, e.head)
         params["model"] = self.default_model()  # the probe samples come from the policy
+        if "thresholds" in params:  # n thresholds make n + 1 bins (the checker saw they agree)
+            params["bins"] = len(params["thresholds"]) + 1
         bins = params.get("bins", 5)
         head = self.add("difficulty", e.head.span, QUESTION, params, params.get("probe", 0), inputs=(src,))
         outs, arm_generations = [], []
@@ -137,8 +139,10 @@ class Lowering:
             value = p.default if expr is None else self.value(expr, p.type)
             if value is None or value is REQUIRED:
                 continue
-            span = expr.span if expr is not None else call.span
-            self.check_limits(sig, p, value, span)
+            if isinstance(value, list):  # a list literal: each item against the limits
+                self.check_items(sig, p, value, expr.items)
+            else:
+                self.check_limits(sig, p, value, expr.span if expr is not None else call.span)
             values[p.name] = value
         if not self.errors:
             problem = _safe(sig.rule, values)
@@ -158,8 +162,22 @@ class Lowering:
             self.error(span, f"`{sig.name}` needs a step-level verifier (a PRM), but `{value}` "
                        "scores only whole answers", "use self_verify(...), check(...) or a prm")
 
+    def check_items(self, sig: Signature, p, values: list, items: tuple[ast.Expr, ...]) -> None:
+        """A list argument's limits, item by item (the caret on the item), and its order."""
+        for value, item in zip(values, items):
+            self.check_limits(sig, p, value, item.span)
+        if p.ascending:
+            for i in range(1, len(values)):
+                if values[i] <= values[i - 1]:
+                    self.error(items[i].span, f"`{sig.name}` argument `{p.name}` must be strictly "
+                               f"ascending, but {_number(values[i])} follows {_number(values[i - 1])}")
+                    break
+
     def value(self, expr: ast.Expr, type_: str):
         """A literal's Python value, or the name of a declaration (registered in the graph)."""
+        if isinstance(expr, ast.List) and type_.startswith("list["):
+            items = [self.value(item, type_[5:-1]) for item in expr.items]
+            return None if None in items else items
         if isinstance(expr, (ast.Int, ast.Float, ast.Str, ast.Bool)):
             return float(expr.value) if type_ == "float" else expr.value
         if isinstance(expr, ast.Neg):

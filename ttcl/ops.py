@@ -142,7 +142,9 @@ def op_difficulty(ctx: NodeContext):
     probes = [ctx.from_generation(g, s) for g, s in zip(results, seeds)]
     scores = yield from ctx.score(probes)
     mean = sum(scores) / len(scores)
-    ctx.run.bin = difficulty_bin(mean, ctx.params["bins"], ctx.thresholds)
+    # the program's own fitted thresholds win over the run's; neither: equal widths
+    thresholds = ctx.params.get("thresholds") or ctx.thresholds
+    ctx.run.bin = difficulty_bin(mean, ctx.params["bins"], thresholds)
     ctx.run.event("difficulty", ctx.node, "difficulty", {"mean_score": mean, "bin": ctx.run.bin})
     return probes
 
@@ -151,7 +153,10 @@ def difficulty_bin(mean_score: float, bins: int, thresholds: list[float] | None 
     """The bin of a mean verifier score: a high score is an easy question (bin 1).
 
     `thresholds` are bins - 1 ascending cut points fitted on a calibration set (issue 5's
-    quantile bins); without them the score range [0, 1] is cut into equal widths.
+    quantile bins); without them the score range [0, 1] is cut into equal widths. A threshold
+    t means a score >= t is in an easier bin than t: each one the score reaches moves it one
+    bin up from the hardest, so [0.3, 0.6] puts 0.6 and above in bin 1, 0.3 to 0.6 in bin 2,
+    below 0.3 in bin 3.
     """
     if thresholds is None:
         thresholds = [i / bins for i in range(1, bins)]

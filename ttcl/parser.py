@@ -155,6 +155,9 @@ class _ToAST(Transformer):
             return _ESCAPES[m.group(1)]
         return re.sub(r"\\(.)", replace, raw, flags=re.S)
 
+    def list(self, meta, *items):
+        return ast.List(span=self.sp(meta), items=tuple(i for i in items if i is not None))
+
     def call(self, meta, name, *args):
         args = [a for a in args if a is not None]
         positional = tuple(a for a in args if not isinstance(a, ast.Keyword))
@@ -208,7 +211,8 @@ def _describe(terminal: str) -> str:
     return f"`{pattern.value}`" if pattern.type == "str" else terminal.lower()
 
 
-_EXPRESSION_START = {"a name", "an integer", "a number", "a string", "`(`", "`-`", "`true`", "`false`", "`match`"}
+_EXPRESSION_START = {"a name", "an integer", "a number", "a string", "`(`", "`[`", "`-`", "`true`", "`false`",
+                     "`match`"}
 
 
 def _expected(names) -> str:

@@ -15,6 +15,9 @@ from typing import Any, Callable
 QUESTION, POOL, ANSWER = "Question", "Pool", "Answer"
 SCALARS = ("int", "float", "str", "bool")
 VALUE_TYPES = SCALARS + ("model", "verifier", "prompt")
+# A list literal `[0.3, 0.6]` is a `list[int]` when every item is an int (an empty list too),
+# else a `list[float]`; lists hold numbers only and appear only as arguments.
+NUMBER_LISTS = ("list[int]", "list[float]")
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,16 @@ def describe(t: Type) -> str:
     """How a type reads in an error message: `an int`, `a verifier`, `a stage (Pool -> Answer)`."""
     if isinstance(t, Stage):
         return f"a stage ({t})"
+    if t in NUMBER_LISTS:
+        return "a list of integers" if t == "list[int]" else "a list of numbers"
     return f"an {t}" if t[0].lower() in "aeiou" else f"a {t}"
 
 
 def assignable(actual: Type, expected: str) -> bool:
-    """Whether a value of type `actual` may be passed where `expected` is declared."""
+    """Whether a value of type `actual` may be passed where `expected` is declared: ints
+    pass as floats, and so lists of ints as lists of floats."""
+    if actual in NUMBER_LISTS and expected in NUMBER_LISTS:
+        return assignable(actual[5:-1], expected[5:-1])
     return actual == expected or (actual == "int" and expected == "float")
 
 
@@ -58,6 +66,7 @@ class Param:
     maximum: float | None = None
     choices: tuple[str, ...] | None = None
     step_level: bool = False  # a verifier argument that must score every step (beam search)
+    ascending: bool = False  # a list whose items must strictly increase (minimum/maximum: per item)
     doc: str = ""
 
 
@@ -135,10 +144,15 @@ _STAGES = (
 )
 STAGES: dict[str, Signature] = {s.name: s for s in _STAGES}
 
+MAX_BINS = 20
 DIFFICULTY = Signature(
     "difficulty", "difficulty",
     (_V, Param("probe", "int", 4, minimum=1, maximum=1024, doc="probe samples (kept as candidates)"),
-     Param("bins", "int", 5, minimum=2, maximum=20, doc="quantile bins")),
+     Param("bins", "int", 5, minimum=2, maximum=MAX_BINS,
+           doc="quantile bins (default: one more than the thresholds, else 5)"),
+     Param("thresholds", "list[float]", None, minimum=0.0, maximum=1.0, ascending=True,
+           doc="bins - 1 fitted cut points of the mean score; a score >= t is in an easier "
+               "bin than t (default: the run's thresholds, else equal widths)")),
     "bin the question by the mean verifier score of a few probe samples",
     accepts=frozenset({QUESTION}), returns=QUESTION,
     generations=lambda a: a["probe"],
