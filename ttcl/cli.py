@@ -120,6 +120,26 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the summary as JSON")
     e.set_defaults(run=cmd_eval)
 
+    z = sub.add_parser("optimize", help="choose the compute-optimal strategy per difficulty bin; write the program")
+    z.add_argument("file", metavar="FILE", help="models and verifiers to use; a program's match arms are the "
+                   "search space")
+    z.add_argument("--program", metavar="NAME", help="the program whose arms are the search space (default: main)")
+    z.add_argument("--dataset", required=True, metavar="NAME|FILE.jsonl", help="as for eval")
+    z.add_argument("--limit", type=int, metavar="N", help="the first N questions")
+    z.add_argument("--budget", type=int, default=16, metavar="N", help="generations per question, probes included "
+                   "(default 16)")
+    z.add_argument("--probe", type=int, metavar="P", help="probe samples that predict difficulty (default 4)")
+    z.add_argument("--bins", type=int, default=5, help="difficulty bins (default 5)")
+    z.add_argument("--verifier", metavar="NAME", help="the verifier that scores probes (default: the only one)")
+    z.add_argument("--candidate", action="append", metavar="EXPR", help='a strategy to consider, such as '
+                   '"beam_search(12, prm, width=4)" (repeatable; default: the paper\'s set at the budget)')
+    z.add_argument("--seed", type=int, default=0)
+    z.add_argument("-o", "--output", metavar="OUT.ttcl", help="the program (default: FILE.optimized.ttcl)")
+    z.add_argument("--runs", metavar="RUNS.jsonl", help="every run's results (default: FILE.DATASET.optimize.jsonl)")
+    z.add_argument("--resume", action="store_true", help="continue an interrupted optimize from --runs")
+    z.add_argument("--strict", action="store_true", help="a malformed dataset line is fatal (default: skipped)")
+    z.set_defaults(run=cmd_optimize)
+
     o = sub.add_parser("compile", help="write the compiled program as a JSON artifact")
     _program_args(o)
     o.add_argument("-o", "--output", required=True, metavar="OUT.json")
@@ -254,6 +274,12 @@ def cmd_eval(args) -> int:
     from .evalview import eval_command
 
     return eval_command(args, out, err)
+
+
+def cmd_optimize(args) -> int:
+    from .evalview import optimize_command
+
+    return optimize_command(args, out, err)
 
 
 def cmd_run(args) -> int:

@@ -39,6 +39,8 @@ class Record(BaseModel):
     correct: bool
     level: int | None = None  # the dataset's difficulty level, where it has one
     bin: int | None = None  # the difficulty bin the program's match chose
+    difficulty: float | None = None  # its probes' mean verifier score (predicted difficulty)
+    probe_accuracy: float | None = None  # the share of its probes that are right (oracle pass@1)
     flops: float | None
     tokens: int
     generations: int
@@ -141,6 +143,7 @@ class Eval:
         """Run `program` (with `param` bound to `budget`) on every question not yet recorded
         for (label, budget). Returns False if it was interrupted."""
         bound = program.bind(**{param: budget}) if budget is not None else program
+        probes = {n for n, op in bound.graph.nodes(data="op") if op == "difficulty"}
         done = {r.key for r in self.records}
         todo = [i for i in range(len(self.questions)) if (label, budget, i) not in done]
         if not todo:
@@ -153,7 +156,7 @@ class Eval:
                 if result.stopped == "interrupted":
                     interrupted = True
                     return  # unfinished: it runs again on resume
-                record = self._record(label, budget, todo[position], result)
+                record = self._record(label, budget, todo[position], result, probes)
                 sink.write(record.model_dump_json() + "\n")
                 sink.flush()
                 os.fsync(sink.fileno())  # a killed process keeps every line it reported
@@ -163,11 +166,15 @@ class Eval:
             bound.run_many([self.questions[i] for i in todo], seed=self.seed, backend=self.backend, on_result=write)
         return not interrupted
 
-    def _record(self, label: str, budget: int | None, index: int, result: Result) -> Record:
+    def _record(self, label: str, budget: int | None, index: int, result: Result, probes: set[int]) -> Record:
         q = self.questions[index]
+        scores = [e.detail["mean_score"] for e in result.trace if e.event == "difficulty"]
+        probed = [same_answer(c.answer, q["answer"]) for c in result.candidates if c.node in probes]
         return Record(program=label, budget=budget, index=index, question=q["question"], expected=q["answer"],
                       answer=result.answer, correct=same_answer(result.answer, q["answer"]),
-                      level=q.get("level"), bin=result.bin, flops=result.cost.flops, tokens=result.cost.tokens,
+                      level=q.get("level"), bin=result.bin, difficulty=scores[0] if scores else None,
+                      probe_accuracy=sum(probed) / len(probed) if probed else None,
+                      flops=result.cost.flops, tokens=result.cost.tokens,
                       generations=result.cost.generations, seed=result.seed, elapsed_s=result.elapsed_s)
 
 

@@ -1,5 +1,6 @@
-"""`ttcl eval` on the command line: progress while it runs, then rich tables per program and
-budget, per difficulty bin and per dataset level; optionally a plot, Markdown and JSON."""
+"""`ttcl eval` and `ttcl optimize` on the command line: progress while they run, then rich
+tables (per program and budget, per difficulty bin, per dataset level); optionally a plot,
+Markdown and JSON, and for optimize the program it writes."""
 
 from __future__ import annotations
 
@@ -90,8 +91,7 @@ def _label(path: str, paths: list[str]) -> str:
 
 
 def _default_output(files: list[str], dataset: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9_-]+", "", Path(dataset).stem if dataset.endswith(".jsonl") else dataset)
-    return f"{'+'.join(Path(f).stem for f in files)}.{name}.eval.jsonl"
+    return f"{'+'.join(Path(f).stem for f in files)}.{_dataset_name(dataset)}.eval.jsonl"
 
 
 def _write(path: str, text: str) -> None:
@@ -99,3 +99,90 @@ def _write(path: str, text: str) -> None:
         Path(path).write_text(text, encoding="utf-8")
     except OSError as e:
         raise UsageError(f"{path}: cannot write: {e.strerror or e}") from None
+
+
+def optimize_command(args, out: Console, err: Console) -> int:
+    from . import optimize as opt
+    from .source import read_source
+
+    text = read_source(args.file)
+    base = opt.read_base(text, args.file, args.program or "main")
+    verifier = _verifier(args.verifier, opt.verifiers(text, args.file))
+    probe = args.probe or base.probe or 4
+    candidates = args.candidate or base.arms or opt.default_space(opt.arm_budget(args.budget, probe), verifier)
+    for expr in candidates:  # each must compile, before anything runs
+        base.program(expr)
+    data = load_dataset(args.dataset, args.limit, strict=args.strict)
+    for problem in data.skipped:
+        err.print(f"[yellow]skipped[/] {problem}")
+    output = args.runs or f"{Path(args.file).stem}.{_dataset_name(args.dataset)}.optimize.jsonl"
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err, transient=True)
+    ev = Eval(output, data.questions, seed=args.seed, resume=args.resume, on_record=lambda r: progress.advance(bar))
+    with progress:
+        bar = progress.add_task("probe", total=(len(candidates) + 1) * len(data.questions))
+        progress.advance(bar, len(ev.records))
+        results = opt.run_all(ev, base, candidates, verifier, probe, lambda label: progress.update(bar, description=label))
+    if results is None:
+        err.print(f"interrupted: {len(ev.records)} results are in {output}; run again with --resume to finish")
+        return 130
+    probes = results.pop(opt.PROBE_LABEL)
+    scores = [r.difficulty for r in probes]
+    everyone = list(range(len(scores)))
+    choice = opt.choose(candidates, results, scores, everyone, args.bins)
+    cv_accuracy, cv_flops = opt.cross_validate(candidates, results, scores, probes, args.bins)
+    _show_choice(choice, candidates, results, scores, probes, out)
+    out.print(f"per-bin choice, 2-fold cross-validated: accuracy {cv_accuracy:.1%}, "
+              f"{cv_flops:.3g} FLOPs per question (probes included)")
+    note = [f"chosen per difficulty bin on {data.name} ({len(scores)} questions, seed {args.seed}), "
+            f"{probe} probes, arms at {args.budget - probe} generations"]
+    program = opt.render(base, choice, verifier, probe, args.budget, note)
+    target = args.output or f"{Path(args.file).stem}.optimized.ttcl"
+    opt.write(target, program)
+    err.print(f"wrote {target}; runs: {output}")
+    return 0
+
+
+def _show_choice(choice, candidates, results, scores, probes, out: Console) -> None:
+    from .optimize import predicted_bin
+
+    table = Table(title="per difficulty bin (1 = easiest): accuracy of each candidate; the winner in bold",
+                  box=box.SIMPLE_HEAD)
+    table.add_column("bin")
+    table.add_column("scores")
+    table.add_column("questions", justify="right")
+    for c in candidates:
+        table.add_column(c, justify="right")
+    cuts = [1.0] + choice.thresholds[::-1] + [0.0]
+    for b, winner in choice.winners.items():
+        inside = [i for i, s in enumerate(scores) if predicted_bin(s, choice.thresholds) == b]
+        cells = []
+        for c in candidates:
+            right = sum(results[c][i].correct for i in inside)
+            cell = f"{right / len(inside):.0%}" if inside else "-"
+            cells.append(f"[bold]{cell}[/]" if c == winner else cell)
+        table.add_row(str(b), f"{cuts[b]:.2f}..{cuts[b - 1]:.2f}", str(len(inside)), *cells)
+    n = len(scores)
+    table.add_row("all", "", str(n), *[f"{sum(r.correct for r in results[c]) / n:.0%}" for c in candidates],
+                  style="dim")
+    table.add_row("FLOPs", "", "", *[f"{sum(r.flops or 0 for r in results[c]) / n:.3g}" for c in candidates],
+                  style="dim")
+    out.print(table)
+    probe_flops = sum(r.flops or 0 for r in probes) / n
+    out.print(f"probes: {probe_flops:.3g} FLOPs per question; oracle pass@1 of the probes "
+              f"{sum(r.probe_accuracy or 0 for r in probes) / n:.0%}")
+
+
+def _verifier(name: str | None, declared: list[str]) -> str:
+    if name is not None:
+        if name not in declared:
+            raise UsageError(f"no verifier `{name}` is declared" + (f" (there is {', '.join(declared)})" if declared else ""))
+        return name
+    if len(declared) != 1:
+        raise UsageError("name the verifier that predicts difficulty with --verifier"
+                         + (f" (declared: {', '.join(declared)})" if declared else "; the file declares none"))
+    return declared[0]
+
+
+def _dataset_name(dataset: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "", Path(dataset).stem if dataset.endswith(".jsonl") else dataset)

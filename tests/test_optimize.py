@@ -1,0 +1,91 @@
+"""`ttcl optimize`: difficulty from probes, quantile bins, the per-bin choice with two-fold
+cross-validation, and the program it writes (a fixed point). On the scripted backend."""
+
+import re
+
+import pytest
+
+import ttcl
+from ttcl.backends.fake import ScriptedBackend
+from ttcl.errors import UsageError
+from ttcl.evaluate import Eval
+from ttcl.optimize import (
+    PROBE_LABEL, arm_budget, choose, cross_validate, default_space, predicted_bin, quantile_thresholds,
+    read_base, render, run_all,
+)
+
+BASE = '''# the policy and its verifier
+model policy = llama("smollm2-135m", max_tokens=64)
+verifier prm = self_verify(policy)
+budget 99 generations
+program main = sample(2) |> vote
+'''
+
+
+def test_quantile_thresholds_split_questions_evenly_and_ascend():
+    scores = [i / 99 for i in range(100)]
+    cuts = quantile_thresholds(scores, 5)
+    assert cuts == pytest.approx([0.2, 0.4, 0.6, 0.8], abs=0.01)
+    counts = [sum(predicted_bin(s, cuts) == b for s in scores) for b in range(1, 6)]
+    assert all(19 <= c <= 21 for c in counts)
+    assert predicted_bin(0.99, cuts) == 1 and predicted_bin(0.0, cuts) == 5  # high score: easy
+    ties = quantile_thresholds([0.5] * 10 + [0.9], 5)
+    assert all(a < b for a, b in zip(ties, ties[1:]))
+
+
+def test_read_base_keeps_declarations_and_drops_programs_and_budgets():
+    base = read_base(BASE, "base.ttcl")
+    assert "program" not in base.text and "budget" not in base.text
+    assert 'model policy = llama("smollm2-135m", max_tokens=64)' in base.text
+    assert base.text.startswith('import "parallel"') and base.arms == []
+    assert base.program("majority(3)").ir.generations == 3
+
+
+def test_the_default_space_is_the_papers_strategies_at_the_budget():
+    space = default_space(12, "prm")
+    assert space == ["majority(12)", "weighted_best_of_n(12, prm)", "beam_search(12, prm, width=3)",
+                     "beam_search(12, prm, width=4)", "sequential_revisions(12, prm)",
+                     "revision_ratio(12, 2, prm)", "revision_ratio(12, 4, prm)"]  # widths √12 and 4
+    assert arm_budget(16, 4) == 12
+    with pytest.raises(UsageError, match="leaves nothing after 4 probe samples"):
+        arm_budget(4, 4)
+
+
+# "What is A + B?": the verifier's probes find a small A easy; plain samples get A <= 4
+# right and revisions get everything right (and say so, which the verifier likes). So the
+# choice must differ by bin: voting where it suffices (it is cheaper), revisions elsewhere.
+def script(request):
+    a, b = (int(x) for x in re.search(r"What is (\d+) \+ (\d+)\?", request.messages[-1].content).groups())
+    if "earlier attempts" in request.messages[-1].content:
+        return f"Revised: the answer is {a + b}."
+    return f"The answer is {a + b if a <= 4 else a + b + 1}."
+
+
+def probs(request, options):
+    content = request.messages[-1].content
+    a = int(re.search(r"What is (\d+)", content).group(1))
+    return [0.95, 0.05] if "Revised" in content else [1 - a / 10, a / 10]
+
+
+QUESTIONS = [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(1, 10) for b in (1, 2)]
+
+
+def optimize(tmp_path, base, candidates, probe=2):
+    ev = Eval(tmp_path / "runs.jsonl", QUESTIONS, resume=True, backend=ScriptedBackend(script, probs))
+    results = run_all(ev, base, candidates, "prm", probe)
+    probes = results.pop(PROBE_LABEL)
+    scores = [r.difficulty for r in probes]
+    choice = choose(candidates, results, scores, list(range(len(QUESTIONS))))
+    return choice, results, scores, probes
+
+
+def test_each_bin_gets_its_best_candidate_and_cross_validation_reports_it(tmp_path):
+    candidates = ["majority(2)", "sequential_revisions(2, prm)"]
+    choice, results, scores, probes = optimize(tmp_path, read_base(BASE, "base.ttcl"), candidates)
+    assert [r.difficulty for r in probes] == pytest.approx([1 - int(q["question"][8]) / 10 for q in QUESTIONS])
+    easy, hard = choice.winners[1], choice.winners[5]
+    assert easy == "majority(2)"  # as right as revisions on easy questions, and cheaper
+    assert hard == "sequential_revisions(2, prm)"
+    accuracy, flops = cross_validate(candidates, results, scores, probes)
+    assert accuracy == 1.0 and flops > 0
+    assert all(r.probe_accuracy is not None for r in probes)

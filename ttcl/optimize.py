@@ -1,0 +1,243 @@
+"""`ttcl optimize`: the compute-optimal program per difficulty bin (Snell et al. 2024, §3-4).
+
+1. Probe every question: P samples, the verifier's mean score over them (predicted
+   difficulty, no ground truth needed) and the share of them that are right (oracle
+   difficulty, pass@1). Each maps to bins at quantile thresholds fitted on the questions.
+2. Evaluate every candidate strategy on every question, at the budget less the probes (the
+   probes' P generations count in the budget, and join the chosen arm's candidates).
+3. Per predicted-difficulty bin, pick the candidate with the best accuracy (then the fewest
+   FLOPs). Two-fold cross-validation, as the paper does, says how well the choice holds on
+   questions it was not chosen on.
+4. Write the winners as a readable `.ttcl` program: a `match difficulty(...)` with the fitted
+   thresholds as literal numbers and one arm per run of bins with the same winner.
+
+Every run goes through `Eval`, so the results file can be resumed. The search space is the
+arms of the input program when it has a `match difficulty`, so optimizing an optimized program
+on the same questions chooses the same arms and writes the same program; otherwise it is
+`default_space(budget)` or the candidates given.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import ast
+from .errors import UsageError
+from .evaluate import Eval, Record
+from .formatter import format_source, layout
+from .ops import difficulty_bin
+from .parser import parse
+from .program import Program, compile
+
+IMPORTS = ('import "parallel"', 'import "search"', 'import "revision"')
+PROBE_LABEL = "probe"
+NOTE = "# ttcl optimize: "  # the header it writes, and drops when it reads a program back
+
+
+def default_space(budget: int, verifier: str) -> list[str]:
+    """The paper's candidates at a budget of n generations: majority voting, best-of-N
+    weighted, beam search with width 4 and √n, sequential revisions, and chains of revisions
+    at each sequential/parallel ratio that divides n."""
+    n, v = budget, verifier
+    space = [f"majority({n})", f"weighted_best_of_n({n}, {v})"]
+    for width in sorted({4, max(2, round(math.sqrt(n)))}):
+        if n % width == 0 and n > width:
+            space.append(f"beam_search({n}, {v}, width={width})")
+    space.append(f"sequential_revisions({n}, {v})")
+    space += [f"revision_ratio({n}, {chains}, {v})" for chains in (2, 4) if n % chains == 0 and n > chains]
+    return space
+
+
+@dataclass
+class Base:
+    """What every candidate shares: the input file's declarations (models, verifiers,
+    prompts, imports), without its programs and budgets."""
+
+    text: str
+    path: str | None
+    arms: list[str] = field(default_factory=list)  # the input program's match arms, if any
+    probe: int | None = None  # its difficulty probes
+
+    def program(self, expr: str) -> Program:
+        return compile(f"{self.text}\nprogram main = {expr}\n", self.path)
+
+
+def read_base(text: str, path: str | None, program: str = "main") -> Base:
+    """The declarations of a source file, and the arms of its `match difficulty` program."""
+    module = parse(text, path)
+    kept, arms, probe = [], [], None
+    at = 0
+    for stmt in module.statements:
+        if isinstance(stmt, (ast.ProgramDecl, ast.BudgetDecl)):
+            kept.append(text[at:stmt.span.start])
+            at = stmt.span.end
+            if isinstance(stmt, ast.ProgramDecl) and stmt.name == program and isinstance(stmt.body, ast.Match):
+                arms = [" ".join(layout(arm.body, "")).strip() for arm in stmt.body.arms]
+                probe = _keyword(stmt.body.head, "probe")
+    kept.append(text[at:])
+    body = "\n".join(line for line in "".join(kept).splitlines() if not line.startswith(NOTE)).strip() + "\n"
+    missing = [line for line in IMPORTS if line not in body]
+    return Base("\n".join(missing + [body]), path, list(dict.fromkeys(arms)), probe)
+
+
+def verifiers(text: str, path: str | None) -> list[str]:
+    """The names of the verifiers a source file declares."""
+    return [s.name for s in parse(text, path).statements if isinstance(s, ast.VerifierDecl)]
+
+
+def _keyword(call: ast.Call, name: str) -> int | None:
+    for kw in call.kwargs:
+        if kw.name == name and isinstance(kw.value, ast.Int):
+            return kw.value.value
+    return None
+
+
+# ---- difficulty ----------------------------------------------------------------------------
+
+
+@dataclass
+class Difficulty:
+    """Per question: the mean verifier score of its probes and their pass@1 (oracle)."""
+
+    score: list[float]
+    pass_at_1: list[float]
+
+
+def quantile_thresholds(values: list[float], bins: int = 5) -> list[float]:
+    """bins - 1 ascending cut points at the quantiles of `values`, so each bin holds about as
+    many questions. Repeated values can make cuts coincide; they are then nudged apart, and
+    the bins between them are simply empty."""
+    if not values:
+        raise UsageError("cannot fit difficulty bins without questions")
+    ordered = sorted(values)
+    cuts = []
+    for i in range(1, bins):
+        position = i * (len(ordered) - 1) / bins
+        low, frac = int(position), position - int(position)
+        high = min(low + 1, len(ordered) - 1)
+        cuts.append(round(ordered[low] + frac * (ordered[high] - ordered[low]), 4))
+    for i in range(1, len(cuts)):  # strictly ascending, as the language requires
+        cuts[i] = max(cuts[i], round(cuts[i - 1] + 1e-4, 4))
+    return [min(c, 1.0) for c in cuts]
+
+
+def predicted_bin(score: float, thresholds: list[float]) -> int:
+    """Bin 1 is the easiest: the highest verifier scores."""
+    return difficulty_bin(score, len(thresholds) + 1, thresholds)
+
+
+def oracle_bin(pass_at_1: float, thresholds: list[float]) -> int:
+    """Bin 1 is the easiest: the most probes right."""
+    return difficulty_bin(pass_at_1, len(thresholds) + 1, thresholds)
+
+
+def difficulty_of(records: list[Record]) -> Difficulty:
+    """From the probe program's records (one per question, in order)."""
+    return Difficulty([r.difficulty for r in records], [r.probe_accuracy for r in records])
+
+
+# ---- choosing per bin ----------------------------------------------------------------------
+
+
+@dataclass
+class Choice:
+    """The winner of each bin, chosen on some questions."""
+
+    thresholds: list[float]
+    winners: dict[int, str]  # bin -> candidate
+
+
+def choose(candidates: list[str], results: dict[str, list[Record]], scores: list[float], questions: list[int],
+           bins: int = 5) -> Choice:
+    """Fit thresholds on `questions`' scores, then per bin the candidate with the most right
+    answers on those questions (ties: fewer FLOPs, then the earlier candidate). An empty bin
+    takes the winner over all the questions."""
+    thresholds = quantile_thresholds([scores[i] for i in questions], bins)
+    overall = _best(candidates, results, questions)
+    winners = {}
+    for b in range(1, bins + 1):
+        inside = [i for i in questions if predicted_bin(scores[i], thresholds) == b]
+        winners[b] = _best(candidates, results, inside) if inside else overall
+    return Choice(thresholds, winners)
+
+
+def _best(candidates: list[str], results: dict[str, list[Record]], questions: list[int]) -> str:
+    def key(c: str) -> tuple:
+        rs = [results[c][i] for i in questions]
+        return (-sum(r.correct for r in rs), sum(r.flops or 0.0 for r in rs), candidates.index(c))
+
+    return min(candidates, key=key)
+
+
+def cross_validate(candidates: list[str], results: dict[str, list[Record]], scores: list[float],
+                   probe: list[Record], bins: int = 5) -> tuple[float, float]:
+    """Two-fold cross-validated accuracy and mean FLOPs per question (probes included) of
+    choosing per bin: each half is answered by the choice made on the other half."""
+    n = len(scores)
+    folds = [list(range(0, n, 2)), list(range(1, n, 2))]
+    correct, flops = 0, 0.0
+    for k in (0, 1):
+        choice = choose(candidates, results, scores, folds[1 - k], bins)
+        for i in folds[k]:
+            record = results[choice.winners[predicted_bin(scores[i], choice.thresholds)]][i]
+            correct += record.correct
+            flops += (record.flops or 0.0) + (probe[i].flops or 0.0)
+    return correct / n, flops / n
+
+
+# ---- the program it writes -----------------------------------------------------------------
+
+
+def render(base: Base, choice: Choice, verifier: str, probe: int, budget: int, note: list[str]) -> str:
+    """The optimized program as canonical TTCL: the base's declarations, the budget, and a
+    `match difficulty` with literal thresholds and an arm per run of bins with one winner."""
+    arms, b = [], 1
+    bins = len(choice.thresholds) + 1
+    while b <= bins:
+        end = b
+        while end + 1 <= bins and choice.winners[end + 1] == choice.winners[b]:
+            end += 1
+        pattern = str(b) if b == end else f"{b}..{end}"
+        arms.append(f"    {pattern} => {choice.winners[b]}")
+        b = end + 1
+    cuts = ", ".join(f"{t:g}" for t in choice.thresholds)
+    text = "\n".join(
+        [NOTE + line for line in note]
+        + [base.text.rstrip(), "", f"budget {budget} generations", "",
+           "program main =",
+           f"  match difficulty({verifier}, probe={probe}, thresholds=[{cuts}]) {{", *arms, "  }", ""])
+    return format_source(text, base.path)
+
+
+def arm_budget(budget: int, probe: int) -> int:
+    """What each arm may spend: the budget less the probes, which the program also pays."""
+    if budget <= probe:
+        raise UsageError(f"a budget of {budget} generations leaves nothing after {probe} probe samples")
+    return budget - probe
+
+
+def run_all(ev: Eval, base: Base, candidates: list[str], verifier: str, probe: int,
+            on_start=lambda label: None) -> dict[str, list[Record]] | None:
+    """Run the probe program and every candidate through `ev`; their records by label, in
+    question order, or None if interrupted."""
+    # an arm must take the question: a one-token sample, so the record is the probes' cost
+    probe_program = f"match difficulty({verifier}, probe={probe}) {{ _ => sample(1, max_tokens=1) |> vote }}"
+    labels = {PROBE_LABEL: probe_program, **{c: c for c in candidates}}
+    for label, expr in labels.items():
+        on_start(label)
+        if not ev.run(base.program(expr), label):
+            return None
+    by_label: dict[str, dict[int, Record]] = {label: {} for label in labels}
+    for r in ev.records:
+        if r.program in by_label and r.budget is None:
+            by_label[r.program][r.index] = r
+    return {label: [rs[i] for i in range(len(ev.questions))] for label, rs in by_label.items()}
+
+
+def write(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write: {e.strerror or e}") from None
