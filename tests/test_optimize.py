@@ -89,3 +89,22 @@ def test_each_bin_gets_its_best_candidate_and_cross_validation_reports_it(tmp_pa
     accuracy, flops = cross_validate(candidates, results, scores, probes)
     assert accuracy == 1.0 and flops > 0
     assert all(r.probe_accuracy is not None for r in probes)
+
+
+def test_the_written_program_compiles_routes_by_its_thresholds_and_is_a_fixed_point(tmp_path):
+    base = read_base(BASE, "base.ttcl")
+    candidates = ["majority(2)", "sequential_revisions(2, prm)"]
+    choice, results, scores, probes = optimize(tmp_path, base, candidates)
+    text = render(base, choice, "prm", 2, 4, ["chosen on 18 scripted questions"])
+    assert "thresholds=[" in text and "budget 4 generations" in text
+    assert text.startswith("# ttcl optimize: chosen on 18 scripted questions\n")
+    program = ttcl.compile(text, "best.ttcl")
+    assert program.ir.generations == 4  # 2 probes and 2 for the costlier arm
+    backend = ScriptedBackend(script, probs)
+    easy, hard = program.run_many(["What is 1 + 1?", "What is 9 + 1?"], backend=backend)
+    assert (easy.bin, easy.answer) == (1, "2") and (hard.bin, hard.answer) == (5, "10")
+    # optimizing the optimized program: its arms are the search space, and it comes back the same
+    again = read_base(text, "best.ttcl")
+    assert again.arms == [choice.winners[1], choice.winners[5]] and again.probe == 2
+    choice2, *_ = optimize(tmp_path / "again", again, again.arms)
+    assert render(again, choice2, "prm", 2, 4, ["chosen on 18 scripted questions"]) == text

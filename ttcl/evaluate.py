@@ -149,7 +149,12 @@ class Eval:
         if not todo:
             return True
         interrupted = False
-        with open(self.path, "a", encoding="utf-8") as sink:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            sink = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"{self.path}: cannot write: {e.strerror or e}") from None
+        with sink:
 
             def write(position: int, result: Result) -> None:
                 nonlocal interrupted
