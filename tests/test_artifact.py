@@ -5,6 +5,7 @@ import json
 import pytest
 
 import ttcl
+from ttcl.draw import to_text
 from ttcl.errors import ArtifactError
 from ttcl.ir import checksum
 
@@ -76,3 +77,28 @@ def test_artifact_parameters_are_fixed(artifact):
     _, path = artifact
     with pytest.raises(ttcl.TTCLError, match="fixed parameters"):
         ttcl.load(path).bind(budget=4)
+
+
+def test_round_trip_keeps_difficulty_thresholds(tmp_path):
+    src = ('verifier prm = check("arith")\nprogram main =\n'
+           '  match difficulty(prm, probe=4, thresholds=[0.31, 0.45, 0.58, 0.72]) {\n'
+           '    1..2 => sample(4) |> best(prm)\n    3..5 => beam(16, prm, width=4) |> best(prm)\n  }\n')
+    prog = ttcl.compile(src)
+    path = tmp_path / "fitted.json"
+    prog.save(path)
+    data = json.loads(path.read_text())
+    head = next(n for n in data["nodes"] if n["op"] == "difficulty")
+    assert head["params"]["thresholds"] == [0.31, 0.45, 0.58, 0.72] and head["params"]["bins"] == 5
+    loaded = ttcl.load(path)
+    assert loaded.ir == prog.ir
+    assert dict(loaded.graph.nodes(data=True)) == dict(prog.graph.nodes(data=True))
+    assert "thresholds=[0.31, 0.45, 0.58, 0.72]" in to_text(loaded.graph)  # as `ttcl graph` shows it
+
+
+def test_malformed_thresholds_are_refused(tmp_path):
+    src = 'verifier prm = check("arith")\nprogram main = match difficulty(prm, thresholds=[0.5]) { _ => sample(1) |> vote }\n'
+    path = tmp_path / "fitted.json"
+    ttcl.compile(src).save(path)
+    _rewrite(path, lambda d: d["nodes"][1]["params"].update(thresholds=["high"]), fix_checksum=True)
+    with pytest.raises(ArtifactError, match="malformed artifact at nodes.1.params.thresholds"):
+        ttcl.load(path)

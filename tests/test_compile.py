@@ -207,3 +207,79 @@ def test_inlining_is_hygienic():
 def test_expansion_limit():
     with pytest.raises(ttcl.TTCLError, match="expands to more than"):
         ttcl.compile("program main = (sample(1) |> vote) * 20000 |> vote")
+
+
+# ---- list literals and difficulty thresholds ---------------------------------------------
+
+FITTED = ("match difficulty(prm, probe=4, thresholds=[0.31, 0.45, 0.58, 0.72]) {{ {arms} }}")
+
+
+def difficulty_node(prog: ttcl.Program) -> dict:
+    g = prog.graph
+    return next(g.nodes[n] for n in g if g.nodes[n]["op"] == "difficulty")
+
+
+def test_thresholds_set_the_bins():
+    prog = compile_body(FITTED.format(arms="1..2 => sequential_revisions(16, prm)  "
+                                           "3..5 => beam(16, prm, width=4) |> best(prm)"))
+    params = difficulty_node(prog)["params"]
+    assert params["thresholds"] == [0.31, 0.45, 0.58, 0.72] and params["bins"] == 5
+    g = prog.graph
+    merge = next(n for n in g if g.nodes[n]["op"] == "merge")
+    assert g.nodes[merge]["params"] == {"bins": 5}
+    assert sorted(g.edges[u, merge]["guard"] for u in g.predecessors(merge)) == [[1, 2], [3, 4, 5]]
+
+
+def test_thresholds_without_bins_make_len_plus_one_bins():
+    prog = compile_body("match difficulty(prm, thresholds=[0, 1]) { 1 => majority(2)  _ => majority(4) }")
+    params = difficulty_node(prog)["params"]
+    assert params["thresholds"] == [0.0, 1.0] and all(isinstance(t, float) for t in params["thresholds"])
+    assert params["bins"] == 3  # ints are accepted as floats; two cut points, three bins
+    g = prog.graph
+    merge = next(n for n in g if g.nodes[n]["op"] == "merge")
+    assert sorted(g.edges[u, merge]["guard"] for u in g.predecessors(merge)) == [[1], [2, 3]]
+
+
+def test_thresholds_agreeing_with_bins():
+    prog = compile_body("match difficulty(prm, bins=2, thresholds=[0.5,]) { 1 => majority(2)  2 => majority(4) }")
+    assert difficulty_node(prog)["params"]["bins"] == 2
+
+
+def test_thresholds_fold_and_bind():
+    src = HEADER + ("program main(cut: float = 0.25) =\n"
+                    "  match difficulty(prm, thresholds=[cut, cut * 2, 1 - 0.1]) { 1 => majority(2)  _ => majority(4) }\n")
+    assert difficulty_node(ttcl.compile(src))["params"]["thresholds"] == [0.25, 0.5, 0.9]
+    assert difficulty_node(ttcl.compile(src, params={"cut": 0.1}))["params"]["thresholds"] == [0.1, 0.2, 0.9]
+    body = fold_constants(body_of("program m = f([1 + 2, -(0.5), 2 * 0.25])"), PassContext({}))
+    assert [i.value for i in body.args[0].items] == [3, -0.5, 0.5]
+
+
+def test_without_thresholds_the_params_have_none():
+    prog = compile_body("match difficulty(prm) { 1..2 => majority(2)  _ => majority(4) }")
+    assert "thresholds" not in difficulty_node(prog)["params"] and difficulty_node(prog)["params"]["bins"] == 5
+
+
+@pytest.mark.parametrize("body, message", [
+    ("match difficulty(prm, thresholds=[0.5]) { 1..3 => majority(2) }", "bin range 1..3 is outside 1..2"),
+    ("match difficulty(prm, thresholds=[0.5, 0.7]) { 1 => majority(2) }", "bins 2, 3 not covered"),
+    ("match difficulty(prm, bins=4, thresholds=[0.5]) { _ => majority(2) }", "holds 1 number, but bins=4 needs 3"),
+    ("match difficulty(prm, thresholds=[]) { _ => majority(2) }", "must hold 1 to 19 numbers"),
+    ("match difficulty(prm, thresholds=[0.05] * 20) { _ => majority(2) }", "cannot apply `*`"),
+    ("match difficulty(prm, thresholds=[-0.1, 0.5]) { _ => majority(2) }", "must be at least 0, got -0.1"),
+    ("match difficulty(prm, thresholds=[0.5, 0.4]) { _ => majority(2) }", "strictly ascending, but 0.4 follows 0.5"),
+    ("match difficulty(prm, thresholds=[0.5, true]) { _ => majority(2) }", "a list holds numbers, not a bool"),
+    ("match difficulty(prm, thresholds=[[0.5]]) { _ => majority(2) }", "a list holds numbers, not a list of numbers"),
+    ("match difficulty(prm, thresholds=prm) { _ => majority(2) }", "must be a list of numbers, not a verifier"),
+    ("sample([4]) |> vote", "`sample` argument `n` must be an int, not a list of integers"),
+    ("[0.5]", "a program is a stage, but this is a list of numbers"),
+    ("sample(4) |> [1]", "`|>` joins stages, but `[1]` is a list of integers"),
+])
+def test_list_and_threshold_errors(body, message, errors_of):
+    text = errors_of(HEADER + f"program main = {body}\n")
+    assert text is not None and message in text, text
+
+
+def test_twenty_one_bins_is_too_many(errors_of):
+    cuts = ", ".join(f"0.{i:02d}" for i in range(1, 21))
+    text = errors_of(HEADER + f"program main = match difficulty(prm, thresholds=[{cuts}]) {{ _ => majority(2) }}\n")
+    assert "must hold 1 to 19 numbers (2 to 20 bins), not 20" in text

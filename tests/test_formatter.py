@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+import ttcl
 from conftest import CORPUS, SHIPPED
 from ttcl.ast import to_data
 from ttcl.formatter import format_float, format_source
@@ -78,3 +79,22 @@ def test_strings_round_trip():
     out = format_source(src)
     assert format_source(out) == out
     assert to_data(parse(out), spans=False) == to_data(parse(src), spans=False)
+
+
+@pytest.mark.parametrize("messy, canonical", [
+    ("program m = f([ 0.31,0.45 , ])", "program m = f([0.31, 0.45])"),
+    ("program m = f(x = [ ])", "program m = f(x=[])"),
+    ("program m = f([ -1, 2*3, [ 1e-3 ] ])", "program m = f([-1, 2 * 3, [0.001]])"),
+    ("program m = f([(1 + 2) * 3,\n  4])", "program m = f([(1 + 2) * 3, 4])"),
+])
+def test_lists_are_canonical(messy, canonical):
+    assert format_source(messy) == canonical + "\n"
+    assert format_source(canonical) == canonical + "\n"
+    assert to_data(parse(canonical), spans=False) == to_data(parse(messy), spans=False)
+
+
+def test_list_parse_errors():
+    with pytest.raises(ttcl.TTCLError, match="expected an expression or `]`"):
+        parse("program m = f([,])")
+    with pytest.raises(ttcl.TTCLError, match=r"unexpected end of file"):
+        parse("program m = f([0.3, 0.6")

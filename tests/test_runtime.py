@@ -254,3 +254,41 @@ def test_flops_budget_needs_a_parameter_count():
     backend.n_params = None
     with pytest.raises(ttcl.TTCLError, match="cannot enforce a flops budget"):
         run("budget 1e12 flops\nprogram main = sample(2) |> vote", backend)
+
+
+FITTED = ('verifier v = registered("constant")\n'
+          'program main = match difficulty(v, probe=2, thresholds=[{cuts}]) {{\n'
+          '  1 => sample(1) |> vote\n  2 => sample(2) |> vote\n  3 => sample(3) |> vote\n}}')
+
+
+@pytest.mark.parametrize("cuts, expected", [
+    ("0.5, 0.8", 1),    # 0.9 >= 0.8: the easiest bin
+    ("0.5, 0.95", 2),   # 0.5 <= 0.9 < 0.95
+    ("0.92, 0.95", 3),  # below every cut: the hardest bin
+    ("0.5, 0.9", 1),    # a score equal to a threshold is in the easier bin
+])
+def test_program_thresholds_decide_the_bin(cuts, expected):
+    register_verifier("constant", lambda q, steps: [0.9])
+    backend = ScriptedBackend(lambda r: "The answer is 3.")
+    result = run(FITTED.format(cuts=cuts), backend)
+    assert result.bin == expected
+    assert result.cost.generations == 2 + expected  # the probes and the chosen arm's samples
+    event = next(e for e in result.trace if e.event == "difficulty")
+    assert event.detail == {"mean_score": 0.9, "bin": expected}
+
+
+def test_program_thresholds_win_over_the_runs():
+    register_verifier("constant", lambda q, steps: [0.9])
+    backend = ScriptedBackend(lambda r: "The answer is 3.")
+    assert run(FITTED.format(cuts="0.92, 0.95"), backend, thresholds=[0.1, 0.2]).bin == 3
+    plain = FITTED.replace("thresholds=[{cuts}]", "bins={bins}").format(bins=3)
+    assert run(plain, backend, thresholds=[0.92, 0.95]).bin == 3  # the run's, where the program has none
+    assert run(plain, backend).bin == 1  # neither: equal widths, 0.9 >= 2/3
+
+
+def test_program_thresholds_survive_an_artifact(tmp_path):
+    register_verifier("constant", lambda q, steps: [0.9])
+    path = tmp_path / "fitted.json"
+    ttcl.compile(FITTED.format(cuts="0.5, 0.95")).save(path)
+    loaded = ttcl.load(path)
+    assert loaded.run("q", backend=ScriptedBackend(lambda r: "The answer is 3.")).bin == 2

@@ -365,9 +365,11 @@ class Checker:
         if head.func != "difficulty":
             self.error(head.span, f"`match` takes `difficulty(...)`, not `{head.func}(...)`")
             return None
-        bins = self.match_bins(self.bind(DIFFICULTY, head, env))
+        args = self.bind(DIFFICULTY, head, env)
+        bins = self.match_bins(args)
         if bins is not None:
-            self.check_arms(e, bins)
+            cuts = args.get("thresholds")
+            self.check_arms(e, bins, (f"{bins - 1} thresholds make {bins} bins",) if cuts is not None else ())
         types = [(arm, self.infer(arm.body, env)) for arm in e.arms]
         returns = set()
         for arm, t in types:
@@ -408,7 +410,8 @@ class Checker:
             return None
         return n + 1
 
-    def check_arms(self, e: ast.Match, bins: int) -> None:
+    def check_arms(self, e: ast.Match, bins: int, why: tuple[str, ...] = ()) -> None:
+        """Arms cover bins 1..bins exactly once; `why` notes where the count came from."""
         covered: dict[int, ast.Arm] = {}
         for i, arm in enumerate(e.arms):
             if isinstance(arm.pattern, ast.Wildcard):
@@ -423,7 +426,7 @@ class Checker:
                 self.error(arm.pattern.span, f"empty bin range {lo}..{hi}; write {hi}..{lo}")
                 continue
             if lo < 1 or hi > bins:
-                self.error(arm.pattern.span, f"bin range {lo}..{hi} is outside 1..{bins}")
+                self.error(arm.pattern.span, f"bin range {lo}..{hi} is outside 1..{bins}", *why)
                 continue
             for b in range(lo, hi + 1):
                 if b in covered:
@@ -434,7 +437,7 @@ class Checker:
         missing = [b for b in range(1, bins + 1) if b not in covered]
         if missing:
             self.error(e.span, f"bin{'s' * (len(missing) > 1)} {', '.join(map(str, missing))} "
-                       f"not covered by any arm", "add arms for them, or a last `_ => ...` arm")
+                       f"not covered by any arm", *why, "add arms for them, or a last `_ => ...` arm")
 
     # ---- arguments -----------------------------------------------------------------------
 
