@@ -108,3 +108,21 @@ def test_the_written_program_compiles_routes_by_its_thresholds_and_is_a_fixed_po
     assert again.arms == [choice.winners[1], choice.winners[5]] and again.probe == 2
     choice2, *_ = optimize(tmp_path / "again", again, again.arms)
     assert render(again, choice2, "prm", 2, 4, ["chosen on 18 scripted questions"]) == text
+
+
+@pytest.mark.parametrize("body, unit, amount", [
+    ("weighted_best_of_n(n, prm)", "flops", 2e12),
+    ("majority(n)", "tokens", 3000),
+    ("beam_search(n, prm, width=4)", "flops", 5e12),  # n must be a multiple of 4
+])
+def test_fit_parameter_finds_the_largest_n_within_a_budget(body, unit, amount):
+    from ttcl.optimize import fit_parameter
+
+    prog = ttcl.compile(read_base(BASE, "b.ttcl").text + f"program main(n: int = 4) = {body}\n")
+    n = fit_parameter(prog, "n", unit, amount)
+    cost = lambda k: prog.bind(n=k).cost(flops=unit == "flops").expected.amount(unit)  # noqa: E731
+    assert cost(n) <= amount
+    bigger = next(k for k in range(n + 1, n + 9) if k % 4 == 0 or "beam" not in body)
+    assert cost(bigger) > amount
+    with pytest.raises(UsageError, match="no value of `n` fits"):
+        fit_parameter(prog, "n", unit, 1.0)

@@ -97,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="D_inference / D_pretrain for the exchange (default 0.79)")
     k.add_argument("--calibration", metavar="FILE", help="token-length priors measured by earlier runs")
     k.add_argument("--json", action="store_true", help="print the report as JSON")
+    k.add_argument("--fit", metavar="PARAM", help="print the largest value of an int parameter that fits the --budget")
     k.set_defaults(run=cmd_cost)
 
     e = sub.add_parser("eval", help="run programs over a dataset and grade them, per budget")

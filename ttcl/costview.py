@@ -30,6 +30,8 @@ def parse_budget(text: str) -> tuple[str, float]:
 
 
 def cost_command(args, program: Program, out: Console) -> int:
+    if args.fit:
+        return fit_command(args, program, out)
     report = program.cost(model=args.model, calibration=args.calibration,
                           vs_params=args.vs_params, ratio=args.ratio)
     report = report.model_copy(update={"budgets": {**report.budgets, **dict(map(parse_budget, args.budget))}})
@@ -38,6 +40,21 @@ def cost_command(args, program: Program, out: Console) -> int:
     else:
         show(report, out)
     return 1 if report.over_budget() else 0
+
+
+def fit_command(args, program: Program, out: Console) -> int:
+    """`--fit NAME --budget AMOUNT[UNIT]`: the largest value of a parameter that fits."""
+    from .optimize import fit_parameter
+
+    if len(args.budget) != 1:
+        raise UsageError("--fit needs exactly one --budget to fit the parameter to")
+    unit, amount = parse_budget(args.budget[0])
+    if args.fit not in program.params:
+        raise UsageError(f"program `{program.name}` has no parameter `{args.fit}`")
+    n = fit_parameter(program, args.fit, unit, amount, args.calibration)
+    out.print(f"{args.fit} = {n}: the largest value whose estimated cost fits {_short(amount)} {unit} "
+              f"per question ({'calibrated' if args.calibration else 'every answer as long as its max_tokens'})")
+    return 0
 
 
 def show(report: CostReport, out: Console) -> None:

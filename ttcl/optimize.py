@@ -236,6 +236,37 @@ def run_all(ev: Eval, base: Base, candidates: list[str], verifier: str, probe: i
     return {label: [rs[i] for i in range(len(ev.questions))] for label, rs in by_label.items()}
 
 
+def fit_parameter(program: Program, param: str, unit: str, amount: float, calibration=None, most: int = 1 << 16) -> int:
+    """The largest value of the int parameter `param` whose estimated cost per question
+    (expected, with `calibration`'s priors if given) fits `amount` of `unit`: n fitted to a
+    FLOPs, tokens or generations budget. Values the program rejects (say, a beam count that
+    its width does not divide) are skipped."""
+    from .errors import TTCLError
+
+    def fits(n: int) -> bool | None:  # None: not a valid value
+        try:
+            report = program.bind(**{param: n}).cost(calibration=calibration, flops=unit == "flops")
+        except TTCLError:
+            return None
+        return report.expected.amount(unit) <= amount
+
+    low = next((n for n in range(1, 65) if fits(n) is not None), None)
+    if low is None or not fits(low):
+        raise UsageError(f"no value of `{param}` fits {amount:g} {unit}")
+    high = low * 2
+    while high <= most and fits(high) is not False:  # double while it fits (or is invalid)
+        low, high = (high if fits(high) else low), high * 2
+    while high - low > 1:  # the cost grows with n: bisect between a fit and a misfit
+        mid = (low + high) // 2
+        if fits(mid) is False:
+            high = mid
+        else:
+            low = mid
+    while fits(low) is not True:  # the last fit may be an invalid value: step down to a valid one
+        low -= 1
+    return low
+
+
 def write(path: str, text: str) -> None:
     try:
         Path(path).write_text(text, encoding="utf-8")
