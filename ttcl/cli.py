@@ -139,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     z.add_argument("--runs", metavar="RUNS.jsonl", help="every run's results (default: FILE.DATASET.optimize.jsonl)")
     z.add_argument("--resume", action="store_true", help="continue an interrupted optimize from --runs")
     z.add_argument("--strict", action="store_true", help="a malformed dataset line is fatal (default: skipped)")
+    z.add_argument("--report", metavar="OUT.md", help="write the per-bin table and the program as Markdown")
     z.set_defaults(run=cmd_optimize)
 
     o = sub.add_parser("compile", help="write the compiled program as a JSON artifact")

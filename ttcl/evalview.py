@@ -131,7 +131,8 @@ def optimize_command(args, out: Console, err: Console) -> int:
     everyone = list(range(len(scores)))
     choice = opt.choose(candidates, results, scores, everyone, args.bins)
     cv_accuracy, cv_flops = opt.cross_validate(candidates, results, scores, probes, args.bins)
-    _show_choice(choice, candidates, results, scores, probes, out)
+    rows = _choice_rows(choice, candidates, results, scores)
+    _show_choice(rows, candidates, probes, out)
     out.print(f"per-bin choice, 2-fold cross-validated: accuracy {cv_accuracy:.1%}, "
               f"{cv_flops:.3g} FLOPs per question (probes included)")
     note = [f"chosen per difficulty bin on {data.name} ({len(scores)} questions, seed {args.seed}), "
@@ -139,38 +140,40 @@ def optimize_command(args, out: Console, err: Console) -> int:
     program = opt.render(base, choice, verifier, probe, args.budget, note)
     target = args.output or f"{Path(args.file).stem}.optimized.ttcl"
     opt.write(target, program)
+    if args.report:
+        header = ["bin", "scores", "questions", *candidates, "winner"]
+        lines = [f"# ttcl optimize on {data.name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join([*row[:-1], row[-1]]) + " |" for row in rows]
+        lines += ["", f"Two-fold cross-validated accuracy of the per-bin choice: {cv_accuracy:.1%}, "
+                  f"{cv_flops:.3g} FLOPs per question (probes included).", "", "```", program.rstrip(), "```"]
+        _write(args.report, "\n".join(lines) + "\n")
     err.print(f"wrote {target}; runs: {output}")
     return 0
 
 
-def _show_choice(choice, candidates, results, scores, probes, out: Console) -> None:
+def _choice_rows(choice, candidates, results, scores) -> list[list[str]]:
+    """Per bin: its number, score range, questions, each candidate's accuracy and the winner."""
     from .optimize import predicted_bin
 
-    table = Table(title="per difficulty bin (1 = easiest): accuracy of each candidate; the winner in bold",
-                  box=box.SIMPLE_HEAD)
-    table.add_column("bin")
-    table.add_column("scores")
-    table.add_column("questions", justify="right")
-    for c in candidates:
-        table.add_column(c, justify="right")
     cuts = [1.0] + choice.thresholds[::-1] + [0.0]
+    rows = []
     for b, winner in choice.winners.items():
         inside = [i for i, s in enumerate(scores) if predicted_bin(s, choice.thresholds) == b]
-        cells = []
-        for c in candidates:
-            right = sum(results[c][i].correct for i in inside)
-            cell = f"{right / len(inside):.0%}" if inside else "-"
-            cells.append(f"[bold]{cell}[/]" if c == winner else cell)
-        table.add_row(str(b), f"{cuts[b]:.2f}..{cuts[b - 1]:.2f}", str(len(inside)), *cells)
-    n = len(scores)
-    table.add_row("all", "", str(n), *[f"{sum(r.correct for r in results[c]) / n:.0%}" for c in candidates],
-                  style="dim")
-    table.add_row("FLOPs", "", "", *[f"{sum(r.flops or 0 for r in results[c]) / n:.3g}" for c in candidates],
-                  style="dim")
+        cells = [f"{sum(results[c][i].correct for i in inside) / len(inside):.0%}" if inside else "-" for c in candidates]
+        rows.append([str(b), f"{cuts[b]:.2f}..{cuts[b - 1]:.2f}", str(len(inside)), *cells, winner])
+    return rows
+
+
+def _show_choice(rows: list[list[str]], candidates, probes, out: Console) -> None:
+    table = Table(title="accuracy per difficulty bin (1 = easiest, by the probes' verifier score)", box=box.SIMPLE_HEAD)
+    for column in ("bin", "scores", "questions", *candidates, "chosen"):
+        table.add_column(column, justify="left" if column in ("bin", "scores", "chosen") else "right")
+    for row in rows:
+        table.add_row(*row)
     out.print(table)
-    probe_flops = sum(r.flops or 0 for r in probes) / n
-    out.print(f"probes: {probe_flops:.3g} FLOPs per question; oracle pass@1 of the probes "
-              f"{sum(r.probe_accuracy or 0 for r in probes) / n:.0%}")
+    n = len(probes)
+    out.print(f"probes: {sum(r.flops or 0 for r in probes) / n:.3g} FLOPs per question; oracle pass@1 of the "
+              f"probes {sum(r.probe_accuracy or 0 for r in probes) / n:.0%}")
 
 
 def _verifier(name: str | None, declared: list[str]) -> str:
