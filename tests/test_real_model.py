@@ -131,3 +131,25 @@ def test_ttcl_run_shows_measured_cost_beside_the_estimate(tmp_path):
     assert "cost per node: measured, and estimated before the run" in done.stdout
     total = next(line for line in done.stdout.splitlines() if "total" in line)
     assert "e+" in total and "%" in total  # measured FLOPs, the estimate and the error
+
+
+def test_ttcl_eval_and_optimize_on_the_real_model(tmp_path):
+    program = tmp_path / "p.ttcl"
+    program.write_text('import "parallel"\nmodel policy = llama("smollm2-135m", temperature=0.7, max_tokens=32)\n'
+                       "verifier prm = self_verify(policy)\nprogram main(n: int = 2) = majority(n)\n")
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run([sys.executable, "-m", "ttcl", "eval", str(program), "--dataset", "arith:1", "--limit", "3",
+                           "--budgets", "1,2", "-o", str(out), "--plot", str(tmp_path / "p.png")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["budget"], r["index"]) for r in records) == [(b, i) for b in (1, 2) for i in range(3)]
+    assert all(r["flops"] > 0 and r["correct"] == (r["answer"] == r["expected"]) for r in records)
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    best = tmp_path / "best.ttcl"
+    done = subprocess.run([sys.executable, "-m", "ttcl", "optimize", str(program), "--dataset", "arith:1",
+                           "--limit", "4", "--budget", "3", "--probe", "1", "--candidate", "majority(2)",
+                           "--candidate", "best_of_n(2, prm)", "-o", str(best), "--runs", str(tmp_path / "runs.jsonl")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "thresholds=[" in best.read_text() and ttcl.load(str(best)).ir.generations == 3
