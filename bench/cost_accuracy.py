@@ -15,6 +15,8 @@ counters: every decoded token at its position, `ttcl.facts.counted_flops`) besid
     questions and compared with the other half's measurement, and the other way round: how
     well it predicts questions it has not seen.
 The error is (estimate - measured) / measured; the target is within ±25% once calibrated.
+"fold s.e." is the standard error of each fold's mean FLOPs, relative: a held-out error a
+couple of times that size is the luck of which questions fell in the fold, not the model.
 The backend's prefix cache is cleared before each run, so no strategy starts from another's
 cached prompts.
 Run it alone (see bench/throughput.py on OpenMP). Asserts nothing: a benchmark, not a test.
@@ -23,6 +25,7 @@ Run it alone (see bench/throughput.py on OpenMP). Asserts nothing: a benchmark, 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"SmolLM2-135M Q4_1, {args.threads} threads; {len(questions)} arith questions of level {args.level} "
           f"(seed 1), run seed 0; 2-fold calibration ({half} + {len(questions) - half})")
     print(f"{'strategy':<22} {'measured FLOPs/q':>16} {'uncalibrated':>13} {'error':>8} "
-          f"{'same questions':>15} {'held-out folds':>15} {'s':>5}")
+          f"{'same questions':>15} {'held-out folds':>15} {'fold s.e.':>10} {'s':>5}")
     calibrations = []
     worst = {"same": 0.0, "held-out": 0.0}
     for name in args.only or STRATEGIES:
@@ -99,8 +102,11 @@ def main(argv: list[str] | None = None) -> None:
         held_out = [(prog.cost(calibration=fitted[1 - i]).expected.flops - m) / m for i, m in enumerate(measured)]
         worst["same"] = max(worst["same"], abs(same))
         worst["held-out"] = max(worst["held-out"], *map(abs, held_out))
+        # the standard error of each fold's mean: how far a fold strays by the luck of its questions
+        spread = [statistics.stdev(r.cost.flops for r in fold) / math.sqrt(len(fold)) / m for fold, m in zip(runs, measured)]
         print(f"{name:<22} {overall:16.3g} {before:13.3g} {error(before, overall)} {same:+15.1%} "
-              f"{'/'.join(f'{e:+.0%}' for e in held_out):>15} {seconds:5.0f}", flush=True)
+              f"{'/'.join(f'{e:+.0%}' for e in held_out):>15} {'/'.join(f'{e:.0%}' for e in spread):>10} "
+              f"{seconds:5.0f}", flush=True)
         calibrations.append(whole)
     print(f"largest calibrated error: {worst['same']:.0%} on the same questions, {worst['held-out']:.0%} "
           "on held-out folds (target: within 25%)")
