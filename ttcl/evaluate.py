@@ -140,9 +140,9 @@ class Eval:
                 self.path.write_text("".join(r.model_dump_json() + "\n" for r in self.records), encoding="utf-8")
 
     def run(self, program: Program, label: str, budget: int | None = None, param: str | None = None) -> bool:
-        """Run `program` (with `param` bound to `budget`) on every question not yet recorded
-        for (label, budget). Returns False if it was interrupted."""
-        bound = program.bind(**{param: budget}) if budget is not None else program
+        """Run `program` (with `param` bound to `budget`, if a param is named) on every question
+        not yet recorded for (label, budget). Returns False if it was interrupted."""
+        bound = program.bind(**{param: budget}) if param is not None and budget is not None else program
         probes = {n for n, op in bound.graph.nodes(data="op") if op == "difficulty"}
         done = {r.key for r in self.records}
         todo = [i for i in range(len(self.questions)) if (label, budget, i) not in done]
