@@ -182,3 +182,9 @@ def test_eval_command_refuses_bad_input(capsys, tmp_path):
         assert main(["eval", str(program), *argv, "-o", str(tmp_path / "o.jsonl")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_budget_label_without_a_parameter_runs_the_program_as_written(tmp_path):
+    ev = Eval(tmp_path / "r.jsonl", QUESTIONS[:2], backend=ScriptedBackend(stepper, lambda r, o: [0.7, 0.3]))
+    assert ev.run(ttcl.compile(SEARCH), "search at 4", budget=4)  # recorded at 4, n left at its default
+    assert [(r.budget, r.generations) for r in ev.records] == [(4, 4), (4, 4)]
