@@ -140,7 +140,8 @@ def report(records: dict[str, list]) -> None:
                 print(f"(d) does not reach (a)'s best accuracy {best.accuracy:.1%} ({best.flops:.3g} FLOPs) at these budgets")
             else:
                 print(f"(a)'s best accuracy {best.accuracy:.1%} costs it {best.flops:.3g} FLOPs per question; "
-                      f"(d) reaches it with {need:.3g}: {best.flops / need:.2f}x less compute")
+                      f"(d) reaches it with {need:.3g}: {best.flops / need:.2f}x (a)'s compute saved "
+                      "(below 1: (d) needs more)")
         for s in summaries:
             curves_for_plot.append(s.model_copy(update={"program": f"{name}: {s.program}"}))
     plot(curves_for_plot, str(HERE / "compute_optimal.png"), title="SmolLM2-135M: accuracy against FLOPs")
