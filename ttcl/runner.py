@@ -90,7 +90,8 @@ def show(result: Result, out: Console, estimate=None) -> None:
                       str(c.prompt_tokens + c.generated_tokens), text[:60] + ("..." if len(text) > 60 else ""))
     out.print(table)
     cost = result.cost
-    out.print(cost_table(result, estimate))
+    # the figures stay whole in a pipe too, where rich would assume 80 columns
+    Console(file=out.file, width=max(out.width, 110), highlight=False).print(cost_table(result, estimate))
     flops = "unknown" if cost.flops is None else f"{cost.flops:.3g}"
     out.print(f"generations {cost.generations}, prompt tokens {cost.prompt_tokens}, generated tokens "
               f"{cost.generated_tokens}, verifier tokens {cost.verifier_prompt_tokens}, FLOPs {flops}, "
