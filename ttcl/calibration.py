@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import UsageError
 from .results import Result
+from .source import write_text
 
 FORMAT = "ttcl-calibration"
 WHOLE = ("sample", "revise", "difficulty")  # ops whose candidates are whole answers
@@ -80,10 +81,7 @@ class Calibration(BaseModel):
                              f"{first['msg']}") from None
 
     def save(self, path: str | Path) -> None:
-        try:
-            Path(path).write_text(self.model_dump_json(indent=1) + "\n", encoding="utf-8")
-        except OSError as e:
-            raise UsageError(f"{path}: cannot write: {e.strerror or e}") from None
+        write_text(path, self.model_dump_json(indent=1) + "\n")
 
     def merge(self, other: Calibration) -> Calibration:
         """Both calibrations' models; where both have a model, averages weighted by questions."""

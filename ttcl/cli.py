@@ -105,17 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--program", metavar="NAME", help="which program of each file (default: main)")
     e.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="set a program parameter (repeatable)")
-    e.add_argument("--dataset", required=True, metavar="NAME|FILE.jsonl",
-                   help="arith (levels 1-5 interleaved), arith:1 .. arith:5, or a JSONL file "
-                        '({"question", "answer"} per line; GSM8K\'s "#### N" is understood)')
-    e.add_argument("--limit", type=int, metavar="N", help="the first N questions (default: arith 100, a file all)")
+    _dataset_args(e)
     e.add_argument("--budgets", metavar="N,N,...", help="run each program with its budget parameter at each value")
     e.add_argument("--budget-param", metavar="NAME", help="the parameter --budgets binds (default: the only int one)")
-    e.add_argument("--seed", type=int, default=0)
     e.add_argument("-o", "--output", metavar="OUT.jsonl", help="results, a line per question (default: "
-                   "FILE.DATASET.eval.jsonl)")
-    e.add_argument("--resume", action="store_true", help="continue an interrupted eval in --output")
-    e.add_argument("--strict", action="store_true", help="a malformed dataset line is fatal (default: skipped)")
+                   "FILE.DATASET.eval.jsonl); --resume continues an interrupted eval in it")
     e.add_argument("--plot", metavar="OUT.png", help="accuracy against FLOPs, a line per program")
     e.add_argument("--report", metavar="OUT.md", help="write the tables as Markdown")
     e.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -125,8 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     z.add_argument("file", metavar="FILE", help="models and verifiers to use; a program's match arms are the "
                    "search space")
     z.add_argument("--program", metavar="NAME", help="the program whose arms are the search space (default: main)")
-    z.add_argument("--dataset", required=True, metavar="NAME|FILE.jsonl", help="as for eval")
-    z.add_argument("--limit", type=int, metavar="N", help="the first N questions")
+    _dataset_args(z)
     z.add_argument("--budget", type=int, default=16, metavar="N", help="generations per question, probes included "
                    "(default 16)")
     z.add_argument("--probe", type=int, metavar="P", help="probe samples that predict difficulty (default 4)")
@@ -134,11 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     z.add_argument("--verifier", metavar="NAME", help="the verifier that scores probes (default: the only one)")
     z.add_argument("--candidate", action="append", metavar="EXPR", help='a strategy to consider, such as '
                    '"beam_search(12, prm, width=4)" (repeatable; default: the paper\'s set at the budget)')
-    z.add_argument("--seed", type=int, default=0)
     z.add_argument("-o", "--output", metavar="OUT.ttcl", help="the program (default: FILE.optimized.ttcl)")
-    z.add_argument("--runs", metavar="RUNS.jsonl", help="every run's results (default: FILE.DATASET.optimize.jsonl)")
-    z.add_argument("--resume", action="store_true", help="continue an interrupted optimize from --runs")
-    z.add_argument("--strict", action="store_true", help="a malformed dataset line is fatal (default: skipped)")
+    z.add_argument("--runs", metavar="RUNS.jsonl", help="every run's results (default: FILE.DATASET.optimize.jsonl); "
+                   "--resume continues an interrupted optimize from it")
     z.add_argument("--report", metavar="OUT.md", help="write the per-bin table and the program as Markdown")
     z.set_defaults(run=cmd_optimize)
 
@@ -154,6 +145,17 @@ def _program_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--program", metavar="NAME", help="which program of the file (default: main)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="set a program parameter (repeatable)")
+
+
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    """The questions and how they run, alike for eval and optimize."""
+    p.add_argument("--dataset", required=True, metavar="NAME|FILE.jsonl",
+                   help="arith (levels 1-5 interleaved), arith:1 .. arith:5, or a JSONL file "
+                        '({"question", "answer"} per line; GSM8K\'s "#### N" is understood)')
+    p.add_argument("--limit", type=int, metavar="N", help="the first N questions (default: arith 100, a file all)")
+    p.add_argument("--strict", action="store_true", help="a malformed dataset line is fatal (default: skipped)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its results file")
 
 
 def _params(args) -> dict[str, str]:

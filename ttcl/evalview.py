@@ -16,6 +16,7 @@ from rich.table import Table
 from .datasets import load as load_dataset
 from .errors import UsageError
 from .evaluate import Eval, Summary, budget_param, dump_json, markdown, plot, summarize, summarize_by
+from .source import write_text
 
 
 def eval_command(args, out: Console, err: Console) -> int:
@@ -58,7 +59,7 @@ def eval_command(args, out: Console, err: Console) -> int:
     if args.plot:
         plot(summaries, args.plot, title=f"{data.name}, {len(data.questions)} questions")
     if args.report:
-        _write(args.report, markdown(summaries, by_bin, f"ttcl eval on {data.name}"))
+        write_text(args.report, markdown(summaries, by_bin, f"ttcl eval on {data.name}"))
     return 0
 
 
@@ -93,12 +94,6 @@ def _label(path: str, paths: list[str]) -> str:
 def _default_output(files: list[str], dataset: str) -> str:
     return f"{'+'.join(Path(f).stem for f in files)}.{_dataset_name(dataset)}.eval.jsonl"
 
-
-def _write(path: str, text: str) -> None:
-    try:
-        Path(path).write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
 def optimize_command(args, out: Console, err: Console) -> int:
@@ -139,14 +134,14 @@ def optimize_command(args, out: Console, err: Console) -> int:
             f"{probe} probes, arms at {args.budget - probe} generations"]
     program = opt.render(base, choice, verifier, probe, args.budget, note)
     target = args.output or f"{Path(args.file).stem}.optimized.ttcl"
-    opt.write(target, program)
+    write_text(target, program)
     if args.report:
         header = ["bin", "scores", "questions", *candidates, "winner"]
         lines = [f"# ttcl optimize on {data.name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join([*row[:-1], row[-1]]) + " |" for row in rows]
         lines += ["", f"Two-fold cross-validated accuracy of the per-bin choice: {cv_accuracy:.1%}, "
                   f"{cv_flops:.3g} FLOPs per question (probes included).", "", "```", program.rstrip(), "```"]
-        _write(args.report, "\n".join(lines) + "\n")
+        write_text(args.report, "\n".join(lines) + "\n")
     err.print(f"wrote {target}; runs: {output}")
     return 0
 

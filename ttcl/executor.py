@@ -204,20 +204,20 @@ class Executor:
         """Hand each task its replies, and its share of the batch's cost: a verifier pass
         reports no per-request tokens, so its tokens are shared by requests; FLOPs are shared
         in proportion to tokens."""
-        at, size = 0, len(replies)
+        parts, at = [], 0
+        for task in tasks:  # each task's replies, in request order
+            parts.append(replies[at:at + len(task.ask.requests)])
+            at += len(task.ask.requests)
         prompt_tokens, flops = spent
         if kind == "Probs":
-            tokens = _shares(prompt_tokens, [len(t.ask.requests) for t in tasks])
+            tokens = _shares(prompt_tokens, [len(mine) for mine in parts])
         else:
-            tokens = [sum(g.prompt_tokens + g.generated_tokens for g in replies[a:a + len(t.ask.requests)])
-                      for a, t in zip(_starts(tasks), tasks)]
+            tokens = [sum(g.prompt_tokens + g.generated_tokens for g in mine) for mine in parts]
         whole = sum(tokens) or 1
-        for task, share in zip(tasks, tokens):
-            n = len(task.ask.requests)
-            mine, at = replies[at:at + n], at + n
+        for task, mine, share in zip(tasks, parts, tokens):
             self.account(task, mine, kind, share, None if flops is None else flops * share / whole)
             task.run.event("batch", task.node, self.graph.nodes[task.node]["op"],
-                           {"kind": kind, "model": model, "requests": n, "batch_size": size})
+                           {"kind": kind, "model": model, "requests": len(mine), "batch_size": len(replies)})
             task.ask = None
             self.step(task, mine)
 
@@ -313,15 +313,6 @@ def _add_flops(total: float | None, tokens_so_far: int, flops: float | None) -> 
     if flops is None or (total is None and tokens_so_far):
         return None
     return (total or 0.0) + flops
-
-
-def _starts(tasks: list[Task]) -> list[int]:
-    """Where each task's requests start in the batch."""
-    starts, at = [], 0
-    for task in tasks:
-        starts.append(at)
-        at += len(task.ask.requests)
-    return starts
 
 
 def _summary(value: Value) -> dict:

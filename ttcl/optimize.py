@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from . import ast
 from .errors import UsageError
@@ -254,8 +253,8 @@ def fit_parameter(program: Program, param: str, unit: str, amount: float, calibr
     if low is None or not fits(low):
         raise UsageError(f"no value of `{param}` fits {amount:g} {unit}")
     high = low * 2
-    while high <= most and fits(high) is not False:  # double while it fits (or is invalid)
-        low, high = (high if fits(high) else low), high * 2
+    while high <= most and (fit := fits(high)) is not False:  # double while it fits (or is invalid)
+        low, high = (high if fit else low), high * 2
     while high - low > 1:  # the cost grows with n: bisect between a fit and a misfit
         mid = (low + high) // 2
         if fits(mid) is False:
@@ -266,9 +265,3 @@ def fit_parameter(program: Program, param: str, unit: str, amount: float, calibr
         low -= 1
     return low
 
-
-def write(path: str, text: str) -> None:
-    try:
-        Path(path).write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"{path}: cannot write: {e.strerror or e}") from None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import SourceError
+from .errors import SourceError, UsageError
 
 MAX_SOURCE_BYTES = 1_000_000  # a TTCL program is a few kilobytes; refuse what cannot be one
 MAX_ARTIFACT_BYTES = 64_000_000  # a compiled program of the largest allowed graph fits well
@@ -72,3 +72,11 @@ def decode_source(data: bytes, name: str) -> str:
     if not text.strip():
         raise SourceError(f"{name}: file is empty", usage=False)
     return text.removeprefix("\ufeff")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a file the user named; a failure is a one-line `UsageError`, not a traceback."""
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write: {e.strerror or e}") from None
