@@ -133,6 +133,24 @@ def _parser() -> argparse.ArgumentParser:
     z.add_argument("--report", metavar="OUT.md", help="write the per-bin table and the program as Markdown")
     z.set_defaults(run=cmd_optimize)
 
+    t = sub.add_parser("train-prm", help="train a PRM head from Monte Carlo rollouts of the policy")
+    t.add_argument("--model", default="smollm2-135m", help="the policy: a GGUF file, a known name, or "
+                   "(with --backend torch) a transformers directory (default: smollm2-135m)")
+    t.add_argument("--backend", default="llama", choices=("llama", "torch"))
+    t.add_argument("--dataset", default="arith", metavar="NAME|FILE.jsonl",
+                   help="arith, arith:N, arith:A-B, or a JSONL file (default: arith)")
+    t.add_argument("--limit", type=int, default=100, metavar="N", help="questions (default: 100)")
+    t.add_argument("--out", required=True, metavar="HEAD.safetensors")
+    t.add_argument("--samples", type=int, default=4, help="solutions per question (default: 4)")
+    t.add_argument("--rollouts", type=int, default=4, help="rollouts per step (default: 4)")
+    t.add_argument("--temperature", type=float, default=0.8)
+    t.add_argument("--max-tokens", type=int, default=96)
+    t.add_argument("--epochs", type=int, default=300)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--strict", action="store_true", help="a malformed dataset line is fatal")
+    t.add_argument("--resume", action="store_true", help="continue from the data and checkpoint beside --out")
+    t.set_defaults(run=cmd_train_prm)
+
     o = sub.add_parser("compile", help="write the compiled program as a JSON artifact")
     _program_args(o)
     o.add_argument("-o", "--output", required=True, metavar="OUT.json")
@@ -284,6 +302,12 @@ def cmd_optimize(args) -> int:
     from .evalview import optimize_command
 
     return optimize_command(args, out, err)
+
+
+def cmd_train_prm(args) -> int:
+    from .train_prm import train_prm_command
+
+    return train_prm_command(args, out, err)
 
 
 def cmd_run(args) -> int:

@@ -265,8 +265,10 @@ class Estimator:
         plus `shared` tokens of partial solutions that siblings share (decoded once); the
         prompt's head (question) is free where an earlier call left it cached."""
         decl = self.graph.graph["verifiers"][name]
-        if decl["kind"] != "self_verify" or requests <= 0:
-            return  # programmatic checkers, registered callables and the oracle use no model
+        if decl["kind"] not in ("self_verify", "prm") or requests <= 0:
+            # programmatic checkers, registered callables and the oracle use no model; an
+            # hf_prm runs its own checkpoint outside the program's models (not priced)
+            return
         model = decl["m"]
         head, tail = _verify_parts()
         priors = self.priors(model)

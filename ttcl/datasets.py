@@ -44,8 +44,8 @@ class Dataset:
 
 
 def load(spec: str, limit: int | None = None, seed: int = 0, strict: bool = False) -> Dataset:
-    """A dataset by name: "arith" (levels 1 to 5 in turn), "arith:N" (level N), or a JSONL
-    file. `limit` keeps the first questions; for arith, as many are drawn."""
+    """A dataset by name: "arith" (levels 1 to 5 in turn), "arith:N" (level N), "arith:1-2"
+    (levels 1 and 2 in turn), or a JSONL file. `limit` keeps the first questions; for arith, as many are drawn."""
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be positive, not {limit}")
     if spec == "arith" or spec.startswith("arith:"):
@@ -56,13 +56,15 @@ def load(spec: str, limit: int | None = None, seed: int = 0, strict: bool = Fals
 
 
 def _arith_spec(spec: str, n: int, seed: int) -> list[dict]:
-    if spec == "arith":  # every level, interleaved, so any prefix covers them all
-        per_level = [arith(-(-n // len(LEVELS)), level, seed) for level in LEVELS]
-        return [q for group in zip(*per_level) for q in group][:n]
-    level = spec.partition(":")[2]
-    if not level.isdigit() or int(level) not in LEVELS:
-        raise UsageError(f"unknown dataset {spec!r}: arith levels are arith:1 to arith:5")
-    return arith(n, int(level), seed)
+    """"arith" (levels 1 to 5), "arith:N" (level N) or "arith:A-B" (levels A to B); several
+    levels are interleaved, so any prefix covers them all."""
+    low, _, high = (spec.partition(":")[2] or "1-5").partition("-")
+    high = high or low
+    if not (low.isdigit() and high.isdigit() and int(low) in LEVELS and int(high) in LEVELS and low <= high):
+        raise UsageError(f"unknown dataset {spec!r}: arith levels are arith:1 to arith:5, or a range arith:1-2")
+    levels = range(int(low), int(high) + 1)
+    per_level = [arith(-(-n // len(levels)), level, seed) for level in levels]
+    return [q for group in zip(*per_level) for q in group][:n]
 
 
 def read_jsonl(path: str, strict: bool = False, need_answers: bool = True) -> Dataset:

@@ -21,7 +21,7 @@ from .backends.base import Backend, BackendError
 from .facts import counted_flops
 from .ops import OPS, Generate, NodeContext, majority
 from .results import Candidate, Cost, NodeCost, Result, TraceEvent
-from .verifiers import Probs
+from .verifiers import Hidden, Probs
 
 Value = Any  # a question (str), a Pool (list of candidates) or an Answer (a candidate or None)
 
@@ -42,7 +42,7 @@ class Task:
     node: int
     ctx: NodeContext
     coro: Any
-    ask: Generate | Probs | None = None
+    ask: Generate | Probs | Hidden | None = None
 
 
 @dataclass
@@ -193,8 +193,7 @@ class Executor:
             try:
                 backend = self.backends(model)
                 before = backend.counters.model_copy()
-                replies = backend.next_token_probs(requests, list(options)) if kind == "Probs" \
-                    else backend.generate(requests)
+                replies = _ASKS[kind](backend, requests, list(options))
             except BackendError as e:
                 node = self.graph.nodes[tasks[0].node]
                 raise BackendError(f"model `{model}`: {e.message} (running `{node['op']}` at {node['span']})") from None
@@ -209,7 +208,7 @@ class Executor:
             parts.append(replies[at:at + len(task.ask.requests)])
             at += len(task.ask.requests)
         prompt_tokens, flops = spent
-        if kind == "Probs":
+        if kind != "Generate":  # a verifier pass
             tokens = _shares(prompt_tokens, [len(mine) for mine in parts])
         else:
             tokens = [sum(g.prompt_tokens + g.generated_tokens for g in mine) for mine in parts]
@@ -226,7 +225,7 @@ class Executor:
         cost = run.cost.per_node.setdefault(node, NodeCost(op=self.graph.nodes[node]["op"]))
         for target in (cost, run.cost):
             target.flops = _add_flops(target.flops, target.tokens, flops)
-        if kind == "Probs":
+        if kind != "Generate":  # a verifier pass
             tokens = share
             cost.verifier_prompt_tokens += tokens
             run.cost.verifier_prompt_tokens += tokens
@@ -291,6 +290,13 @@ class Executor:
                 return value
         return majority(run.candidates)
 
+
+# what each kind of ask calls on the backend
+_ASKS = {
+    "Generate": lambda backend, requests, options: backend.generate(requests),
+    "Probs": lambda backend, requests, options: backend.next_token_probs(requests, options),
+    "Hidden": lambda backend, requests, options: backend.hidden_states(requests),
+}
 
 
 def _spent(backend: Backend, before) -> tuple[int, float | None]:

@@ -11,6 +11,7 @@ joining an arm. Graph attributes hold the declarations the nodes refer to by nam
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -205,15 +206,29 @@ class Lowering:
         verifiers = self.graph.graph["verifiers"]
         if name in verifiers:
             return name
-        if name in BUILTIN_VERIFIERS:
-            verifiers[name] = dict(BUILTIN_VERIFIERS[name])
+        if name in BUILTIN_VERIFIERS and name not in self.checked.definitions:
+            verifiers[name] = self.default_prm() if name == "prm" else dict(BUILTIN_VERIFIERS[name])
             return name
         value = self.checked.definitions[name].value
         if isinstance(value, ast.Name):  # an alias: `verifier v = prm`
             verifiers[name] = verifiers[self.declare_verifier(value.id)]
         else:
             verifiers[name] = {"kind": value.func, **self.arguments(VERIFIERS[value.func], value)}
+            if value.func == "prm" and "m" not in verifiers[name]:
+                verifiers[name]["m"] = self.default_model()
         return name
+
+    def default_prm(self) -> dict:
+        """The undeclared `prm`: the shipped head where the policy is the SmolLM2 it was
+        trained on, else the policy's own self-verification."""
+        from .prm import DEFAULT_HEAD, DEFAULT_HEAD_MODELS
+
+        model = self.default_model()
+        decl = self.graph.graph["models"][model]
+        trained_on = os.path.basename(str(decl.get("path", ""))) in DEFAULT_HEAD_MODELS
+        if decl.get("kind") in ("llama", "torch") and trained_on:
+            return {"kind": "prm", "path": DEFAULT_HEAD, "m": model, "agg": "last"}
+        return {"kind": "self_verify", "m": model, "agg": "last"}
 
     def declare_prompt(self, name: str) -> str:
         self.graph.graph["prompts"][name] = self.checked.definitions[name].template

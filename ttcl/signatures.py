@@ -190,6 +190,15 @@ VERIFIERS: dict[str, Signature] = {s.name: s for s in (
               "the model's own P(Yes) to 'is this step correct?', per step"),
     Signature("check", "verifier", (Param("name", "str", choices=("arith",)), _AGG),
               "a programmatic checker: `arith` checks each `a op b = c` in a step"),
+    Signature("prm", "verifier",
+              (Param("path", "str", doc="a head trained by `ttcl train-prm` (safetensors)"),
+               Param("m", "model", None, doc="the model whose hidden states it scores (default: the policy)"),
+               _AGG),
+              "a trained PRM head on the policy model's hidden state at the end of each step"),
+    Signature("hf_prm", "verifier",
+              (Param("path", "str", doc="a local transformers PRM checkpoint directory"),
+               Param("device", "str", "cpu", choices=("cpu", "cuda")), _AGG),
+              "a transformers PRM checkpoint (token classification, or Math-Shepherd step tags), on torch"),
     Signature("registered", "verifier",
               (Param("name", "str"), Param("steps", "bool", True), _AGG),
               "a Python callable registered through the API (ttcl.register_verifier)"),
@@ -197,12 +206,17 @@ VERIFIERS: dict[str, Signature] = {s.name: s for s in (
 
 # Verifiers that exist without a declaration. `oracle` grades against the ground truth, so it
 # scores whole answers only and serves evaluation and oracle difficulty.
-BUILTIN_VERIFIERS = {"oracle": {"kind": "oracle", "agg": "last", "steps": False}}
+# `prm`, when a program uses it without declaring it, is the shipped head trained on SmolLM2
+# (for a SmolLM2 policy) or the policy's self-verification (see `lower.default_prm`).
+BUILTIN_VERIFIERS = {"oracle": {"kind": "oracle", "agg": "last", "steps": False},
+                     "prm": {"kind": "prm", "agg": "last"}}
 
 DEFAULT_MODEL = {"kind": "llama", "path": "smollm2-135m"}
 DEFAULT_MODEL_NAME = "policy"
 
-RESERVED = set(STAGES) | set(MODELS) | set(VERIFIERS) | set(BUILTIN_VERIFIERS) | {"difficulty"}
+# `prm` is also what programs conventionally call their verifier (`verifier prm = ...`), so a
+# declaration may take that name and hides the default.
+RESERVED = (set(STAGES) | set(MODELS) | set(VERIFIERS) | set(BUILTIN_VERIFIERS) | {"difficulty"}) - {"prm"}
 
 
 def step_level(verifier: dict) -> bool:

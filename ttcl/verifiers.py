@@ -14,7 +14,7 @@ from typing import Callable, Generator
 from .answers import same_answer
 from .backends.base import GenerationRequest
 from .errors import TTCLError
-from .prompts import verify_messages
+from .prompts import solve_messages, verify_messages
 from .results import Candidate
 
 # Python callables registered through the API: name -> fn(question, steps) -> per-step scores
@@ -34,6 +34,16 @@ class Probs:
 
     def __init__(self, model: str, requests: list[GenerationRequest], options: list[str]):
         self.model, self.requests, self.options = model, requests, options
+
+
+class Hidden:
+    """An ask to the executor: the final hidden state at the end of each request (for a
+    trained PRM head)."""
+
+    options = ()
+
+    def __init__(self, model: str, requests: list[GenerationRequest]):
+        self.model, self.requests = model, requests
 
 
 def aggregate(scores: list[float], how: str) -> float:
@@ -116,4 +126,32 @@ def _oracle(question, candidates, verifier, truth):
     yield
 
 
-_SCORERS = {"self_verify": _self_verify, "check": _check, "registered": _registered, "oracle": _oracle}
+def _prm(question, candidates, verifier, truth):
+    """A trained head on the policy's hidden state at the end of each step, in the context
+    the policy solved the question in (see `ttcl.prm`)."""
+    from .prm import check_fits, load_head, step_prefixes
+
+    head = load_head(verifier["path"])
+    every = verifier.get("agg", "last") != "last"
+    prefixes = [(i, text) for i, c in enumerate(candidates) for _, text in step_prefixes(c.steps, every)]
+    requests = [GenerationRequest(messages=solve_messages(question, []), prefix=text) for _, text in prefixes]
+    features = yield Hidden(verifier["m"], requests)
+    if len(prefixes):
+        check_fits(head, features.shape[1], verifier["m"], verifier["path"])
+    out: list[list[float]] = [[] for _ in candidates]
+    for (i, _), s in zip(prefixes, head.score(features) if len(prefixes) else []):
+        out[i].append(float(s))
+    return out
+
+
+def _hf_prm(question, candidates, verifier, truth):
+    from .prm import load_hf_prm
+
+    prm = load_hf_prm(verifier["path"], verifier.get("device", "cpu"))
+    every = verifier.get("agg", "last") != "last"
+    scores = prm.score(question, [list(c.steps) for c in candidates])
+    return [s if every else s[-1:] for s in scores]
+    yield  # scored in-process by torch, not by a backend of the program
+
+
+_SCORERS = {"self_verify": _self_verify, "prm": _prm, "hf_prm": _hf_prm, "check": _check, "registered": _registered, "oracle": _oracle}

@@ -11,7 +11,7 @@ really processed, so a shared prefix is charged once, to the first request that 
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -90,6 +90,13 @@ class Backend(Protocol):
         """For each request (rendered like `generate` would, prefix included), the probability
         of the first token of each option string as the next token, e.g. options
         ["Yes", "No"] for self-verification. Counts the prompt tokens it processes."""
+        ...
+
+    def hidden_states(self, requests: list[GenerationRequest]) -> Any:
+        """For each request (rendered like `generate` would, prefix included), the model's
+        final hidden state at its last token: the output of the last normalization layer,
+        the input of the output projection. A float32 array of shape (len(requests),
+        d_model); what a trained PRM head scores. Counts the prompt tokens it processes."""
         ...
 
     def count_tokens(self, text: str) -> int:

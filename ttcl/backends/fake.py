@@ -2,7 +2,9 @@
 
 The script is a function from a request to the text the "model" writes. Tokens are
 whitespace-separated words, so token counts are easy to check by hand; stop strings and
-`max_tokens` behave as on a real backend. `next_token_probs` asks a second function.
+`max_tokens` behave as on a real backend. `next_token_probs` asks a second function, and
+`hidden_states` a third (by default a few features of the prompt's text, so a PRM head can
+be trained and scored on them in tests).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ class ScriptedBackend:
 
     def __init__(self, script: Callable[[GenerationRequest], str],
                  probs: Callable[[GenerationRequest, list[str]], list[float]] | None = None,
-                 name: str = "scripted"):
+                 name: str = "scripted", hidden: Callable[[GenerationRequest], list[float]] | None = None):
         self.script = script
         self.probs = probs or (lambda request, options: [1.0 / len(options)] * len(options))
+        self.hidden = hidden or text_features
         self.name = name
         self.counters = Counters()
         self.batch_sizes: list[int] = []
@@ -61,10 +64,29 @@ class ScriptedBackend:
         return Generation(text=text, prompt_tokens=prompt_tokens, generated_tokens=generated, finish=finish)
 
     def next_token_probs(self, requests: list[GenerationRequest], options: list[str]) -> list[list[float]]:
+        self._read(requests)
+        return [self.probs(r, options) for r in requests]
+
+    def hidden_states(self, requests: list[GenerationRequest]):
+        import numpy as np
+
+        self._read(requests)
+        return np.array([self.hidden(r) for r in requests], dtype=np.float32).reshape(len(requests), -1)
+
+    def _read(self, requests: list[GenerationRequest]) -> None:
+        """Count a verifier pass's prompts, identical ones once."""
         seen: set[str] = set()
         for r in requests:
             prompt = render(r)
             self.counters.prompt_tokens += 0 if prompt in seen else self.count_tokens(prompt)
             seen.add(prompt)
         self.counters.decode_calls += 1
-        return [self.probs(r, options) for r in requests]
+
+
+def text_features(request: GenerationRequest) -> list[float]:
+    """Eight numbers about the reply so far: its length, digits, and words a PRM could learn
+    from ("wrong", "correct"), so tests can train a head that must really separate them."""
+    text = request.prefix.lower()
+    words = text.split()
+    return [len(words) / 10, sum(ch.isdigit() for ch in text) / 10, text.count("wrong"), text.count("correct"),
+            text.count("answer"), float(bool(words)), len(text) % 7 / 7, 1.0]

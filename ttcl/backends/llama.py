@@ -142,6 +142,7 @@ class _Model:
             raise BackendError(f"llama.cpp could not load the model file {path} (corrupt or unsupported GGUF)")
         self.vocab = lib.llama_model_get_vocab(self.ptr)
         self.n_vocab = lib.llama_vocab_n_tokens(self.vocab)
+        self.n_embd = lib.llama_model_n_embd(self.ptr)
         self.bos = lib.llama_vocab_bos(self.vocab)
         self.eos = lib.llama_vocab_eos(self.vocab)
         template = lib.llama_model_chat_template(self.ptr, None)
@@ -519,6 +520,25 @@ class LlamaBackend:
                 results.extend(run.next_token_probs(option_tokens))
             return results
 
+    def hidden_states(self, requests: list[GenerationRequest]) -> Any:
+        """For each request, the final hidden state (after the output norm) at its last
+        token, as a float32 array (len(requests), d_model): llama.cpp's embeddings output
+        with no pooling, switched on for this call only."""
+        import numpy as np
+
+        lib = _lib()
+        with self._lock:
+            prompts = [self._prompt(r, 0) for r in requests]
+            rows: list[Any] = []
+            lib.llama_set_embeddings(self._ctx, True)
+            try:
+                for chunk in self._chunks(prompts, [0] * len(prompts)):
+                    run = _Run(self, [requests[i] for i in chunk], [prompts[i] for i in chunk], [0] * len(chunk))
+                    rows.extend(run.hidden_states())
+            finally:
+                lib.llama_set_embeddings(self._ctx, False)
+            return np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.model.n_embd), np.float32)
+
     def reset(self) -> None:
         """Forget every cached sequence: the next call decodes its prompts from scratch."""
         with self._lock:
@@ -710,6 +730,20 @@ class _Run:
         with self.caching(self.prompts):
             self.decode_prompts(read)
         return [probs[s] for s in range(len(self.requests))]
+
+    def hidden_states(self) -> list[Any]:
+        import numpy as np
+
+        rows: dict[int, Any] = {}
+        width = self.b.model.n_embd
+
+        def read(seq: int, index: int) -> None:
+            row = _lib().llama_get_embeddings_ith(self.b._ctx, index)
+            rows[seq] = np.ctypeslib.as_array(row, shape=(width,)).copy()
+
+        with self.caching(self.prompts):
+            self.decode_prompts(read)
+        return [rows[s] for s in range(len(self.requests))]
 
     def generate(self) -> list[Generation]:
         b = self.b
