@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ttcl  # noqa: E402
 from ttcl.backends.base import GenerationRequest, SamplingParams  # noqa: E402
-from ttcl.backends.llama import LlamaBackend, render_chat, resolve_model_path  # noqa: E402
+from ttcl.backends.llama import LlamaBackend, render_prompt, resolve_model_path  # noqa: E402
 from ttcl.prompts import solve_messages  # noqa: E402
 
 QUESTION = "A farmer has 17 sheep and buys 25 more, then sells 9. How many sheep does he have?"
@@ -73,7 +73,7 @@ def backend_sample16(backend: LlamaBackend, samples: int, tokens: int) -> tuple[
 
 def prompt_text(backend: LlamaBackend) -> str:
     """The prompt all three runs use: the question in TTCL's solve template, chat-rendered."""
-    return render_chat(backend.model, GenerationRequest(messages=solve_messages(QUESTION, [])), backend.name)
+    return render_prompt(backend.model, GenerationRequest(messages=solve_messages(QUESTION, [])), backend.name)
 
 
 def prompt_tokens(backend: LlamaBackend) -> list[int]:

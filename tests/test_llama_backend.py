@@ -18,7 +18,7 @@ from ttcl.backends.llama import (
     check_model_file,
     load_backend,
     plan_prompts,
-    render_chat,
+    render_prompt,
     resolve_model_path,
 )
 
@@ -98,12 +98,12 @@ def fake_model(template):
 def test_chat_template_renders_messages_generation_prompt_and_prefix():
     template = "{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}" \
                "{% if add_generation_prompt %}[assistant]{% endif %}"
-    text = render_chat(fake_model(template), request("Hi", prefix="Step 1:"), "m")
+    text = render_prompt(fake_model(template), request("Hi", prefix="Step 1:"), "m")
     assert text == "<s>[user]Hi[assistant]Step 1:"
 
 
 def test_a_model_without_template_gets_role_lines():
-    assert render_chat(fake_model(None), request("Hi", prefix="So"), "m") == "user: Hi\nassistant: So"
+    assert render_prompt(fake_model(None), request("Hi", prefix="So"), "m") == "user: Hi\nassistant: So"
 
 
 @pytest.mark.parametrize("template", [
@@ -113,7 +113,7 @@ def test_a_model_without_template_gets_role_lines():
 ])
 def test_a_broken_or_unsafe_template_is_a_backend_error(template):
     with pytest.raises(BackendError, match="model m: its chat template failed"):
-        render_chat(fake_model(template), request("Hi"), "m")
+        render_prompt(fake_model(template), request("Hi"), "m")
 
 
 def test_missing_file_directory_and_non_gguf_are_refused(tmp_path):
@@ -234,7 +234,7 @@ def test_a_sequence_left_alone_in_a_long_run_equals_it_run_alone(endless):
 @pytest.mark.slow
 def test_identical_prompts_are_decoded_once_and_counters_add_up(backend):
     backend.reset()  # nothing cached from earlier tests
-    prompt_len = len(backend.model.tokenize(render_chat(backend.model, request(STORY), backend.name), special=True))
+    prompt_len = len(backend.model.tokenize(render_prompt(backend.model, request(STORY), backend.name), special=True))
     before = backend.counters.model_copy()
     out = backend.generate([request(STORY, temperature=0.8, seed=s, max_tokens=16) for s in range(8)])
     after = backend.counters

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from .base import BackendError, Counters, Generation, GenerationRequest, SamplingParams
+from .chat import render_chat
 
 GGUF_MAGIC = b"GGUF"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -203,38 +204,10 @@ def _load_model(path: str, n_gpu_layers: int) -> _Model:
 # --------------------------------------------------------------------------- chat templates
 
 
-@functools.lru_cache(maxsize=32)
-def _compile_template(source: str) -> Any:
-    """A chat template compiled in jinja2's immutable sandbox (templates come from model files:
-    they are data, never executed as Python)."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:  # Hugging Face templates call this
-        raise ValueError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(source)
-
-
-def render_chat(model: _Model, request: GenerationRequest, name: str) -> str:
-    """The prompt text for a request: the chat template applied to its messages with the
-    generation prompt, then the prefix. A model without a template (a base model) gets plain
-    "role: content" lines."""
-    messages = [{"role": m.role, "content": m.content} for m in request.messages]
-    if model.chat_template is None:
-        lines = [f"{m['role']}: {m['content']}" for m in messages]
-        return "\n".join([*lines, "assistant: "]) + request.prefix
-    try:
-        text = _compile_template(model.chat_template).render(
-            messages=messages,
-            add_generation_prompt=True,
-            bos_token=model.token_text(model.bos),
-            eos_token=model.token_text(model.eos),
-        )
-    except Exception as e:  # a template error is the model file's fault, not the program's
-        raise BackendError(f"model {name}: its chat template failed: {e}") from None
-    return text + request.prefix
+def render_prompt(model: _Model, request: GenerationRequest, name: str) -> str:
+    """The prompt text for a request by the model's own chat template (`chat.render_chat`,
+    shared with the torch backend)."""
+    return render_chat(model.chat_template, request, name, model.token_text(model.bos), model.token_text(model.eos))
 
 
 # --------------------------------------------------------------------------- prompt layout
@@ -552,7 +525,7 @@ class LlamaBackend:
 
     def _prompt(self, request: GenerationRequest, room: int) -> list[int]:
         """The request's prompt tokens, checked against n_ctx with room for its answer."""
-        tokens = self.model.tokenize(render_chat(self.model, request, self.name), special=True)
+        tokens = self.model.tokenize(render_prompt(self.model, request, self.name), special=True)
         if not tokens:
             raise BackendError(f"model {self.name}: the prompt is empty")
         if len(tokens) + room > self.n_ctx:
