@@ -61,7 +61,7 @@ class Program:
     def run(self, question: str, seed: int = 0, backend=None, answer: str | None = None,
             time_limit: float | None = None, thresholds: list[float] | None = None) -> Result:
         """Run the program on one question. `backend` is a Backend for every model, a dict
-        from model name to Backend, or None for the declared models (llama.cpp). `answer` is
+        from model name to Backend, or None for the declared models (llama.cpp or torch). `answer` is
         the ground truth, needed only by the `oracle` verifier."""
         return self.run_many([{"question": question, "answer": answer}], seed, backend,
                              time_limit, thresholds)[0]
@@ -87,12 +87,13 @@ class Program:
 
     def _backend_lookup(self, backend):
         if backend is None:
-            from .backends.llama import backend_for
+            from .backends import backend_for
 
             specs = [name for name, decl in self.ir.models.items() if decl.get("kind") == "spec"]
             if specs:
                 raise UsageError(f"model `{specs[0]}` is a spec(...): numbers for costing, with no weights "
-                                 "to run; `ttcl cost` prices it, running needs a llama(...) model or a backend")
+                                 "to run; `ttcl cost` prices it, running needs a llama(...) or torch(...) "
+                                 "model or a backend")
             return lambda name: backend_for(self.ir.models[name])
         if isinstance(backend, dict):
             missing = set(self.ir.models) - set(backend)

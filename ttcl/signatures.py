@@ -171,6 +171,17 @@ MODELS: dict[str, Signature] = {s.name: s for s in (
         Param("n_gpu_layers", "int", 0, minimum=-1),
         Param("threads", "int", 0, minimum=0, doc="0: one per core"),
     ), "a GGUF model run by llama.cpp"),
+    Signature("torch", "model", (
+        Param("path", "str", doc='a transformers model directory, a GGUF file, or a known name such as "smollm2-135m"'),
+        Param("device", "str", "cpu", choices=("cpu", "cuda")),
+        Param("dtype", "str", "float32", choices=("float32", "bfloat16", "float16")),
+        Param("temperature", "float", 0.8, minimum=0.0, maximum=10.0),
+        Param("top_p", "float", 1.0, minimum=0.0, maximum=1.0),
+        Param("top_k", "int", 0, minimum=0),
+        Param("max_tokens", "int", 256, minimum=1, maximum=1_000_000),
+        Param("n_ctx", "int", 4096, minimum=16, maximum=1_048_576),
+        Param("threads", "int", 0, minimum=0, doc="0: torch's default (OMP_NUM_THREADS, else one per core)"),
+    ), "a transformers causal LM run by torch (needs the torch extra)"),
     Signature("spec", "model", (
         Param("params", "float", minimum=1, doc="every parameter, embeddings included"),
         Param("layers", "int", 0, minimum=0, doc="0: unknown (no attention term)"),
