@@ -1,4 +1,4 @@
-"""The built package carries the grammar and the stdlib, so an installed `ttcl` needs no
+"""The built package carries the grammar, the stdlib and the shipped PRM head, so an installed `ttcl` needs no
 source tree: build a wheel, unpack it elsewhere, and compile a program that imports the stdlib."""
 
 import subprocess
@@ -15,6 +15,7 @@ def test_wheel_ships_grammar_and_stdlib(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "ttcl/grammar/ttcl.lark" in names
     assert {"ttcl/stdlib/parallel.ttcl", "ttcl/stdlib/search.ttcl", "ttcl/stdlib/revision.ttcl"} <= set(names)
+    assert {"ttcl/heads/arith.safetensors", "ttcl/heads/arith.json"} <= set(names)  # the default prm
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

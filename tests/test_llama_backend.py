@@ -353,6 +353,22 @@ def test_next_token_probs_are_probabilities_and_batch_independent(backend):
 
 
 @pytest.mark.slow
+def test_hidden_states_are_the_last_tokens_final_state_and_batch_independent(backend):
+    np = pytest.importorskip("numpy")
+    probe = backend.next_token_probs([request(COUNT)], ["1", "One"])
+    requests = [request(STORY), request(STORY, prefix="I like apples"), request(COUNT)]
+    before = backend.counters.prompt_tokens
+    states = backend.hidden_states(requests)
+    assert states.shape == (3, 576) and states.dtype == np.float32 and np.isfinite(states).all()
+    assert backend.counters.prompt_tokens > before
+    assert not np.allclose(states[0], states[1])  # the prefix is part of what is read
+    alone = np.concatenate([backend.hidden_states([r]) for r in requests])
+    assert np.array_equal(states, alone)
+    # the logits still work afterwards: embeddings are switched on for that call only
+    assert backend.next_token_probs([request(COUNT)], ["1", "One"]) == probe
+
+
+@pytest.mark.slow
 def test_count_tokens(backend):
     assert backend.count_tokens("") == 0
     assert backend.count_tokens("Hello world") == len(backend.model.tokenize("Hello world", special=False)) > 0

@@ -14,7 +14,7 @@ import pytest
 import ttcl
 from ttcl.backends.fake import ScriptedBackend
 from ttcl.errors import TTCLError
-from ttcl.prm import Head, load_head, resolve_head_path
+from ttcl.prm import Head, load_head, read_card, resolve_head_path
 from ttcl.train_prm import Settings, auroc, collect, read_data, train
 
 from conftest import check_text
@@ -169,7 +169,9 @@ def test_the_default_prm_is_the_shipped_head_for_smollm2_and_self_verify_otherwi
 
 def test_the_shipped_head_loads_and_fits_smollm2():
     head = load_head("heads/arith.safetensors")
-    assert head.d_model == 576 and "SmolLM2" in head.meta["base_model"] or head.meta["base_model"] == "smollm2-135m"
+    assert head.d_model == 576 and head.meta["base_model"] == "smollm2-135m"
+    card = read_card(resolve_head_path("heads/arith.safetensors"))
+    assert card["model_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and {"auroc", "self_verify_auroc"} <= set(card["held_out"])
 
 
 # --------------------------------------------------------------------------- hf_prm
@@ -212,3 +214,20 @@ def test_hf_prm_without_a_checkpoint_is_a_clear_error(tmp_path):
     program = ttcl.compile(f'verifier v = hf_prm("{tmp_path}")\nprogram main = sample(2) |> best(v)\n')
     with pytest.raises(TTCLError, match="not a transformers checkpoint"):
         program.run("q", backend=ScriptedBackend(script))
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--out", "head.bin"], "--out names a .safetensors file"),
+    (["--out", "h.safetensors", "--model", "nowhere.gguf"], "nowhere.gguf"),
+    (["--out", "h.safetensors", "--dataset", "arith:9"], "arith levels are arith:1 to arith:5"),
+])
+def test_train_prm_command_errors_are_one_clear_line(capsys, tmp_path, argv, message):
+    from ttcl.cli import main
+
+    argv = [a if not a.startswith("h") else str(tmp_path / a) for a in argv]
+    code = main(["train-prm", *argv])
+    err = capsys.readouterr().err
+    assert code != 0 and message in err and "Traceback" not in err

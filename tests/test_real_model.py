@@ -34,6 +34,20 @@ def test_batched_samples_equal_the_same_seeds_one_at_a_time(backend):
         assert alone.text.strip() == c.text
 
 
+def test_the_shipped_prm_scores_steps_and_picks_a_right_answer(backend):
+    prog = ttcl.compile('model policy = llama("smollm2-135m", temperature=0.7, max_tokens=96)\n'
+                        "program main = sample(8) |> weighted_vote(prm)")
+    assert prog.ir.verifiers["prm"]["kind"] == "prm"
+    before = backend.counters.model_copy()
+    result = prog.run(QUESTION, seed=0, backend=backend)
+    assert result.answer == "5"
+    assert all(0.0 < c.score < 1.0 for c in result.candidates)
+    # one hidden-state pass per candidate, forked from the samples' cached cells: far fewer
+    # prompt tokens than the samples' own prompts and texts
+    assert 0 < result.cost.verifier_prompt_tokens < sum(c.generated_tokens for c in result.candidates) + 100
+    assert backend.counters.prompt_tokens - before.prompt_tokens == result.cost.prompt_tokens + result.cost.verifier_prompt_tokens
+
+
 def test_vote_answers_an_easy_question(backend):
     prog = ttcl.compile('model policy = llama("smollm2-135m", temperature=0.7, max_tokens=96)\n'
                         "program main = sample(8) |> vote")

@@ -145,7 +145,6 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--rollouts", type=int, default=4, help="rollouts per step (default: 4)")
     t.add_argument("--temperature", type=float, default=0.8)
     t.add_argument("--max-tokens", type=int, default=96)
-    t.add_argument("--epochs", type=int, default=300)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--strict", action="store_true", help="a malformed dataset line is fatal")
     t.add_argument("--resume", action="store_true", help="continue from the data and checkpoint beside --out")
