@@ -150,7 +150,7 @@ class _Prefilled:
 
 @dataclass
 class _Sequence:
-    """One request being generated: row `row` of the decode batch while it is live."""
+    """One request being generated (a row of the decode batch while it is live)."""
 
     request: GenerationRequest
     prompt: list[int]
@@ -207,8 +207,8 @@ class TorchBackend:
     0 leaves torch's default, which follows OMP_NUM_THREADS). n_seq_max: sequences decoded
     together; more requests run in chunks. kv_tokens: tokens of kept sequences for later calls
     to fork (default 4 × n_ctx). ignore_eos: never stop at an end-of-generation token (for
-    benchmarks). `batch_invariant`: on the CPU, a request gives the same result alone as in
-    any batch."""
+    benchmarks). `batch_invariant`: on the CPU in float32, a request gives the same result
+    alone as in any batch."""
 
     def __init__(self, path: str, device: str = "cpu", dtype: str = "float32", n_ctx: int = 4096,
                  threads: int = 0, n_seq_max: int = 64, name: str | None = None, *,

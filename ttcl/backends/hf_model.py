@@ -10,14 +10,16 @@ call passes local_files_only. A missing path, a directory without config.json, a
 not GGUF, an architecture transformers has no causal LM for: a BackendError naming it.
 
 Batch invariance (CPU). MKL rounds a matrix product differently with the number of rows it
-has (x @ W^T has three regimes: 1, 2 to 15, and 16 or more rows), and a left-padded row's
-attention differs from the same row unpadded (its softmax and A·V sums run over a longer,
-shifted axis). So on the CPU every linear layer computes (W @ x^T)^T, whose rounding is the
-same for any number of tokens from 2 up (a lone token is paired with a copy of itself), and
-attention runs per group of rows that hold the same columns, over those columns only, with at
-least 3 query rows (`_attention`). A request then gives bit-identical logits alone, in any
-batch, and forked from a cached prefix (tested in float32). On a GPU only the grouping is
-kept (with sdpa inside it) and linear layers stay plain: results may vary with the batch.
+has: a linear layer's x @ W^T, with W stored as torch stores it, has three regimes (1, 2 to
+15, and 16 or more rows), and a left-padded row's attention differs from the same row
+unpadded (its softmax and A·V sums run over a longer, shifted axis). So on the CPU every
+linear layer keeps W^T contiguous, which MKL multiplies as W @ x^T, with one rounding for any
+number of tokens from 2 up (a lone token is paired with a copy of itself); and attention runs
+per group of rows that hold the same columns, over those columns only, with at least 3 query
+rows (`_attention`). A request then gives bit-identical logits alone, in any batch, and
+forked from a cached prefix, in float32 (tested; bfloat16 prefills alike but its decode
+steps do not). On a GPU only the grouping is kept (with sdpa inside it) and linear layers
+stay plain: results may vary with the batch.
 
 The forward pass takes its rows' layout (`Group`s: which rows hold which columns and which
 queries are real) from the context variable `LAYOUT`, which the backend sets around each pass.
@@ -182,9 +184,10 @@ class Model:
         import inspect
 
         self.cache_kw = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
-        grouped = _grouped(self.model)
-        self.batch_invariant = grouped and device == "cpu"
-        if self.batch_invariant:
+        # bfloat16 and float16 go through the same kernels (faster where the CPU has AMX),
+        # but their decode steps still vary with the batch: invariance is float32's
+        self.batch_invariant = _grouped(self.model) and device == "cpu" and dtype == "float32"
+        if device == "cpu":
             _row_invariant_linears(self.model, torch)
         self._set_tokens()
 
@@ -269,23 +272,29 @@ def _grouped(model: Any) -> bool:
 
 
 def _row_invariant_linears(model: Any, torch: Any) -> None:
-    """Every plain linear layer of a CPU model computes (W @ x^T)^T (see `_linear`)."""
-    for module in model.modules():
-        if type(module) is torch.nn.Linear:
-            module.forward = functools.partial(_linear, module)
+    """Every plain linear layer of a CPU model multiplies x by W^T kept contiguous (see
+    `_linear`): the weight is stored transposed, and `weight` becomes a view of it, so a
+    tied embedding reads the same numbers and no memory is added."""
+    with torch.no_grad():
+        for module in model.modules():
+            if type(module) is torch.nn.Linear:
+                if not module.weight.t().is_contiguous():  # a tied weight is done once
+                    module.weight.data = module.weight.data.t().contiguous().t()
+                module.forward = functools.partial(_linear, module)
 
 
 def _linear(module: Any, x: Any) -> Any:
-    """module(x) as (W @ x^T)^T, whose rounding does not depend on the number of rows of x
-    (from 2 up: a single row is multiplied beside a copy of itself)."""
+    """module(x) as x @ W^T with W^T contiguous: MKL computes it as W @ x^T, whose rounding is
+    the same for any number of rows of x from 2 up (x @ W with W as stored rounds differently
+    for 1, 2 to 15, and 16 or more rows). A single row is multiplied beside a copy of itself."""
     import torch
 
-    # contiguous in and out: MKL's kernel, and so its rounding, also follows the strides
+    # contiguous in: MKL's kernel, and so its rounding, also follows the strides
     flat = x.reshape(-1, x.shape[-1]).contiguous()
     n = flat.shape[0]
     if n == 1:
         flat = torch.cat([flat, flat])
-    y = torch.mm(module.weight, flat.t()).t()[:n].contiguous()
+    y = torch.mm(flat, module.weight.t())[:n]
     if module.bias is not None:
         y = y + module.bias
     return y.view(*x.shape[:-1], y.shape[-1])
