@@ -46,6 +46,7 @@ from .llama import Fork, PrefixCache, resolve_model_path
 
 SHARE_MIN = 8  # a prefix shared within a call is prefilled on its own when it saves this many tokens
 PREFILL_TOKENS = 8192  # cache columns × rows of one prefill forward pass (bounds its memory)
+PREFILL_CHUNK = 1024  # new tokens of one prompt in one forward pass (bounds attention's memory)
 
 
 # --------------------------------------------------------------------------- KV caches
@@ -126,14 +127,20 @@ class _Store:
 
 
 def _shared_prefixes(prompts: list[list[int]], forks: list[Fork]) -> list[list[int]]:
-    """Prefixes that two prompts share, SHARE_MIN tokens or more beyond what either could fork
-    from the cache: neighbours in sorted order share the most (a radix tree's inner nodes)."""
+    """Prefixes to prefill before the prompts: those that two prompts share, SHARE_MIN tokens
+    or more beyond what either could fork from the cache (neighbours in sorted order share the
+    most: a radix tree's inner nodes), and a long prompt's first PREFILL_CHUNK multiple past
+    its fork's end (so no forward pass attends over more than PREFILL_CHUNK new tokens)."""
     order = sorted(range(len(prompts)), key=prompts.__getitem__)
     shared: dict[tuple[int, ...], None] = {}
     for a, b in zip(order, order[1:]):
         n = min(len(os.path.commonprefix([prompts[a], prompts[b]])), len(prompts[a]) - 1, len(prompts[b]) - 1)
         if n >= max(forks[a].length, forks[b].length) + SHARE_MIN:
             shared[tuple(prompts[a][:n])] = None
+    for prompt, fork in zip(prompts, forks):
+        chunks = (len(prompt) - 1 - fork.length) // PREFILL_CHUNK
+        if chunks:
+            shared[tuple(prompt[: fork.length + chunks * PREFILL_CHUNK])] = None
     return [list(p) for p in shared]
 
 
