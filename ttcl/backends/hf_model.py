@@ -264,11 +264,11 @@ def _grouped(model: Any) -> bool:
         return False
     AttentionInterface.register("ttcl", _attention)
     AttentionMaskInterface.register("ttcl", eager_mask)  # additive float masks, sliced per group
-    if hasattr(model, "set_attn_implementation"):
+    try:
         model.set_attn_implementation("ttcl")
-    else:
-        model.config._attn_implementation = "ttcl"
-    return True
+    except (AttributeError, ValueError):  # an older transformers, or a model that refuses
+        return False
+    return model.config._attn_implementation == "ttcl"  # a model without AttentionInterface keeps its own
 
 
 def _row_invariant_linears(model: Any, torch: Any) -> None:
