@@ -1,7 +1,7 @@
 """The compute-optimal program against the paper's baselines, at matched budgets, on held-out
 questions (Snell et al. 2024, Figure 1 and §5-6, at the scale of a 2-core CPU).
 
-    python bench/compute_optimal.py [--fit 40] [--test 40] [--gsm8k 20] [--budgets 4,8] [--probe 2] [--levels 1,2]
+    python bench/compute_optimal.py [--fit 40] [--test 40] [--gsm8k 20] [--budgets 4,6] [--probe 2] [--levels 1,2]
 
 For each budget B (generations per question), with SmolLM2-135M and self-verification:
   (a) weighted best-of-B, (b) majority voting over B, (c) beam search (B beams, width 2), and
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fit", type=int, default=40)
     parser.add_argument("--test", type=int, default=40)
     parser.add_argument("--gsm8k", type=int, default=20, help="GSM8K test questions (0: none)")
-    parser.add_argument("--budgets", default="4,8")
+    parser.add_argument("--budgets", default="4,6")
     parser.add_argument("--probe", type=int, default=2)
     parser.add_argument("--levels", default="1,2", help="arith levels (SmolLM2-135M rarely solves 3 and up)")
     parser.add_argument("--resume", action="store_true")
@@ -136,7 +136,9 @@ def report(records: dict[str, list]) -> None:
         if a and d:
             best = max(a, key=lambda s: (s.accuracy, -s.flops))
             need = needed_flops(d, best.accuracy)
-            if need is None:
+            if best.accuracy == 0:
+                print("(a) answers none right at these budgets: there is no accuracy to match")
+            elif need is None:
                 print(f"(d) does not reach (a)'s best accuracy {best.accuracy:.1%} ({best.flops:.3g} FLOPs) at these budgets")
             else:
                 print(f"(a)'s best accuracy {best.accuracy:.1%} costs it {best.flops:.3g} FLOPs per question; "
