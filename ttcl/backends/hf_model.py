@@ -9,17 +9,22 @@ GGUF again (half a minute for SmolLM2-135M). Only local files: HF_HUB_OFFLINE is
 call passes local_files_only. A missing path, a directory without config.json, a file that is
 not GGUF, an architecture transformers has no causal LM for: a BackendError naming it.
 
-Batch invariance (CPU). MKL rounds a matrix product differently with the number of rows it
-has: a linear layer's x @ W^T, with W stored as torch stores it, has three regimes (1, 2 to
-15, and 16 or more rows), and a left-padded row's attention differs from the same row
-unpadded (its softmax and A·V sums run over a longer, shifted axis). So on the CPU every
-linear layer keeps W^T contiguous, which MKL multiplies as W @ x^T, with one rounding for any
-number of tokens from 2 up (a lone token is paired with a copy of itself); and attention runs
-per group of rows that hold the same columns, over those columns only, with at least 3 query
-rows (`_attention`). A request then gives bit-identical logits alone, in any batch, and
-forked from a cached prefix, in float32 (tested; bfloat16 prefills alike but its decode
-steps do not). On a GPU only the grouping is kept (with sdpa inside it) and linear layers
-stay plain: results may vary with the batch.
+Batch invariance (CPU). MKL rounds a matrix product differently with its shape: a linear
+layer's x @ W^T, with W stored as torch stores it, has three regimes (1, 2 to 15, and 16 or
+more rows of x); with several threads a long inner dimension is split by the number of rows;
+an attention row's softmax and A·V sums round differently when padding shifts them or when
+masked columns follow (a prefill's) or not (a decode step's). So on the CPU every linear layer
+keeps W^T contiguous, which MKL multiplies as W @ x^T, with one rounding for any number of
+tokens from 2 up (a lone token is paired with a copy of itself), over inner slices of at most
+512; and attention runs per group of rows that hold the same columns, over those columns
+only, with at least 3 query rows and 16 keys, A·V summed over slices of 256 columns
+(`_attention`, `_eager`). A request then gives bit-identical logits alone, in any batch, and
+forked from a cached prefix, in float32 (tested at 1 and 2 threads, to 1,400 positions; the
+products' regimes were mapped at up to 16 threads and 5,000 columns). bfloat16 prefills alike
+but its decode steps do not; models whose attention has soft caps or sinks use their own
+eager attention, and their invariance is not guaranteed. On a
+GPU only the grouping is kept (with sdpa inside it) and linear layers stay plain: results may
+vary with the batch.
 
 The forward pass takes its rows' layout (`Group`s: which rows hold which columns and which
 queries are real) from the context variable `LAYOUT`, which the backend sets around each pass.
@@ -50,6 +55,9 @@ INSTALL = ("the torch backend needs torch and transformers: pip install 'ttcl[to
 EOG_TEXTS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>",
              "<end_of_turn>", "<|end|>", "</s>")
 MIN_QUERY_ROWS = 3  # attention products round alike from 3 query rows up (see the docstring)
+MIN_KEYS = 16  # ... and over 16 key columns or more
+AV_CHUNK = 256  # A·V products over at most this many columns round alike whatever their length
+LINEAR_CHUNK = 512  # linear layers' inner slices: MKL splits none this short, at any thread count
 
 
 # --------------------------------------------------------------------------- model files
@@ -286,15 +294,22 @@ def _row_invariant_linears(model: Any, torch: Any) -> None:
 def _linear(module: Any, x: Any) -> Any:
     """module(x) as x @ W^T with W^T contiguous: MKL computes it as W @ x^T, whose rounding is
     the same for any number of rows of x from 2 up (x @ W with W as stored rounds differently
-    for 1, 2 to 15, and 16 or more rows). A single row is multiplied beside a copy of itself."""
+    for 1, 2 to 15, and 16 or more rows). A single row is multiplied beside a copy of itself.
+    With several threads MKL also splits a long inner dimension by the number of rows, so
+    inputs wider than LINEAR_CHUNK are multiplied in equal slices, summed in order."""
     import torch
 
     # contiguous in: MKL's kernel, and so its rounding, also follows the strides
     flat = x.reshape(-1, x.shape[-1]).contiguous()
-    n = flat.shape[0]
+    n, width = flat.shape
     if n == 1:
         flat = torch.cat([flat, flat])
-    y = torch.mm(flat, module.weight.t())[:n]
+    weight = module.weight.t()
+    size = -(-width // -(-width // LINEAR_CHUNK))
+    y = torch.mm(flat[:, :size], weight[:size])
+    for start in range(size, width, size):
+        y += torch.mm(flat[:, start:start + size], weight[start:start + size])
+    y = y[:n]
     if module.bias is not None:
         y = y + module.bias
     return y.view(*x.shape[:-1], y.shape[-1])
@@ -341,19 +356,38 @@ def _inner_attention(module: Any, query: Any, kwargs: dict) -> tuple[Any, int]:
 
 def _eager(module: Any, query: Any, key: Any, value: Any, mask: Any, scaling: float,
            dropout: float = 0.0, **kwargs: Any) -> tuple:
-    """Llama-style eager attention without copying keys and values for every query head: the
-    query heads that share a key/value head (grouped-query attention) are stacked as the rows
-    of one product. Returns (B, q, H, d)."""
+    """Llama-style eager attention whose rounding does not depend on how many columns follow
+    a query's last key (a decode step sees none, a prefill the rest of the prompt, masked):
+    - the query heads that share a key/value head (grouped-query attention) are stacked as the
+      rows of one product, without copying keys and values per head;
+    - a group with fewer than MIN_KEYS keys gets masked zero keys: softmax and products over
+      a handful of columns take other kernels;
+    - A·V is summed over slices of AV_CHUNK columns from the first, in order: a longer
+      product's rounding depends on its length, a masked column's weight is exactly 0.
+    Returns (B, q, H, d)."""
     import torch
+    from torch.nn.functional import pad
 
     b, h, n, d = query.shape
-    kv_heads = key.shape[1]
+    kv_heads, columns = key.shape[1], key.shape[2]
+    if columns < MIN_KEYS:
+        extra = MIN_KEYS - columns
+        key, value = pad(key, (0, 0, 0, extra)), pad(value, (0, 0, 0, extra))
+        mask = query.new_zeros((b, 1, n, columns)) if mask is None else mask
+        mask = pad(mask, (0, extra), value=torch.finfo(mask.dtype).min)
     q = query.reshape(b, kv_heads, h // kv_heads * n, d)  # heads j·g .. j·g+g-1 read kv head j
     scores = torch.matmul(q, key.transpose(2, 3)) * scaling
     if mask is not None:
         scores = (scores.view(b, kv_heads, h // kv_heads, n, -1) + mask[:, :, None]).view(scores.shape)
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    return torch.matmul(weights, value).view(b, h, n, d).transpose(1, 2), None
+    out = None
+    for start in range(0, weights.shape[-1], AV_CHUNK):
+        w, v = weights[..., start:start + AV_CHUNK], value[:, :, start:start + AV_CHUNK]
+        if w.shape[-1] < MIN_KEYS:
+            w, v = pad(w, (0, MIN_KEYS - w.shape[-1])), pad(v, (0, 0, 0, MIN_KEYS - v.shape[2]))
+        part = torch.matmul(w, v)
+        out = part if out is None else out.add_(part)
+    return out.view(b, h, n, d).transpose(1, 2), None
 
 
 def group_rows(keys: list, make: Any) -> list[Group]:
