@@ -10,7 +10,7 @@ agree, the same prompt tokens.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 from .base import BackendError, GenerationRequest
 
@@ -46,3 +46,26 @@ def render_chat(template: str | None, request: GenerationRequest, name: str,
     except Exception as e:  # a template error is the model file's fault, not the program's
         raise BackendError(f"model {name}: its chat template failed: {e}") from None
     return text + request.prefix
+
+
+def prompt_tokens(tokenize: Callable[[str, bool], list[int]], text: str, room: int, n_ctx: int,
+                  name: str) -> list[int]:
+    """A rendered prompt's tokens (control tokens parsed), checked against `n_ctx` with room
+    for `room` generated tokens: the same errors on every backend."""
+    tokens = tokenize(text, True)
+    if not tokens:
+        raise BackendError(f"model {name}: the prompt is empty")
+    if len(tokens) + room > n_ctx:
+        raise BackendError(
+            f"model {name}: context overflow: the prompt has {len(tokens)} tokens and "
+            f"max_tokens is {room}: {len(tokens) + room} > n_ctx {n_ctx}"
+        )
+    return tokens
+
+
+def first_token(tokenize: Callable[[str, bool], list[int]], option: str, name: str) -> int:
+    """The first token of an option string (what `next_token_probs` reads)."""
+    tokens = tokenize(option, False)
+    if not tokens:
+        raise BackendError(f"model {name}: the option {option!r} has no tokens")
+    return tokens[0]

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .base import BackendError, Counters, Generation, GenerationRequest, SamplingParams
+from .chat import first_token, prompt_tokens
 from .hf_model import DEVICES, DTYPES, LAYOUT, Group, group_rows, load_model, locate
 from .llama import Fork, PrefixCache, resolve_model_path
 
@@ -331,21 +332,10 @@ class TorchBackend:
 
     def _prompt(self, request: GenerationRequest, room: int) -> list[int]:
         """The request's prompt tokens, checked against n_ctx with room for its answer."""
-        tokens = self.model.tokenize(self.prompt_text(request), special=True)
-        if not tokens:
-            raise BackendError(f"model {self.name}: the prompt is empty")
-        if len(tokens) + room > self.n_ctx:
-            raise BackendError(
-                f"model {self.name}: context overflow: the prompt has {len(tokens)} tokens and "
-                f"max_tokens is {room}: {len(tokens) + room} > n_ctx {self.n_ctx}"
-            )
-        return tokens
+        return prompt_tokens(self.model.tokenize, self.prompt_text(request), room, self.n_ctx, self.name)
 
     def _first_token(self, option: str) -> int:
-        tokens = self.model.tokenize(option, special=False)
-        if not tokens:
-            raise BackendError(f"model {self.name}: the option {option!r} has no tokens")
-        return tokens[0]
+        return first_token(self.model.tokenize, option, self.name)
 
     # ----------------------------------------------------------------- forward passes
 

@@ -44,7 +44,7 @@ from typing import Any, NamedTuple
 
 from .base import BackendError, GenerationRequest
 from .chat import render_chat
-from .llama import GGUF_MAGIC
+from .llama import GGUF_MAGIC, file_magic
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")
@@ -86,12 +86,7 @@ def locate(path: str) -> tuple[str, str | None]:
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise BackendError(f"not a transformers model directory (no config.json): {path}")
         return path, None
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise BackendError(f"cannot read model file {path}: {e.strerror}") from None
-    if magic != GGUF_MAGIC:
+    if file_magic(path) != GGUF_MAGIC:
         raise BackendError(f"not a GGUF model file or a transformers model directory: {path}")
     return os.path.dirname(path), os.path.basename(path)
 

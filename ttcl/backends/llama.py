@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from .base import BackendError, Counters, Generation, GenerationRequest, SamplingParams
-from .chat import render_chat
+from .chat import first_token, prompt_tokens, render_chat
 
 GGUF_MAGIC = b"GGUF"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -80,17 +80,22 @@ def resolve_model_path(name_or_path: str) -> str:
     return os.path.abspath(os.path.expanduser(name_or_path))
 
 
+def file_magic(path: str) -> bytes:
+    """The first 4 bytes of a model file (b"GGUF" for a GGUF), or a clear error."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4)
+    except OSError as e:
+        raise BackendError(f"cannot read model file {path}: {e.strerror}") from None
+
+
 def check_model_file(path: str) -> None:
     """Raise BackendError unless `path` is a readable file that starts with the GGUF magic."""
     if not os.path.exists(path):
         raise BackendError(f"model file not found: {path}")
     if not os.path.isfile(path):
         raise BackendError(f"model path is not a file: {path}")
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise BackendError(f"cannot read model file {path}: {e.strerror}") from None
+    magic = file_magic(path)
     if magic != GGUF_MAGIC:
         raise BackendError(f"not a GGUF model file: {path} (it starts with {magic!r}, not {GGUF_MAGIC!r})")
 
@@ -525,21 +530,10 @@ class LlamaBackend:
 
     def _prompt(self, request: GenerationRequest, room: int) -> list[int]:
         """The request's prompt tokens, checked against n_ctx with room for its answer."""
-        tokens = self.model.tokenize(render_prompt(self.model, request, self.name), special=True)
-        if not tokens:
-            raise BackendError(f"model {self.name}: the prompt is empty")
-        if len(tokens) + room > self.n_ctx:
-            raise BackendError(
-                f"model {self.name}: context overflow: the prompt has {len(tokens)} tokens and "
-                f"max_tokens is {room}: {len(tokens) + room} > n_ctx {self.n_ctx}"
-            )
-        return tokens
+        return prompt_tokens(self.model.tokenize, render_prompt(self.model, request, self.name), room, self.n_ctx, self.name)
 
     def _first_token(self, option: str) -> int:
-        tokens = self.model.tokenize(option, special=False)
-        if not tokens:
-            raise BackendError(f"model {self.name}: the option {option!r} has no tokens")
-        return tokens[0]
+        return first_token(self.model.tokenize, option, self.name)
 
     def _chunks(self, prompts: list[list[int]], room: list[int]) -> list[list[int]]:
         """Request indices in consecutive chunks that fit n_seq_max sequences and the KV cache.
