@@ -140,7 +140,10 @@ class Calibration(BaseModel):
 
 
 def model_key(decl: dict) -> str:
-    """How a calibration names a model: its declared path, or `spec` for numbers alone."""
+    """How a calibration names a model: its declared path, a served model's name at its URL,
+    or `spec` for numbers alone."""
+    if decl.get("kind") == "openai":
+        return f"{decl.get('model')}@{decl.get('url')}"
     return str(decl.get("path", "spec"))
 
 

@@ -299,6 +299,12 @@ def facts_for(decl: dict, name: str = "") -> ModelFacts:
     """Facts for a model declaration of the IR (`{"kind": "llama", "path": ...}` or a spec)."""
     if decl.get("kind") == "spec":
         return facts_from_spec(decl, name or "spec")
+    if decl.get("kind") == "openai":  # a served model: its files here, if any, say its size
+        if not decl.get("config"):
+            raise ModelFactsError(f"model {name or decl.get('model')} is served at {decl.get('url')}, so its size "
+                                  "is unknown here: give it config=\"...\" (a known name, a GGUF file or a "
+                                  "transformers directory with its config.json), or price it with --model")
+        return facts_from_path(str(decl["config"]))
     return facts_from_path(str(decl.get("path", "")))
 
 

@@ -216,6 +216,11 @@ class Lowering:
             verifiers[name] = {"kind": value.func, **self.arguments(VERIFIERS[value.func], value)}
             if value.func == "prm" and "m" not in verifiers[name]:
                 verifiers[name]["m"] = self.default_model()
+            if value.func == "prm" and self.graph.graph["models"][verifiers[name]["m"]]["kind"] == "openai":
+                self.error(value.span, f"verifier `{name}` reads hidden states, which a served openai(...) "
+                                       f"model `{verifiers[name]['m']}` cannot give",
+                           "give the head a local model: prm(\"head.safetensors\", m=local) with "
+                           "`model local = llama(...)`, or use self_verify(...) or check(...)")
         return name
 
     def default_prm(self) -> dict:

@@ -182,6 +182,20 @@ MODELS: dict[str, Signature] = {s.name: s for s in (
         Param("n_ctx", "int", 4096, minimum=16, maximum=1_048_576),
         Param("threads", "int", 0, minimum=0, doc="0: torch's default (OMP_NUM_THREADS, else one per core)"),
     ), "a transformers causal LM run by torch (needs the torch extra)"),
+    Signature("openai", "model", (
+        Param("url", "str", doc='the server\'s OpenAI-compatible API, e.g. "http://127.0.0.1:8000/v1"'),
+        Param("model", "str", doc="the model name the server serves"),
+        Param("concurrency", "int", 32, minimum=1, maximum=4096, doc="HTTP requests in flight at once"),
+        Param("config", "str", "", doc="the served model's files here (a known name, GGUF or transformers "
+                                       "directory): prompts rendered locally, FLOPs priced"),
+        Param("api_key_env", "str", "OPENAI_API_KEY", doc="the environment variable holding the API key"),
+        Param("timeout", "float", 600.0, minimum=1.0, doc="seconds to wait for one reply"),
+        Param("retries", "int", 5, minimum=0, maximum=100, doc="retries on timeouts, lost connections and 5xx"),
+        Param("temperature", "float", 0.8, minimum=0.0, maximum=10.0),
+        Param("top_p", "float", 1.0, minimum=0.0, maximum=1.0),
+        Param("top_k", "int", 0, minimum=0),
+        Param("max_tokens", "int", 256, minimum=1, maximum=1_000_000),
+    ), "a model behind an OpenAI-compatible server (vLLM, SGLang, llama.cpp's server)"),
     Signature("spec", "model", (
         Param("params", "float", minimum=1, doc="every parameter, embeddings included"),
         Param("layers", "int", 0, minimum=0, doc="0: unknown (no attention term)"),

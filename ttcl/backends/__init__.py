@@ -1,8 +1,8 @@
 """Backends: what runs a model's requests (see `base.Backend`).
 
 `backend_for(decl)` gives the shared backend of a model declaration by its kind, importing
-that backend's module only then: llama.cpp for `llama(...)`, torch for `torch(...)`, so a
-program that never runs a torch model never imports torch.
+that backend's module only then: llama.cpp for `llama(...)`, torch for `torch(...)`, an HTTP
+client for `openai(...)`, so a program that never runs a torch model never imports torch.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from .base import BackendError
 
-MODULES = {"llama": ".llama", "torch": ".hf"}  # model kind -> the module with its backend_for
+MODULES = {"llama": ".llama", "torch": ".hf", "openai": ".remote"}  # model kind -> the module with its backend_for
 
 
 def backend_for(model: dict) -> Any:

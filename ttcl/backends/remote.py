@@ -1,0 +1,471 @@
+"""The OpenAI-compatible backend: programs run against a model served over HTTP.
+
+`model m = openai("http://host:8000/v1", model="name", concurrency=32)` sends a program's
+requests to any server that speaks OpenAI's API: vLLM and SGLang (which batch, share prefixes
+and scale across GPUs and machines) and llama.cpp's server. A `generate` call goes out so:
+
+1. Requests that differ only in their seed are one HTTP request with `n` samples, where the
+   server honours `n`. A server that ignores it (llama.cpp's) answers the first such request
+   with one choice; the backend remembers that and sends one request per seed from then on.
+2. At most `concurrency` HTTP requests are in flight at once, over every question and thread.
+3. With `config=` (the served model's files on this machine: a known name, a GGUF file or a
+   transformers directory; weights are not needed) the backend renders the chat template
+   itself and uses /completions, so a partial solution (a request's `prefix`) continues exactly
+   as on the local backends, and the config's numbers price the FLOPs. Without it, requests go
+   to /chat/completions and a prefix is a final assistant message for the server to continue
+   (`continue_final_message`, which vLLM and SGLang honour and llama.cpp's server does not).
+4. The OpenAI client retries timeouts, dropped connections, 429 and 5xx with exponential
+   backoff (`retries` times); what still fails is a `BackendError` naming the server.
+
+Tokens are counted from the server's `usage` fields (tokens a server says it served from its
+prefix cache are not charged). Self-verification reads the top log-probabilities of the next
+token; a server that returns none makes it a clear error that names the verifiers that work.
+A server never gives hidden states, so a trained `prm` head scores a local model's (`m=`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import threading
+import urllib.request
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .base import BackendError, Counters, Generation, GenerationRequest, SamplingParams
+from .chat import render_chat
+
+TOP_LOGPROBS = 20  # what next_token_probs asks for: vLLM's default ceiling
+# llama.cpp's server samples with top_k 40, min_p 0.05 and a 1.1 repeat penalty unless told
+# otherwise; these pin it to plain sampling, as the local backends do. vLLM and SGLang sample
+# plainly by default (and reject top_k 0), and OpenAI's API rejects fields it does not know, so
+# only a llama.cpp server (found by its /models reply) gets them.
+LLAMA_CPP_SAMPLING = {"min_p": 0.0, "repeat_penalty": 1.0}
+LLAMA_CPP_OWNERS = ("me", "llamacpp")  # `owned_by` in llama-cpp-python's and llama-server's /models
+WORKING_VERIFIERS = "check(...), prm(..., m=<a local model>), hf_prm(...) or registered(...)"
+
+
+@dataclass(frozen=True)
+class Template:
+    """A chat template and the BOS/EOS texts it may write, read from the served model's files."""
+
+    source: str | None
+    bos: str = ""
+    eos: str = ""
+
+
+@dataclass
+class Call:
+    """One HTTP request: a prompt and the seeds of the samples it asks for (n = len(seeds)),
+    answering the batch's requests at `indices`."""
+
+    request: GenerationRequest
+    seeds: list[int]
+    indices: list[int]
+
+
+class OpenAIBackend:
+    """A model behind an OpenAI-compatible server. Thread-safe: questions run in parallel
+    threads (see `executor.run_concurrently`) each through a `session()` of one backend."""
+
+    concurrent = True  # questions may run in threads of their own; the server batches them
+
+    def __init__(self, url: str, model: str, concurrency: int = 32, config: str = "",
+                 api_key_env: str = "OPENAI_API_KEY", timeout: float = 600.0, retries: int = 5):
+        try:
+            import openai
+        except ImportError:
+            raise BackendError("openai(...) models need the openai package: pip install 'ttcl[openai]'") from None
+        self.url, self.model, self.concurrency = url.rstrip("/"), model, concurrency
+        self.name = f"{model} at {self.url}"
+        self.counters = Counters()
+        self.supports_n: bool | None = None  # learned from the first reply to an n > 1 request
+        self.facts, self.template = _read_config(config) if config else (None, None)
+        self.client = openai.OpenAI(base_url=self.url, api_key=os.environ.get(api_key_env) or "none",
+                                    timeout=timeout, max_retries=retries)
+        self.retries = retries
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ttcl-http")
+        self._lock = threading.Lock()
+
+    @property
+    def n_params(self) -> float | None:
+        """N of the FLOPs formula, where `config=` says what the server runs."""
+        return self.facts.params_non_embedding if self.facts else None
+
+    def session(self, cancel: threading.Event | None = None) -> Session:
+        """A view for one question's thread: its own counters, this backend's connections."""
+        return Session(self, cancel)
+
+    # ---- the protocol ----------------------------------------------------------------------
+
+    def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        """Every request's generation, sent as `n`-sample or parallel HTTP requests."""
+        return self._generate(requests, [self.counters], None)
+
+    def next_token_probs(self, requests: list[GenerationRequest], options: list[str]) -> list[list[float]]:
+        """P(option) for the next token after each request, read from the server's top
+        log-probabilities (an option outside the top 20 has probability 0)."""
+        return self._next_token_probs(requests, options, [self.counters], None)
+
+    def hidden_states(self, requests: list[GenerationRequest]) -> Any:
+        raise BackendError(f"model {self.name}: a server gives no hidden states, so a prm(...) head cannot "
+                           "score it; give the prm a local model (prm(\"head.safetensors\", m=local)) or use "
+                           "self_verify, check or hf_prm")
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens by the server's tokenizer: vLLM's and SGLang's /tokenize, or llama.cpp's
+        /extras/tokenize."""
+        root = self.url.removesuffix("/v1")
+        for path, body in (("/tokenize", {"model": self.model, "prompt": text}), ("/extras/tokenize", {"input": text})):
+            try:
+                return len(_post_json(root + path, body)["tokens"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        raise BackendError(f"model {self.name}: the server offers no tokenize endpoint")
+
+    # ---- batches ---------------------------------------------------------------------------
+
+    def _generate(self, requests: list[GenerationRequest], counters: list[Counters],
+                  cancel: threading.Event | None) -> list[Generation]:
+        calls = _group(requests)
+        self._count(counters, 0, [], batches=1)
+        results: list[Generation | None] = [None] * len(requests)
+        first = next((c for c in calls if len(c.seeds) > 1), None) if self.supports_n is None else None
+        if first is not None:  # learn whether the server honours n before sending the rest
+            _fill(results, first, self._complete(first, counters))
+            calls.remove(first)
+        if not self.supports_n:
+            calls = [Call(c.request, [s], [i]) for c in calls for s, i in zip(c.seeds, c.indices)]
+        for call, generations in zip(calls, self._map(lambda c: self._complete(c, counters), calls, cancel)):
+            _fill(results, call, generations)
+        return results  # type: ignore[return-value]
+
+    def _complete(self, call: Call, counters: list[Counters]) -> list[Generation]:
+        """One call's generations: one HTTP request with n samples, and one per remaining seed
+        if the server ignored n (the first time; later calls are split beforehand)."""
+        got = self._send(call.request, call.seeds[0], len(call.seeds), counters)
+        if len(call.seeds) > 1 and self.supports_n is None:
+            self.supports_n = len(got) == len(call.seeds)
+        for seed in call.seeds[len(got):]:
+            got += self._send(call.request, seed, 1, counters)
+        return got
+
+    def _next_token_probs(self, requests: list[GenerationRequest], options: list[str],
+                          counters: list[Counters], cancel: threading.Event | None) -> list[list[float]]:
+        def probs(call: Call) -> list[float]:
+            top = self._top_logprobs(call.request, counters)
+            return [_option_probability(top, option) for option in options]
+
+        calls = [Call(r, [0], [i]) for i, r in enumerate(requests)]
+        self._count(counters, 0, [], batches=1)
+        return list(self._map(probs, calls, cancel))
+
+    def _map(self, fn: Callable[[Call], Any], calls: list[Call], cancel: threading.Event | None) -> list:
+        """fn over calls in the HTTP pool, results in order; the first failure cancels the rest.
+        A set `cancel` event (Ctrl-C seen by another thread) raises KeyboardInterrupt here."""
+        futures: list[Future] = [self._pool.submit(fn, c) for c in calls]
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.1, return_when=FIRST_EXCEPTION)
+                for f in done:
+                    if f.exception() is not None:
+                        raise f.exception()
+                if cancel is not None and cancel.is_set():
+                    raise KeyboardInterrupt
+        finally:
+            for f in pending:
+                f.cancel()
+        return [f.result() for f in futures]
+
+    def _sampling(self, top_k: int) -> dict:
+        """The sampling fields beyond OpenAI's own, in the server's dialect."""
+        if self.llama_cpp:
+            return {"top_k": top_k, **LLAMA_CPP_SAMPLING}
+        return {"top_k": top_k} if top_k else {}
+
+    @functools.cached_property
+    def llama_cpp(self) -> bool:
+        """Whether the server is llama.cpp's (its /models says who owns the models)."""
+        try:
+            owners = {m.owned_by for m in self.client.models.list().data}
+        except Exception:  # no /models: an unknown server, spoken to in plain OpenAI
+            return False
+        return bool(owners & set(LLAMA_CPP_OWNERS))
+
+    # ---- one HTTP request ------------------------------------------------------------------
+
+    def _send(self, request: GenerationRequest, seed: int, n: int, counters: list[Counters]) -> list[Generation]:
+        p = request.params
+        body = {"max_tokens": p.max_tokens, "temperature": p.temperature, "top_p": p.top_p, "seed": seed,
+                "n": n, "logprobs": True, **({"stop": list(p.stop)} if p.stop else {})}
+        reply = self._request(request, body, self._sampling(p.top_k))
+        choices = sorted(reply.get("choices") or [], key=lambda c: c.get("index", 0))
+        if not choices:
+            raise BackendError(f"model {self.name}: the server answered with no choices")
+        parsed = [self._parse_choice(c, p) for c in choices]
+        prompt, generated = _usage(reply, [n if n is not None else len(text) + 1 for text, _, _, n in parsed])
+        self._count(counters, prompt, generated)
+        return [Generation(text=text, prompt_tokens=prompt if i == 0 else 0, generated_tokens=g,
+                           finish=finish, logprobs=logprobs if p.logprobs else None)
+                for i, ((text, finish, logprobs, _), g) in enumerate(zip(parsed, generated))]
+
+    def _top_logprobs(self, request: GenerationRequest, counters: list[Counters]) -> dict[str, float]:
+        """The next token's top log-probabilities after the request's prompt, token text -> logprob."""
+        body = {"max_tokens": 1, "temperature": 0.0, "n": 1, "logprobs": True}
+        reply = self._request(request, body, {"top_logprobs": TOP_LOGPROBS, **self._sampling(0)})
+        choices = reply.get("choices") or [{}]
+        top = _first_top(choices[0], chat=self.template is None)
+        if not top:
+            raise BackendError(f"model {self.name}: the server returns no log-probabilities, so self_verify "
+                               f"cannot run on it; verifiers that can: {WORKING_VERIFIERS}")
+        prompt, _ = _usage(reply, [1])
+        self._count(counters, prompt, [0], logits=1)
+        return top
+
+    def _request(self, request: GenerationRequest, body: dict, extra: dict) -> dict:
+        """POST the request to /completions (a local template) or /chat/completions; the reply as
+        a dict. Errors that survive the client's retries become a BackendError."""
+        import openai
+
+        try:
+            if self.template is not None:
+                prompt = render_chat(self.template.source, request, self.name, self.template.bos, self.template.eos)
+                if body.get("logprobs") is True:
+                    body["logprobs"] = extra.pop("top_logprobs", 1)
+                reply = self.client.completions.create(model=self.model, prompt=prompt, extra_body=extra, **body)
+            else:
+                messages = [{"role": m.role, "content": m.content} for m in request.messages]
+                if request.prefix:  # vLLM and SGLang continue a final assistant message
+                    messages.append({"role": "assistant", "content": request.prefix})
+                    extra |= {"continue_final_message": True, "add_generation_prompt": False}
+                if "top_logprobs" in extra:
+                    body["top_logprobs"] = extra.pop("top_logprobs")
+                reply = self.client.chat.completions.create(model=self.model, messages=messages,
+                                                            extra_body=extra, **body)
+        except openai.APITimeoutError:
+            raise BackendError(f"model {self.name}: the server did not answer in time "
+                               f"(after {self.retries} retries)") from None
+        except openai.APIConnectionError as e:
+            raise BackendError(f"model {self.name}: cannot reach the server (after {self.retries} retries): "
+                               f"{e.__cause__ or e}") from None
+        except openai.APIStatusError as e:
+            raise BackendError(f"model {self.name}: the server refused the request "
+                               f"(HTTP {e.status_code}): {_message(e)}") from None
+        except openai.OpenAIError as e:
+            raise BackendError(f"model {self.name}: {e}") from None
+        return reply.model_dump()
+
+    def _parse_choice(self, choice: dict, params: SamplingParams) -> tuple[str, str, tuple[float, ...] | None, int | None]:
+        """(text, finish, logprobs, generated tokens) of a choice; the last two where the server
+        reports the generated tokens."""
+        logprobs = choice.get("logprobs") or {}
+        if self.template is not None:
+            text = choice.get("text") or ""
+            tokens, values = logprobs.get("tokens"), logprobs.get("token_logprobs")
+        else:
+            text = (choice.get("message") or {}).get("content") or ""
+            content = logprobs.get("content")
+            tokens = [t["token"] for t in content] if content else None
+            values = [t["logprob"] for t in content] if content else None
+        finish = _finish(choice, text, tokens, params.stop)
+        return text, finish, tuple(v or 0.0 for v in values) if values else None, len(tokens) if tokens else None
+
+    def _count(self, counters: list[Counters], prompt: int, generated: list[int], logits: int | None = None,
+               batches: int = 0) -> None:
+        """Add a reply's tokens to every counter. Positions follow the prompt-then-samples layout
+        of one request: the prompt once, each sample after it."""
+        attended = prompt * (prompt + 1) // 2 + sum(g * prompt + g * (g + 1) // 2 for g in generated)
+        with self._lock:
+            for c in counters:
+                c.batches += batches
+                c.prompt_tokens += prompt
+                c.generated_tokens += sum(generated)
+                c.forward_tokens += prompt + sum(generated)
+                c.attended += attended
+                c.logits += sum(generated) + (1 if prompt else 0) if logits is None else logits
+
+
+class Session:
+    """One question's view of a shared `OpenAIBackend`. The executor reads a batch's cost as
+    the change in its backend's counters, which other questions' threads must not disturb, so
+    a session has its own counters (and adds to the backend's too); a set `cancel` event
+    (Ctrl-C) interrupts the session's next wait."""
+
+    def __init__(self, backend: OpenAIBackend, cancel: threading.Event | None):
+        self.backend, self.cancel = backend, cancel
+        self.counters = Counters()
+        self.name, self.facts, self.n_params = backend.name, backend.facts, backend.n_params
+
+    def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        return self.backend._generate(requests, [self.counters, self.backend.counters], self.cancel)
+
+    def next_token_probs(self, requests: list[GenerationRequest], options: list[str]) -> list[list[float]]:
+        return self.backend._next_token_probs(requests, options, [self.counters, self.backend.counters], self.cancel)
+
+    def hidden_states(self, requests: list[GenerationRequest]) -> Any:
+        return self.backend.hidden_states(requests)
+
+    def count_tokens(self, text: str) -> int:
+        return self.backend.count_tokens(text)
+
+
+# --------------------------------------------------------------------------- replies
+
+
+def _group(requests: list[GenerationRequest]) -> list[Call]:
+    """Requests that differ only in their seed, as one call each (in first-seen order)."""
+    calls: dict[GenerationRequest, Call] = {}
+    for i, r in enumerate(requests):
+        key = r.model_copy(update={"params": r.params.model_copy(update={"seed": 0})})
+        call = calls.setdefault(key, Call(r, [], []))
+        call.seeds.append(r.params.seed)
+        call.indices.append(i)
+    return list(calls.values())
+
+
+def _fill(results: list, call: Call, generations: list[Generation]) -> None:
+    for index, generation in zip(call.indices, generations):
+        results[index] = generation
+
+
+def _usage(reply: dict, weights: list[int]) -> tuple[int, list[int]]:
+    """(prompt tokens, generated tokens per choice) from a reply's usage. A prompt shared by n
+    samples is counted once; tokens the server's prefix cache served are not charged; the
+    completion tokens are split over the choices by `weights` (their token counts where the
+    server reports them, so the split is exact)."""
+    usage = reply.get("usage") or {}
+    cached = ((usage.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0
+    prompt = max(0, int(usage.get("prompt_tokens") or 0) - int(cached))
+    total = int(usage.get("completion_tokens") or sum(weights))
+    whole = sum(weights) or 1
+    shares = [total * w // whole for w in weights]
+    shares[0] += total - sum(shares)
+    return prompt, shares
+
+
+def _finish(choice: dict, text: str, tokens: list[str] | None, stop: tuple[str, ...]) -> str:
+    """"length", "stop" (a stop string ended it) or "eos". OpenAI's "stop" covers both of the
+    last two: vLLM says which in `stop_reason`; otherwise the generated tokens, which run past
+    the text by the stop string when one matched."""
+    if choice.get("finish_reason") == "length":
+        return "length"
+    if not stop:
+        return "eos"
+    if "stop_reason" in choice and choice["stop_reason"] is not None:
+        return "stop" if isinstance(choice["stop_reason"], str) else "eos"
+    if tokens is not None:
+        rest = "".join(tokens)[len(text):]
+        return "stop" if any(s in rest or rest and s.startswith(rest) for s in stop) else "eos"
+    return "stop"
+
+
+def _first_top(choice: dict, chat: bool) -> dict[str, float]:
+    """The first generated position's top log-probabilities, token text -> logprob."""
+    logprobs = choice.get("logprobs") or {}
+    if chat:
+        content = logprobs.get("content") or [{}]
+        return {t["token"]: t["logprob"] for t in content[0].get("top_logprobs") or []}
+    top = logprobs.get("top_logprobs") or [None]
+    return dict(top[0] or {})
+
+
+def _option_probability(top: dict[str, float], option: str) -> float:
+    """P(the option's first token): the listed token equal to the option, else the longest
+    listed token the option starts with; 0 when none is listed."""
+    if option in top:
+        return math.exp(top[option])
+    starts = [t for t in top if t and option.startswith(t)]
+    return math.exp(top[max(starts, key=len)]) if starts else 0.0
+
+
+def _message(error: Any) -> str:
+    body = getattr(error, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        text = str(inner.get("message", inner) if isinstance(inner, dict) else inner)
+    else:
+        text = str(getattr(error, "message", error))
+    return text if len(text) <= 400 else text[:400] + " ..."  # servers may send whole tracebacks
+
+
+def _post_json(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        return json.loads(reply.read())
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def _read_config(config: str) -> tuple[Any, Template]:
+    """The served model's facts and chat template from its files on this machine: a known
+    model name or a GGUF file (its metadata), or a transformers directory (config.json and
+    tokenizer_config.json or chat_template.jinja)."""
+    from ..facts import facts_from_path
+    from .llama import resolve_model_path
+
+    facts = facts_from_path(config)
+    path = config if os.path.exists(os.path.expanduser(config)) else resolve_model_path(config)
+    path = os.path.expanduser(path)
+    return facts, (_directory_template(path) if os.path.isdir(path) or path.endswith(".json")
+                   else _gguf_template(path))
+
+
+@functools.lru_cache(maxsize=16)
+def _gguf_template(path: str) -> Template:
+    from gguf import GGUFReader
+
+    try:
+        fields = GGUFReader(path).fields
+        source = fields["tokenizer.chat_template"].contents() if "tokenizer.chat_template" in fields else None
+        tokens = fields["tokenizer.ggml.tokens"].contents() if "tokenizer.ggml.tokens" in fields else []
+
+        def token(key: str) -> str:
+            return tokens[int(fields[key].contents())] if key in fields and tokens else ""
+
+        return Template(source, token("tokenizer.ggml.bos_token_id"), token("tokenizer.ggml.eos_token_id"))
+    except Exception as e:  # the reader raises whatever numpy or struct hit on a broken file
+        raise BackendError(f"cannot read the chat template of {path}: {type(e).__name__}: {e}") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _directory_template(path: str) -> Template:
+    directory = os.path.dirname(path) if path.endswith(".json") else path
+    try:
+        with open(os.path.join(directory, "tokenizer_config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        config = {}
+    source = config.get("chat_template")
+    jinja = os.path.join(directory, "chat_template.jinja")
+    if source is None and os.path.exists(jinja):
+        with open(jinja, encoding="utf-8") as f:
+            source = f.read()
+
+    def text(token: Any) -> str:
+        return token.get("content", "") if isinstance(token, dict) else str(token or "")
+
+    return Template(source if isinstance(source, str) else None, text(config.get("bos_token")), text(config.get("eos_token")))
+
+
+@functools.lru_cache(maxsize=None)
+def _shared(url: str, model: str, concurrency: int, config: str, api_key_env: str, timeout: float,
+            retries: int) -> OpenAIBackend:
+    return OpenAIBackend(url, model, concurrency, config, api_key_env, timeout, retries)
+
+
+def backend_for(decl: dict) -> OpenAIBackend:
+    """The shared backend of an `openai(...)` declaration, e.g. {"kind": "openai", "url":
+    "http://127.0.0.1:8000/v1", "model": "smol", "concurrency": 32}."""
+    url, model = str(decl.get("url", "")), str(decl.get("model", ""))
+    if not url.startswith(("http://", "https://")):
+        raise BackendError(f"an openai(...) model needs the server's http(s) URL, e.g. \"http://host:8000/v1\"; got {url!r}")
+    if not model:
+        raise BackendError(f"openai({url!r}) needs model=\"...\": the name the server serves (GET {url}/models lists them)")
+    return _shared(url, model, int(decl.get("concurrency", 32)), str(decl.get("config", "")),
+                   str(decl.get("api_key_env", "OPENAI_API_KEY")), float(decl.get("timeout", 600.0)),
+                   int(decl.get("retries", 5)))
