@@ -150,6 +150,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the data and checkpoint beside --out")
     t.set_defaults(run=cmd_train_prm)
 
+    i = sub.add_parser("repl", help="an interactive session: declarations, pipelines (type, DAG, cost), :run")
+    i.add_argument("file", nargs="?", metavar="FILE", help="load this file's declarations first")
+    i.set_defaults(run=cmd_repl)
+
     o = sub.add_parser("compile", help="write the compiled program as a JSON artifact")
     _program_args(o)
     o.add_argument("-o", "--output", required=True, metavar="OUT.json")
@@ -313,3 +317,9 @@ def cmd_run(args) -> int:
     from .runner import run_command
 
     return run_command(args, _load(args), out, err)
+
+
+def cmd_repl(args) -> int:
+    from .repl import repl_command
+
+    return repl_command(args, out, err)
