@@ -72,12 +72,17 @@ class Program:
         dicts with "question" (and optionally "answer"). `on_result(index, result)` is called
         as each question finishes, so callers can save results as they come."""
         from .executor import Executor, Limits
+        from .parallel import concurrent_backends, run_concurrently
 
         pairs = [(q, None) if isinstance(q, str) else (q["question"], q.get("answer")) for q in questions]
         budgets = self.ir.budgets
         limits = Limits(budgets.get("generations"), budgets.get("tokens"), budgets.get("flops"), time_limit)
-        executor = Executor(self._graph, self._backend_lookup(backend), thresholds, on_result)
-        return executor.run(pairs, seed, limits)
+        lookup = self._backend_lookup(backend)
+        served = [lookup(name) for name in self.ir.models] if len(pairs) > 1 else []
+        if concurrent_backends(served):  # a server batches for itself: no lockstep batches
+            workers = max(getattr(b, "concurrency", 8) for b in served)
+            return run_concurrently(self._graph, lookup, pairs, seed, limits, workers, thresholds, on_result)
+        return Executor(self._graph, lookup, thresholds, on_result).run(pairs, seed, limits)
 
     async def arun(self, question: str, **kwargs) -> Result:
         """`run` in a worker thread, so an asyncio app's event loop is not blocked."""

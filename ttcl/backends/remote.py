@@ -89,6 +89,7 @@ class OpenAIBackend:
         self.retries = retries
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ttcl-http")
         self._lock = threading.Lock()
+        self._in_flight = threading.BoundedSemaphore(concurrency)  # over every thread's requests
 
     @property
     def n_params(self) -> float | None:
@@ -202,7 +203,7 @@ class OpenAIBackend:
         p = request.params
         body = {"max_tokens": p.max_tokens, "temperature": p.temperature, "top_p": p.top_p, "seed": seed,
                 "n": n, "logprobs": True, **({"stop": list(p.stop)} if p.stop else {})}
-        reply = self._request(request, body, self._sampling(p.top_k))
+        reply = self._request(request, body, {"top_k": p.top_k})
         choices = sorted(reply.get("choices") or [], key=lambda c: c.get("index", 0))
         if not choices:
             raise BackendError(f"model {self.name}: the server answered with no choices")
@@ -216,7 +217,7 @@ class OpenAIBackend:
     def _top_logprobs(self, request: GenerationRequest, counters: list[Counters]) -> dict[str, float]:
         """The next token's top log-probabilities after the request's prompt, token text -> logprob."""
         body = {"max_tokens": 1, "temperature": 0.0, "n": 1, "logprobs": True}
-        reply = self._request(request, body, {"top_logprobs": TOP_LOGPROBS, **self._sampling(0)})
+        reply = self._request(request, body, {"top_logprobs": TOP_LOGPROBS})
         choices = reply.get("choices") or [{}]
         top = _first_top(choices[0], chat=self.template is None)
         if not top:
@@ -231,21 +232,10 @@ class OpenAIBackend:
         a dict. Errors that survive the client's retries become a BackendError."""
         import openai
 
+        extra |= self._sampling(extra.pop("top_k", 0))
         try:
-            if self.template is not None:
-                prompt = render_chat(self.template.source, request, self.name, self.template.bos, self.template.eos)
-                if body.get("logprobs") is True:
-                    body["logprobs"] = extra.pop("top_logprobs", 1)
-                reply = self.client.completions.create(model=self.model, prompt=prompt, extra_body=extra, **body)
-            else:
-                messages = [{"role": m.role, "content": m.content} for m in request.messages]
-                if request.prefix:  # vLLM and SGLang continue a final assistant message
-                    messages.append({"role": "assistant", "content": request.prefix})
-                    extra |= {"continue_final_message": True, "add_generation_prompt": False}
-                if "top_logprobs" in extra:
-                    body["top_logprobs"] = extra.pop("top_logprobs")
-                reply = self.client.chat.completions.create(model=self.model, messages=messages,
-                                                            extra_body=extra, **body)
+            with self._in_flight:
+                reply = self._post(request, body, extra)
         except openai.APITimeoutError:
             raise BackendError(f"model {self.name}: the server did not answer in time "
                                f"(after {self.retries} retries)") from None
@@ -258,6 +248,20 @@ class OpenAIBackend:
         except openai.OpenAIError as e:
             raise BackendError(f"model {self.name}: {e}") from None
         return reply.model_dump()
+
+    def _post(self, request: GenerationRequest, body: dict, extra: dict) -> Any:
+        if self.template is not None:
+            prompt = render_chat(self.template.source, request, self.name, self.template.bos, self.template.eos)
+            if body.get("logprobs") is True:
+                body["logprobs"] = extra.pop("top_logprobs", 1)
+            return self.client.completions.create(model=self.model, prompt=prompt, extra_body=extra, **body)
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        if request.prefix:  # vLLM and SGLang continue a final assistant message
+            messages.append({"role": "assistant", "content": request.prefix})
+            extra |= {"continue_final_message": True, "add_generation_prompt": False}
+        if "top_logprobs" in extra:
+            body["top_logprobs"] = extra.pop("top_logprobs")
+        return self.client.chat.completions.create(model=self.model, messages=messages, extra_body=extra, **body)
 
     def _parse_choice(self, choice: dict, params: SamplingParams) -> tuple[str, str, tuple[float, ...] | None, int | None]:
         """(text, finish, logprobs, generated tokens) of a choice; the last two where the server
@@ -355,7 +359,7 @@ def _finish(choice: dict, text: str, tokens: list[str] | None, stop: tuple[str, 
         return "length"
     if not stop:
         return "eos"
-    if "stop_reason" in choice and choice["stop_reason"] is not None:
+    if "stop_reason" in choice:  # vLLM's: the stop string, or None (EOS) or a stop token id
         return "stop" if isinstance(choice["stop_reason"], str) else "eos"
     if tokens is not None:
         rest = "".join(tokens)[len(text):]
