@@ -100,7 +100,7 @@ class Repl:
                 self.summary(outcome.program)
             return
         for entry in outcome.entries:
-            self.out.print(_described(entry, self.session.checked.strategy_types))
+            self.out.print(Text(_described(entry, self.session.checked.strategy_types)))
         if outcome.program is not None:
             self.summary(outcome.program)
 
@@ -163,7 +163,7 @@ class Repl:
             raise UsageError("usage: :load FILE")
         outcome = self.session.load(path)
         names = ", ".join(e.key[1] for e in outcome.entries)
-        self.out.print(f"loaded {path}: {names or 'nothing'}")
+        self.out.print(Text(f"loaded {path}: {names or 'nothing'}"))
         if self.session.current is not None:
             self.out.print(f"current program: {self.session.current.key[1]}")
             self.summary(self.session.program())
