@@ -246,6 +246,12 @@ def test_statements_from_a_pipe():
     assert "defined strategy bon: Question | Pool -> Answer" in done.stdout
     assert "type: Question | Pool -> Answer" in done.stdout and "estimated cost: 2 generations" in done.stdout
     assert 'n1["sample(n=2, model=policy)"]' in done.stdout
+    programs = repl_piped("program main = sample(2) |> vote\nprogram p(n: int) = sample(n) |> vote\n:graph\n"
+                          "program q = beam(6, prm, width=4) |> vote\n")
+    assert "defined program main\nprogram main: 2 generations" in programs.stdout
+    assert "defined program p (a parameter has no default" in programs.stdout
+    assert programs.stdout.count("program main: 2 generations") == 2  # :graph shows main, still current
+    assert "<input>:1:13: error: `beam`: n (6) must be a multiple of width (4)" in programs.stderr
     failed = repl_piped("sample(2) |> vote(\n\nsample(2) |> vote\n")  # a blank line ends an input
     assert failed.returncode == 1
     assert "<input>:1:19: error: unexpected end of file" in failed.stderr

@@ -33,7 +33,7 @@ from rich.tree import Tree
 from .errors import TTCLError, UsageError
 from .parser import _STATEMENT_KEYWORDS
 from .results import Result
-from .session import Entry, Outcome, Session, is_complete
+from .session import Entry, Outcome, Session, is_complete, needs_params
 from .signatures import BUILTIN_VERIFIERS, MODELS, STAGES, VERIFIERS
 
 # name -> (arguments, what it does); each is a `cmd_<name>` method of `Repl`
@@ -202,6 +202,8 @@ def _described(entry: Entry, strategy_types: dict) -> str:
     if kind in ("budget", "import"):
         return f"{'imported' if kind == 'import' else kind} {' '.join(entry.text.split()[1:])}"
     shown = f"defined {kind} {entry.key[1]}"
+    if kind == "program" and needs_params(entry.stmt):
+        shown += " (a parameter has no default: the session runs programs whose parameters all have one)"
     return shown + (f": {strategy_types[entry.key[1]]}" if strategy_types.get(entry.key[1]) else "")
 
 

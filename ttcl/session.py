@@ -2,7 +2,7 @@
 input is a whole statement yet, and compiling the session with the real pipeline.
 
     s = Session()
-    s.is_complete("strategy bon(n: int) =")                   # False: the statement goes on
+    is_complete("strategy bon(n: int) =")                     # False: the statement goes on
     s.submit("strategy bon(n: int) = sample(n) |> vote")      # Outcome("defined", [Entry(...)])
     s.submit("bon(4)")                                        # Outcome("pipeline", ...), program main
 
@@ -24,7 +24,7 @@ from . import ast
 from .checker import Checked
 from .errors import Diagnostic, TTCLError, UsageError
 from .parser import _STATEMENT_KEYWORDS, _lark, parse
-from .program import Program, build, check_programs, check_source, choose_program
+from .program import Program, build, check_programs, check_source
 from .signatures import ANSWER, QUESTION, Stage
 from .source import Span, read_source
 
@@ -135,8 +135,8 @@ class Session:
         new = [Entry.of(s, text) for s in parse(text).statements]
         entries = self._merged(new)
         checked = self._check(entries)
-        programs = [e for e in new if isinstance(e.stmt, ast.ProgramDecl)]
-        built = [self._build(checked, e.key[1], entries) for e in programs if not _needs_params(e.stmt)]
+        programs = [e for e in new if isinstance(e.stmt, ast.ProgramDecl) and not needs_params(e.stmt)]
+        built = [self._compile(entries, e.key[1], checked) for e in programs]
         self.entries, self.checked = entries, checked
         self.current = programs[-1] if programs else self.current
         return Outcome("defined", new, program=built[-1] if built else None)
@@ -154,19 +154,17 @@ class Session:
         return Outcome("pipeline", stage=stage, program=program)
 
     def load(self, path: str) -> Outcome:
-        """Replace the session with a file's declarations; its main (or last) program is current."""
+        """Replace the session with a file's declarations; its `main` (or last) program that
+        needs no parameters is current."""
         text = read_source(path)
         checked = check_source(text, path)
         check_programs(checked)
         self.entries = [Entry.of(s, text, path) for s in checked.workspace.main.statements]
         self.path, self.checked, self.current = path, checked, None
-        programs = [e for e in self.entries if isinstance(e.stmt, ast.ProgramDecl)]
+        programs = {e.key[1]: e for e in self.entries if isinstance(e.stmt, ast.ProgramDecl)
+                    and not needs_params(e.stmt)}
         if programs:
-            try:
-                name = choose_program(checked, None)
-            except UsageError:
-                name = programs[-1].key[1]
-            self.current = next(e for e in programs if e.key[1] == name)
+            self.current = programs.get("main") or list(programs.values())[-1]
         return Outcome("defined", self.entries)
 
     def program(self) -> Program:
@@ -241,8 +239,9 @@ class Session:
         except TTCLError as e:
             raise self._relocated(e, placed) from None
 
-    def _compile(self, entries: list[Entry], name: str) -> Program:
-        checked = self._check(entries)
+    def _compile(self, entries: list[Entry], name: str, checked: Checked | None = None) -> Program:
+        """Program `name` of the entries (`checked`: their check, where done already)."""
+        checked = checked or self._check(entries)
         try:
             return build(checked, name, {})
         except TTCLError as e:
@@ -274,7 +273,8 @@ class Session:
         return next(n for n in ("main", "it", "it_") if n not in self.checked.definitions)
 
 
-def _needs_params(decl: ast.ProgramDecl) -> bool:
+def needs_params(decl: ast.ProgramDecl) -> bool:
+    """Whether a program has a parameter with no default (the session builds only those without)."""
     return any(p.default is None for p in decl.params or ())
 
 
