@@ -69,7 +69,7 @@ class Call:
 
 class OpenAIBackend:
     """A model behind an OpenAI-compatible server. Thread-safe: questions run in parallel
-    threads (see `executor.run_concurrently`) each through a `session()` of one backend."""
+    threads (see `parallel.run_concurrently`), each through a `session()` of one backend."""
 
     concurrent = True  # questions may run in threads of their own; the server batches them
 
