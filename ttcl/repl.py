@@ -161,7 +161,7 @@ class Repl:
     def cmd_load(self, path: str) -> None:
         if not path:
             raise UsageError("usage: :load FILE")
-        outcome = self.session.load(path)
+        outcome = self.session.load(os.path.expanduser(path))
         names = ", ".join(e.key[1] for e in outcome.entries)
         self.out.print(Text(f"loaded {path}: {names or 'nothing'}"))
         if self.session.current is not None:
