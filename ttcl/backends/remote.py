@@ -83,6 +83,7 @@ class OpenAIBackend:
         self.name = f"{model} at {self.url}"
         self.counters = Counters()
         self.supports_n: bool | None = None  # learned from the first reply to an n > 1 request
+        self.says_stop_reason = False  # vLLM's replies say which stop string (if any) ended a choice
         self.facts, self.template = _read_config(config) if config else (None, None)
         self.client = openai.OpenAI(base_url=self.url, api_key=os.environ.get(api_key_env) or "none",
                                     timeout=timeout, max_retries=retries)
@@ -201,10 +202,17 @@ class OpenAIBackend:
 
     def _send(self, request: GenerationRequest, seed: int, n: int, counters: list[Counters]) -> list[Generation]:
         p = request.params
-        body = {"max_tokens": p.max_tokens, "temperature": p.temperature, "top_p": p.top_p, "seed": seed,
-                "n": n, "logprobs": True, **({"stop": list(p.stop)} if p.stop else {})}
+        body = {"max_tokens": p.max_tokens, "temperature": p.temperature, "top_p": p.top_p, "seed": seed, "n": n}
+        if p.stop:
+            body["stop"] = list(p.stop)
+        # The generated tokens tell a stop string from EOS where the server does not say which
+        # (see `_finish`); log-probabilities cost llama-cpp-python's server 2-3x, so only then.
+        if p.logprobs or (p.stop and not self.says_stop_reason):
+            body["logprobs"] = True
         reply = self._request(request, body, {"top_k": p.top_k})
         choices = sorted(reply.get("choices") or [], key=lambda c: c.get("index", 0))
+        if choices and "stop_reason" in choices[0]:
+            self.says_stop_reason = True
         if not choices:
             raise BackendError(f"model {self.name}: the server answered with no choices")
         parsed = [self._parse_choice(c, p) for c in choices]
