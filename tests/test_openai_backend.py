@@ -154,6 +154,26 @@ def test_eval_resumes_after_the_server_is_killed_mid_eval(tmp_path):
 
 
 @pytest.mark.slow
+def test_ctrl_c_stops_a_served_eval_and_keeps_what_finished(server, tmp_path):
+    import signal
+
+    source = tmp_path / "p.ttcl"
+    source.write_text(f'model m = openai("{server.url}", model="{MODEL_ALIAS}", config="smollm2-135m", '
+                      'concurrency=2, max_tokens=24)\nprogram main = sample(2) |> vote\n')
+    out = tmp_path / "results.jsonl"
+    run = subprocess.Popen([sys.executable, "-m", "ttcl", "eval", str(source), "--dataset", "arith:1", "--limit", "40",
+                            "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while run.poll() is None and not (out.exists() and out.read_text().count("\n") >= 2):
+        time.sleep(0.1)
+    run.send_signal(signal.SIGINT)
+    output = run.communicate(timeout=120)[0]
+    assert run.returncode == 130 and "--resume" in output and "Traceback" not in output
+    lines = out.read_text().splitlines()
+    assert 2 <= len(lines) < 40
+    assert len({json.loads(line)["index"] for line in lines}) == len(lines)
+
+
+@pytest.mark.slow
 def test_unreachable_server_is_a_clear_error():
     prog = program(f"http://127.0.0.1:{free_port()}/v1", "program main = sample(2) |> vote", retries=0)
     with pytest.raises(BackendError, match="cannot reach the server"):
