@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import networkx as nx
 
-from .backends.base import Backend, BackendError
+from .backends.base import Backend, BackendError, split_in_proportion
 from .facts import counted_flops
 from .ops import OPS, Generate, NodeContext, majority
 from .results import Candidate, Cost, NodeCost, Result, TraceEvent
@@ -209,7 +209,7 @@ class Executor:
             at += len(task.ask.requests)
         prompt_tokens, flops = spent
         if kind != "Generate":  # a verifier pass
-            tokens = _shares(prompt_tokens, [len(mine) for mine in parts])
+            tokens = split_in_proportion(prompt_tokens, [len(mine) for mine in parts])
         else:
             tokens = [sum(g.prompt_tokens + g.generated_tokens for g in mine) for mine in parts]
         whole = sum(tokens) or 1
@@ -327,14 +327,6 @@ def _summary(value: Value) -> dict:
     if isinstance(value, Candidate):
         return {"chosen": value.id, "answer": value.answer}
     return {}
-
-
-def _shares(total: int, weights: list[int]) -> list[int]:
-    """`total` split in proportion to `weights`, in whole numbers that add up to it."""
-    whole = sum(weights) or 1
-    parts = [total * w // whole for w in weights]
-    parts[0] += total - sum(parts)
-    return parts
 
 
 def _max_tokens(ask) -> int:

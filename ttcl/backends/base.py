@@ -73,6 +73,15 @@ class Counters(BaseModel):
     logits: int = 0
 
 
+def split_in_proportion(total: int, weights: list[int]) -> list[int]:
+    """`total` split in proportion to `weights`, in whole numbers that add up to it (the first
+    takes the remainder): a batch's tokens shared out over its requests or choices."""
+    whole = sum(weights) or 1
+    parts = [total * w // whole for w in weights]
+    parts[0] += total - sum(parts)
+    return parts
+
+
 class BackendError(TTCLError):
     """A model that cannot be loaded or run: the message names the model (and the node)."""
 

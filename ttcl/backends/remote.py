@@ -35,7 +35,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .base import BackendError, Counters, Generation, GenerationRequest, SamplingParams
+from .base import BackendError, Counters, Generation, GenerationRequest, SamplingParams, split_in_proportion
 from .chat import render_chat
 
 TOP_LOGPROBS = 20  # what next_token_probs asks for: vLLM's default ceiling
@@ -352,11 +352,7 @@ def _usage(reply: dict, weights: list[int]) -> tuple[int, list[int]]:
     usage = reply.get("usage") or {}
     cached = ((usage.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0
     prompt = max(0, int(usage.get("prompt_tokens") or 0) - int(cached))
-    total = int(usage.get("completion_tokens") or sum(weights))
-    whole = sum(weights) or 1
-    shares = [total * w // whole for w in weights]
-    shares[0] += total - sum(shares)
-    return prompt, shares
+    return prompt, split_in_proportion(int(usage.get("completion_tokens") or sum(weights)), weights)
 
 
 def _finish(choice: dict, text: str, tokens: list[str] | None, stop: tuple[str, ...]) -> str:
