@@ -95,6 +95,14 @@ class Term:
         self.child.send(line + "\r")
         return self.until(needle, timeout) + self.until("ttcl>", timeout)
 
+    def complete(self, typed: str, completion: str) -> None:
+        """Type `typed`, then Tab, and wait until `completion` shows (prompt_toolkit completes
+        asynchronously, so the typing must show before the Tab is sent)."""
+        self.child.send(typed)
+        self.until(typed)
+        self.child.send("\t")
+        self.until(completion)
+
     def quit(self) -> int:
         self.child.sendcontrol("d")
         self.child.expect(pexpect.EOF, timeout=30)
@@ -149,22 +157,13 @@ def test_an_error_shows_a_caret_and_the_session_goes_on(term):
 
 def test_tab_completes_primitives_and_defined_names(term):
     term.do("strategy my_best_of(n: int) = sample(n) |> vote", "defined strategy my_best_of")
-    term.child.send("sample(2) |> weighted_v")
-    term.until("weighted_v")
-    term.child.send("\t")
-    term.until("ote")
+    term.complete("sample(2) |> weighted_v", "ote")
     shown = term.do("(prm)", "estimated cost")
     assert "weighted_vote(v=prm)" in shown
-    term.child.send("my_be")
-    term.until("my_be")
-    term.child.send("\t")
-    term.until("st_of")
+    term.complete("my_be", "st_of")
     shown = term.do("(2)", "estimated cost")
     assert "(in my_best_of@1:1)" in shown
-    term.child.send(":he")
-    term.until(":he")
-    term.child.send("\t")
-    term.until("lp")
+    term.complete(":he", "lp")
     assert ":trace" in term.do("", ":quit")
 
 
