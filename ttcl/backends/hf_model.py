@@ -9,22 +9,28 @@ GGUF again (half a minute for SmolLM2-135M). Only local files: HF_HUB_OFFLINE is
 call passes local_files_only. A missing path, a directory without config.json, a file that is
 not GGUF, an architecture transformers has no causal LM for: a BackendError naming it.
 
-Batch invariance (CPU). MKL rounds a matrix product differently with its shape: a linear
-layer's x @ W^T, with W stored as torch stores it, has three regimes (1, 2 to 15, and 16 or
-more rows of x); with several threads a long inner dimension is split by the number of rows;
-an attention row's softmax and A·V sums round differently when padding shifts them or when
-masked columns follow (a prefill's) or not (a decode step's). So on the CPU every linear layer
-keeps W^T contiguous, which MKL multiplies as W @ x^T, with one rounding for any number of
-tokens from 2 up (a lone token is paired with a copy of itself), over inner slices of at most
-512; and attention runs per group of rows that hold the same columns, over those columns
-only, with at least 3 query rows and 16 keys, A·V summed over slices of 256 columns
-(`_attention`, `_eager`). A request then gives bit-identical logits alone, in any batch, and
-forked from a cached prefix, in float32 (tested at 1 and 2 threads, to 1,400 positions; the
-products' regimes were mapped at up to 16 threads and 5,000 columns). bfloat16 prefills alike
-but its decode steps do not; models whose attention has soft caps or sinks use their own
-eager attention, and their invariance is not guaranteed. On a
-GPU only the grouping is kept (with sdpa inside it) and linear layers stay plain: results may
-vary with the batch.
+Batch invariance (CPU, float32), by construction. A BLAS library picks its kernel, blocking
+and thread split from a product's shape and the CPU it runs on, so x·W^T rounds a row
+differently with the number of rows beside it, and differently again on another CPU. Here no
+sum that a row's result depends on is rounded at all:
+- every linear layer (`_fixed_linear`) rounds its input rows and its weight rows to fixed-point
+  integers (a power of two per row, 21 to 22 bits each, fewer the wider the layer) whose
+  products sum exactly in float64: any order of the sum gives the same integer;
+- attention (`_exact_attention`) does the same for Q·K^T, puts the softmax weights on a fixed
+  grid so their sum is exact, and sums A·V exactly over the query's own keys; masked columns
+  weigh exactly 0, so a decode step and a prefill give a query the same result;
+- SiLU is computed from `exp` (`_silu`): torch's own rounds an element differently at the
+  vectorized body of a tensor and at its scalar tail.
+The rest (RMSNorm's per-row mean, RoPE, residual adds, the log-softmax over the vocabulary) is
+elementwise or reduces one row in an order that depends on its length alone. A request then
+gives bit-identical tokens, log-probabilities and hidden states alone, in any batch, forked
+from a cached prefix, prefilled whole or in chunks, and at any thread count, on any x86-64
+CPU (not the same bits across CPUs: exp and the row reductions use the CPU's vector width).
+The price: float64 products, measured at 2.2x slower decoding than plain float32 kernels on
+SmolLM2-135M (`bench/torch_vs_llama.py`); the fixed point keeps 19 to 24 bits per factor,
+closer to float32 than the GGUF's quantized weights are. bfloat16 and float16, models whose
+attention has soft caps or sinks (the model's own eager attention) and GPUs (sdpa, plain
+linear layers) are not batch invariant.
 
 The forward pass takes its rows' layout (`Group`s: which rows hold which columns and which
 queries are real) from the context variable `LAYOUT`, which the backend sets around each pass.
@@ -37,6 +43,7 @@ import contextvars
 import functools
 import hashlib
 import io
+import math
 import os
 import sys
 from pathlib import Path
@@ -54,10 +61,14 @@ INSTALL = ("the torch backend needs torch and transformers: pip install 'ttcl[to
 # end-of-generation markers that tokenizers keep as special tokens (llama.cpp stops at these too)
 EOG_TEXTS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>",
              "<end_of_turn>", "<|end|>", "</s>")
-MIN_QUERY_ROWS = 3  # attention products round alike from 3 query rows up (see the docstring)
-MIN_KEYS = 16  # ... and over 16 key columns or more
-AV_CHUNK = 256  # A·V products over at most this many columns round alike whatever their length
-LINEAR_CHUNK = 512  # linear layers' inner slices: MKL splits none this short, at any thread count
+# Exact attention (`_exact_attention`): at most 2**KEY_BITS keys per query; softmax weights on a
+# grid of 2**-WEIGHT_BITS so that their sum over that many keys stays below 2**53; A·V's
+# rescaled weights and values share the other bits of a float64 mantissa.
+KEY_BITS = 15
+WEIGHT_BITS = 53 - KEY_BITS
+SCALED_WEIGHT_BITS = 19
+SILU_MODULES = ("SiLU", "SiLUActivation")  # torch's and transformers' SiLU, replaced by `_silu`
+VALUE_BITS = 53 - KEY_BITS - SCALED_WEIGHT_BITS
 
 
 # --------------------------------------------------------------------------- model files
@@ -189,9 +200,11 @@ class Model:
         self.cache_kw = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
         # bfloat16 and float16 go through the same kernels (faster where the CPU has AMX),
         # but their decode steps still vary with the batch: invariance is float32's
-        self.batch_invariant = _grouped(self.model) and device == "cpu" and dtype == "float32"
-        if device == "cpu":
-            _row_invariant_linears(self.model, torch)
+        self.batch_invariant = (_grouped(self.model) and device == "cpu" and dtype == "float32"
+                                and getattr(self.config, "attn_logit_softcapping", None) is None
+                                and not any(hasattr(m, "sinks") for m in self.model.modules()))
+        if device == "cpu" and dtype == "float32":
+            _exact_cpu_kernels(self.model, torch)
         self._set_tokens()
 
     def _set_tokens(self) -> None:
@@ -274,114 +287,147 @@ def _grouped(model: Any) -> bool:
     return model.config._attn_implementation == "ttcl"  # a model without AttentionInterface keeps its own
 
 
-def _row_invariant_linears(model: Any, torch: Any) -> None:
-    """Every plain linear layer of a CPU model multiplies x by W^T kept contiguous (see
-    `_linear`): the weight is stored transposed, and `weight` becomes a view of it, so a
-    tied embedding reads the same numbers and no memory is added."""
+def _exact_cpu_kernels(model: Any, torch: Any) -> None:
+    """Give a CPU float32 model the batch-invariant kernels (see the module docstring): every
+    plain linear layer multiplies in fixed point (`_fixed_linear`, its weight quantized once
+    here and kept beside the float32 one, which a tied embedding reads) and every SiLU is
+    computed from `exp` (`_silu`)."""
     with torch.no_grad():
         for module in model.modules():
             if type(module) is torch.nn.Linear:
-                if not module.weight.t().is_contiguous():  # a tied weight is done once
-                    module.weight.data = module.weight.data.t().contiguous().t()
-                module.forward = functools.partial(_linear, module)
+                integers, exponents = _fixed(module.weight.detach().to(torch.float64), _weight_bits(module.in_features))
+                module.ttcl_fixed = (integers.t().contiguous(), _pow2(exponents.reshape(-1)))
+                module.forward = functools.partial(_fixed_linear, module)
+            elif type(module).__name__ in SILU_MODULES:
+                module.forward = _silu
 
 
-def _linear(module: Any, x: Any) -> Any:
-    """module(x) as x @ W^T with W^T contiguous: MKL computes it as W @ x^T, whose rounding is
-    the same for any number of rows of x from 2 up (x @ W with W as stored rounds differently
-    for 1, 2 to 15, and 16 or more rows). A single row is multiplied beside a copy of itself.
-    With several threads MKL also splits a long inner dimension by the number of rows, so
-    inputs wider than LINEAR_CHUNK are multiplied in equal slices, summed in order."""
+def _bits(terms: int) -> int:
+    """Bits that the two factors of a product summed over `terms` terms may share so that every
+    partial sum is an integer of at most 53 bits, exact in float64 in any order."""
+    return 53 - max(1, math.ceil(math.log2(terms)))
+
+
+def _weight_bits(width: int) -> int:
+    return _bits(width) // 2
+
+
+def _pow2(exponents: Any) -> Any:
+    """2**exponents in float64, exact for the integer exponents used here."""
     import torch
 
-    # contiguous in: MKL's kernel, and so its rounding, also follows the strides
-    flat = x.reshape(-1, x.shape[-1]).contiguous()
-    n, width = flat.shape
-    if n == 1:
-        flat = torch.cat([flat, flat])
-    weight = module.weight.t()
-    size = -(-width // -(-width // LINEAR_CHUNK))
-    y = torch.mm(flat[:, :size], weight[:size])
-    for start in range(size, width, size):
-        y += torch.mm(flat[:, start:start + size], weight[start:start + size])
-    y = y[:n]
+    return torch.pow(2.0, exponents.to(torch.float64))
+
+
+def _fixed(x: Any, bits: int) -> tuple[Any, Any]:
+    """x (float64) as integers of at most `bits` bits times a power of two per row (the last
+    dimension): (integers, exponents), x ≈ integers * 2**exponents. The exponent depends on
+    the row alone, so a row rounds the same wherever it sits."""
+    import torch
+
+    _, top = torch.frexp(x.abs().amax(-1, keepdim=True))  # every |x| < 2**top
+    exponent = top - bits
+    return torch.round(x * _pow2(-exponent)), exponent
+
+
+def _fixed_linear(module: Any, x: Any) -> Any:
+    """module(x) with an exact product: the rows of x and of W are rounded to fixed-point
+    integers (per row, `_fixed`) with few enough bits that x·W^T, summed over the inner
+    dimension in float64, is exact whatever order, blocking or thread count the BLAS library
+    picks. Each output is then one rounding of a value that depends on its row alone."""
+    import torch
+
+    integers, scales = module.ttcl_fixed
+    flat = x.reshape(-1, x.shape[-1]).to(torch.float64)
+    rows, exponents = _fixed(flat, _bits(module.in_features) - _weight_bits(module.in_features))
+    y = torch.mm(rows, integers).mul_(_pow2(exponents)).mul_(scales).to(x.dtype)
     if module.bias is not None:
         y = y + module.bias
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
+def _silu(x: Any) -> Any:
+    """x·sigmoid(x) from `exp`: torch's own SiLU and sigmoid round an element differently at a
+    tensor's vectorized body and its scalar tail, so a row's result would depend on the batch."""
+    import torch
+
+    return x / (1 + torch.exp(-x))
+
+
 def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> tuple:
     """Attention as transformers calls it (query (B, H, q, d), key and value (B, H_kv, kv, d),
     an additive mask (B, 1, q, kv)), run per group of rows of the current layout over the
-    group's own columns and real queries: eager attention on the CPU, sdpa on a GPU. Padding
-    never enters a product, so no row depends on the others, and no real query has all its
-    keys masked. Returns (B, q, H, d); the pad queries' rows are zero."""
-    import torch
-
+    group's own columns and real queries: `_exact_attention` on the CPU in float32, the
+    model's eager attention where it has soft caps or sinks, sdpa on a GPU. Returns (B, q, H, d)."""
     layout = LAYOUT.get() or [Group(slice(None), slice(None))]
-    inner, least = _inner_attention(module, query, kwargs)
+    inner = _inner_attention(module, query, kwargs)
     out = query.new_zeros(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
     for g in layout:
         q = query[g.rows, :, g.queries]
         k, v = key[g.rows][:, :, g.cols], value[g.rows][:, :, g.cols]
         mask = None if attention_mask is None else attention_mask[g.rows][:, :, g.queries][..., g.cols]
-        n = q.shape[2]
-        if n < least:  # a product of 1 or 2 rows rounds unlike one of 3 or more
-            q = torch.nn.functional.pad(q, (0, 0, 0, least - n))
-            mask = None if mask is None else torch.nn.functional.pad(mask, (0, 0, 0, least - n))
         o, _ = inner(module, q, k, v, mask, **kwargs)
-        out[g.rows, g.queries] = o[:, :n]
+        out[g.rows, g.queries] = o
     return out, None
 
 
-def _inner_attention(module: Any, query: Any, kwargs: dict) -> tuple[Any, int]:
-    """The attention function for one group, and the fewest query rows it must be given."""
+def _inner_attention(module: Any, query: Any, kwargs: dict) -> Any:
+    """The attention function for one group of rows."""
     if query.device.type != "cpu":  # a GPU: fast kernels, no batch invariance
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward, 1
-    groups = getattr(module, "num_key_value_groups", 0)
-    if groups and kwargs.get("softcap") is None and not hasattr(module, "sinks"):
-        return _eager, -(-MIN_QUERY_ROWS // groups)  # the products have groups × queries rows
+        return sdpa_attention_forward
+    import torch
+
+    if query.dtype == torch.float32 and kwargs.get("softcap") is None and not hasattr(module, "sinks"):
+        return _exact_attention
     eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     if eager is None:
         raise BackendError(f"unsupported architecture: {type(module).__name__} has no eager attention")
-    return eager, MIN_QUERY_ROWS  # the model's own (soft caps, sinks), with repeat_kv's copies
+    return eager  # the model's own (soft caps, sinks, bfloat16): not batch invariant
 
 
-def _eager(module: Any, query: Any, key: Any, value: Any, mask: Any, scaling: float,
-           dropout: float = 0.0, **kwargs: Any) -> tuple:
-    """Llama-style eager attention whose rounding does not depend on how many columns follow
-    a query's last key (a decode step sees none, a prefill the rest of the prompt, masked):
-    - the query heads that share a key/value head (grouped-query attention) are stacked as the
-      rows of one product, without copying keys and values per head;
-    - a group with fewer than MIN_KEYS keys gets masked zero keys: softmax and products over
-      a handful of columns take other kernels;
-    - A·V is summed over slices of AV_CHUNK columns from the first, in order: a longer
-      product's rounding depends on its length, a masked column's weight is exactly 0.
-    Returns (B, q, H, d)."""
+def _exact_attention(module: Any, query: Any, key: Any, value: Any, mask: Any, scaling: float,
+                     dropout: float = 0.0, **kwargs: Any) -> tuple:
+    """Softmax attention whose every sum is exact, so a query's result depends only on its own
+    keys, not on how many queries share the pass nor how many masked columns follow:
+    - Q·K^T multiplies fixed-point rows (`_fixed`) whose products sum exactly over the head
+      dimension;
+    - the softmax's weights exp(s - max) are rounded to multiples of 2**-WEIGHT_BITS, so their
+      sum is an exact integer;
+    - A·V: a key's weight is rescaled to the largest value exponent among the query's allowed
+      keys (which only those keys decide) and rounded to fixed point, values are fixed point per
+      key, and the product sums exactly over at most 2**KEY_BITS keys.
+    Masked keys weigh exactly 0. The query heads that share a key/value head (grouped-query
+    attention) are stacked as the rows of one product. Returns (B, q, H, d)."""
     import torch
-    from torch.nn.functional import pad
 
     b, h, n, d = query.shape
-    kv_heads, columns = key.shape[1], key.shape[2]
-    if columns < MIN_KEYS:
-        extra = MIN_KEYS - columns
-        key, value = pad(key, (0, 0, 0, extra)), pad(value, (0, 0, 0, extra))
-        mask = query.new_zeros((b, 1, n, columns)) if mask is None else mask
-        mask = pad(mask, (0, extra), value=torch.finfo(mask.dtype).min)
-    q = query.reshape(b, kv_heads, h // kv_heads * n, d)  # heads j·g .. j·g+g-1 read kv head j
-    scores = torch.matmul(q, key.transpose(2, 3)) * scaling
-    if mask is not None:
-        scores = (scores.view(b, kv_heads, h // kv_heads, n, -1) + mask[:, :, None]).view(scores.shape)
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    out = None
-    for start in range(0, weights.shape[-1], AV_CHUNK):
-        w, v = weights[..., start:start + AV_CHUNK], value[:, :, start:start + AV_CHUNK]
-        if w.shape[-1] < MIN_KEYS:
-            w, v = pad(w, (0, MIN_KEYS - w.shape[-1])), pad(v, (0, 0, 0, MIN_KEYS - v.shape[2]))
-        part = torch.matmul(w, v)
-        out = part if out is None else out.add_(part)
+    kv_heads = key.shape[1]
+    columns = key.shape[2]
+    if columns > 2**KEY_BITS:
+        raise BackendError(f"batch-invariant attention covers at most {2**KEY_BITS} keys, not {columns}")
+    q = query.reshape(b, kv_heads, h // kv_heads * n, d).to(torch.float64)  # heads j·g .. j·g+g-1 read kv head j
+    share = _bits(d)
+    qi, qe = _fixed(q, share // 2)
+    ki, ke = _fixed(key.to(torch.float64), share - share // 2)
+    scores = torch.matmul(qi, ki.transpose(2, 3)).mul_(_pow2(qe)).mul_(_pow2(ke.transpose(2, 3))).mul_(scaling)
+    rows = scores.view(b, kv_heads, h // kv_heads, n, columns)
+    if mask is None:
+        allowed = torch.ones_like(rows, dtype=torch.bool)
+    else:
+        rows = rows + mask[:, :, None].to(torch.float64)
+        allowed = (mask > torch.finfo(mask.dtype).min / 2)[:, :, None].expand_as(rows)
+    scores, allowed = rows.reshape(scores.shape), allowed.reshape(scores.shape)
+    top = scores.masked_fill(~allowed, -math.inf).amax(-1, keepdim=True)
+    weights = torch.floor(torch.exp(scores - top).masked_fill(~allowed, 0.0) * 2.0 ** WEIGHT_BITS)
+    total = weights.sum(-1, keepdim=True).clamp_min(1.0)
+    vi, ve = _fixed(value.to(torch.float64), VALUE_BITS)
+    ve = ve.transpose(2, 3)  # (B, H_kv, 1, kv): each key's value exponent
+    lead = ve.expand_as(scores).masked_fill(~allowed, torch.iinfo(ve.dtype).min).amax(-1, keepdim=True)
+    lead = torch.where(lead == torch.iinfo(ve.dtype).min, 0, lead)  # a row with no key (padding)
+    weights = torch.floor(weights.mul_(_pow2(ve)).mul_(_pow2(-lead - (WEIGHT_BITS - SCALED_WEIGHT_BITS))))
+    out = (torch.matmul(weights, vi) * _pow2(lead + WEIGHT_BITS - SCALED_WEIGHT_BITS) / total).to(query.dtype)
     return out.view(b, h, n, d).transpose(1, 2), None
 
 
