@@ -39,8 +39,11 @@ def startup_times(runs: int = 5) -> list[float]:
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "ttcl", "check", str(ROOT / "programs/per_difficulty.ttcl")],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "ttcl", "check", str(ROOT / "programs/per_difficulty.ttcl")],
+            check=True,
+            capture_output=True,
+        )
         times.append(time.perf_counter() - start)
     return times
 
@@ -52,8 +55,10 @@ def main() -> None:
         print(f"  {name:<34} {seconds * 1000:6.2f} ms")
     print(f"  {'slowest':<34} {max(s for _, s in rows) * 1000:6.2f} ms")
     times = startup_times()
-    print(f"`ttcl check programs/per_difficulty.ttcl`, whole process (target < 0.5 s): "
-          f"median {statistics.median(times):.3f} s, min {min(times):.3f} s over {len(times)} runs")
+    print(
+        f"`ttcl check programs/per_difficulty.ttcl`, whole process (target < 0.5 s): "
+        f"median {statistics.median(times):.3f} s, min {min(times):.3f} s over {len(times)} runs"
+    )
 
 
 if __name__ == "__main__":

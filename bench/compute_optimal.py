@@ -39,13 +39,20 @@ GSM8K = HERE.parent.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 
 
 def baselines(b: int) -> dict[str, str]:
-    return {"(a) weighted best-of-N": f"weighted_best_of_n({b}, prm)", "(b) majority": f"majority({b})",
-            "(c) beam search": f"beam_search({b}, prm, width=2)"}
+    return {
+        "(a) weighted best-of-N": f"weighted_best_of_n({b}, prm)",
+        "(b) majority": f"majority({b})",
+        "(c) beam search": f"beam_search({b}, prm, width=2)",
+    }
 
 
 def candidates(arm: int) -> list[str]:
-    return [f"majority({arm})", f"weighted_best_of_n({arm}, prm)", f"beam_search({arm}, prm, width=2)",
-            f"sequential_revisions({arm}, prm)"]
+    return [
+        f"majority({arm})",
+        f"weighted_best_of_n({arm}, prm)",
+        f"beam_search({arm}, prm, width=2)",
+        f"sequential_revisions({arm}, prm)",
+    ]
 
 
 def questions(fit: int, test: int, levels: list[int]) -> tuple[list[dict], list[dict]]:
@@ -97,10 +104,13 @@ def main(argv: list[str] | None = None) -> None:
     fit_ev = Eval(out.with_suffix(".fit.jsonl"), fitting, resume=args.resume)
     evals = {name: Eval(out.with_suffix(f".{name}.jsonl"), qs, resume=args.resume) for name, qs in sets.items()}
     base = opt.read_base(BASE, "bench.ttcl")
-    print(f"SmolLM2-135M Q4_1, self-verification; fit on {len(fitting)} arith questions of levels {levels} "
-          f"(seed 1), test on "
-          f"{len(testing)} others (seed 2)" + (f" and {len(sets.get('gsm8k', []))} GSM8K" if "gsm8k" in sets else "")
-          + f"; budgets {budgets} generations, {args.probe} probes; run seed 0")
+    print(
+        f"SmolLM2-135M Q4_1, self-verification; fit on {len(fitting)} arith questions of levels {levels} "
+        f"(seed 1), test on "
+        f"{len(testing)} others (seed 2)"
+        + (f" and {len(sets.get('gsm8k', []))} GSM8K" if "gsm8k" in sets else "")
+        + f"; budgets {budgets} generations, {args.probe} probes; run seed 0"
+    )
     chosen = {}
     for b in budgets:
         arm = opt.arm_budget(b, args.probe)
@@ -139,11 +149,15 @@ def report(records: dict[str, list]) -> None:
             if best.accuracy == 0:
                 print("(a) answers none right at these budgets: there is no accuracy to match")
             elif need is None:
-                print(f"(d) does not reach (a)'s best accuracy {best.accuracy:.1%} ({best.flops:.3g} FLOPs) at these budgets")
+                print(
+                    f"(d) does not reach (a)'s best accuracy {best.accuracy:.1%} ({best.flops:.3g} FLOPs) at these budgets"
+                )
             else:
-                print(f"(a)'s best accuracy {best.accuracy:.1%} costs it {best.flops:.3g} FLOPs per question; "
-                      f"(d) reaches it with {need:.3g}: {best.flops / need:.2f}x (a)'s compute saved "
-                      "(below 1: (d) needs more)")
+                print(
+                    f"(a)'s best accuracy {best.accuracy:.1%} costs it {best.flops:.3g} FLOPs per question; "
+                    f"(d) reaches it with {need:.3g}: {best.flops / need:.2f}x (a)'s compute saved "
+                    "(below 1: (d) needs more)"
+                )
         for s in summaries:
             curves_for_plot.append(s.model_copy(update={"program": f"{name}: {s.program}"}))
     plot(curves_for_plot, str(HERE / "compute_optimal.png"), title="SmolLM2-135M: accuracy against FLOPs")

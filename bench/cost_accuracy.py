@@ -75,10 +75,14 @@ def main(argv: list[str] | None = None) -> None:
     questions = arith(args.questions, args.level, seed=1)
     half = len(questions) // 2
     folds = (questions[:half], questions[half:])
-    print(f"SmolLM2-135M Q4_1, {args.threads} threads; {len(questions)} arith questions of level {args.level} "
-          f"(seed 1), run seed 0; 2-fold calibration ({half} + {len(questions) - half})")
-    print(f"{'strategy':<22} {'measured FLOPs/q':>16} {'uncalibrated':>13} {'error':>8} "
-          f"{'same questions':>15} {'held-out folds':>15} {'fold s.e.':>10} {'s':>5}")
+    print(
+        f"SmolLM2-135M Q4_1, {args.threads} threads; {len(questions)} arith questions of level {args.level} "
+        f"(seed 1), run seed 0; 2-fold calibration ({half} + {len(questions) - half})"
+    )
+    print(
+        f"{'strategy':<22} {'measured FLOPs/q':>16} {'uncalibrated':>13} {'error':>8} "
+        f"{'same questions':>15} {'held-out folds':>15} {'fold s.e.':>10} {'s':>5}"
+    )
     calibrations = []
     worst = {"same": 0.0, "held-out": 0.0}
     for name in args.only or STRATEGIES:
@@ -103,13 +107,20 @@ def main(argv: list[str] | None = None) -> None:
         worst["same"] = max(worst["same"], abs(same))
         worst["held-out"] = max(worst["held-out"], *map(abs, held_out))
         # the standard error of each fold's mean: how far a fold strays by the luck of its questions
-        spread = [statistics.stdev(r.cost.flops for r in fold) / math.sqrt(len(fold)) / m for fold, m in zip(runs, measured)]
-        print(f"{name:<22} {overall:16.3g} {before:13.3g} {error(before, overall)} {same:+15.1%} "
-              f"{'/'.join(f'{e:+.0%}' for e in held_out):>15} {'/'.join(f'{e:.0%}' for e in spread):>10} "
-              f"{seconds:5.0f}", flush=True)
+        spread = [
+            statistics.stdev(r.cost.flops for r in fold) / math.sqrt(len(fold)) / m for fold, m in zip(runs, measured)
+        ]
+        print(
+            f"{name:<22} {overall:16.3g} {before:13.3g} {error(before, overall)} {same:+15.1%} "
+            f"{'/'.join(f'{e:+.0%}' for e in held_out):>15} {'/'.join(f'{e:.0%}' for e in spread):>10} "
+            f"{seconds:5.0f}",
+            flush=True,
+        )
         calibrations.append(whole)
-    print(f"largest calibrated error: {worst['same']:.0%} on the same questions, {worst['held-out']:.0%} "
-          "on held-out folds (target: within 25%)")
+    print(
+        f"largest calibrated error: {worst['same']:.0%} on the same questions, {worst['held-out']:.0%} "
+        "on held-out folds (target: within 25%)"
+    )
     if args.calibration_out and calibrations:
         total = calibrations[0]
         for c in calibrations[1:]:

@@ -52,8 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     head = resolve_head_path(args.head)
     card = read_card(head)
-    print(f"head {head}: trained on {card.get('questions')} {card.get('dataset')} questions "
-          f"({card.get('steps')} steps, {card.get('labels', {}).get('good_fraction')} of them good)")
+    print(
+        f"head {head}: trained on {card.get('questions')} {card.get('dataset')} questions "
+        f"({card.get('steps')} steps, {card.get('labels', {}).get('good_fraction')} of them good)"
+    )
     print("held out:", json.dumps(card.get("held_out", {})))
     data = head.with_suffix(".steps.jsonl")
     training = {json.loads(line)["question"] for line in data.open()} if data.exists() else set()

@@ -25,11 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from llama_server import MODEL_ALIAS, Server  # noqa: E402
+
 import ttcl  # noqa: E402
 from ttcl.answers import same_answer  # noqa: E402
 from ttcl.backends import backend_for  # noqa: E402
 from ttcl.datasets import load  # noqa: E402
-from llama_server import MODEL_ALIAS, Server  # noqa: E402
 
 
 def program(model: str, samples: int) -> ttcl.Program:
@@ -46,8 +47,14 @@ def measure(name: str, prog: ttcl.Program, questions: list[dict], server: Server
     seconds = time.perf_counter() - start
     tokens = backend.counters.generated_tokens - before
     right = sum(same_answer(r.answer, q["answer"]) for r, q in zip(results, questions))
-    return {"name": name, "seconds": seconds, "tokens": tokens, "tok_s": tokens / seconds,
-            "requests": server.completions_served() - served if server else 0, "right": right}
+    return {
+        "name": name,
+        "seconds": seconds,
+        "tokens": tokens,
+        "tok_s": tokens / seconds,
+        "requests": server.completions_served() - served if server else 0,
+        "right": right,
+    }
 
 
 def main() -> None:
@@ -58,20 +65,26 @@ def main() -> None:
     args = parser.parse_args()
     questions = load("arith:1", limit=args.questions).questions
     options = f"temperature=0.7, max_tokens={args.tokens}"
-    rows = [measure("llama.cpp in-process", program(f'llama("smollm2-135m", {options})', args.samples), questions, None)]
+    rows = [
+        measure("llama.cpp in-process", program(f'llama("smollm2-135m", {options})', args.samples), questions, None)
+    ]
     server = Server(Path(tempfile.mkdtemp()) / "server.log").start()
     try:
         for concurrency in (1, args.questions):
-            served = (f'openai("{server.url}", model="{MODEL_ALIAS}", config="smollm2-135m", '
-                      f'concurrency={concurrency}, {options})')
+            served = (
+                f'openai("{server.url}", model="{MODEL_ALIAS}", config="smollm2-135m", '
+                f"concurrency={concurrency}, {options})"
+            )
             rows.append(measure(f"served, concurrency {concurrency}", program(served, args.samples), questions, server))
     finally:
         server.kill()
     print(f"{args.questions} arith:1 questions, sample({args.samples}) |> vote, {args.tokens} tokens at most, seed 0")
     print(f"{'run':<26} {'seconds':>8} {'tokens':>7} {'tok/s':>7} {'vs local':>9} {'requests':>9} {'right':>6}")
     for r in rows:
-        print(f"{r['name']:<26} {r['seconds']:>8.1f} {r['tokens']:>7} {r['tok_s']:>7.1f} "
-              f"{r['tok_s'] / rows[0]['tok_s']:>8.2f}x {r['requests']:>9} {r['right']:>6}")
+        print(
+            f"{r['name']:<26} {r['seconds']:>8.1f} {r['tokens']:>7} {r['tok_s']:>7.1f} "
+            f"{r['tok_s'] / rows[0]['tok_s']:>8.2f}x {r['requests']:>9} {r['right']:>6}"
+        )
 
 
 if __name__ == "__main__":

@@ -140,7 +140,12 @@ def raw_batched(
 
     def chain(seed: int):
         c = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        lib.llama_sampler_chain_add(c, lib.llama_sampler_init_logit_bias(lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(model)), len(eog), biases))
+        lib.llama_sampler_chain_add(
+            c,
+            lib.llama_sampler_init_logit_bias(
+                lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(model)), len(eog), biases
+            ),
+        )
         lib.llama_sampler_chain_add(c, lib.llama_sampler_init_temp(TEMPERATURE))
         lib.llama_sampler_chain_add(c, lib.llama_sampler_init_dist(seed))
         return c
@@ -177,7 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--model", default="smollm2-135m", help="a GGUF file or known model name (default: the embedded SmolLM2)")
+    parser.add_argument(
+        "--model", default="smollm2-135m", help="a GGUF file or known model name (default: the embedded SmolLM2)"
+    )
     parser.add_argument("--no-q8", action="store_true", help="skip the figures on the model requantized to Q8_0")
     parser.add_argument("--beam-only", action="store_true", help="only the beam search figures")
     args = parser.parse_args(argv)
@@ -186,7 +193,13 @@ def main(argv: list[str] | None = None) -> None:
         sampling(path, os.path.basename(path), args.samples, args.tokens, args.threads)
         if not args.no_q8:
             with tempfile.TemporaryDirectory() as tmp:
-                sampling(requantized(path, tmp), "the same weights requantized to Q8_0", args.samples, args.tokens, args.threads)
+                sampling(
+                    requantized(path, tmp),
+                    "the same weights requantized to Q8_0",
+                    args.samples,
+                    args.tokens,
+                    args.threads,
+                )
     beam_search(args.threads)
 
 
@@ -254,9 +267,11 @@ def beam_search(threads: int) -> None:
         result = program.run(QUESTION, seed=0, backend=target)
         seconds = time.perf_counter() - start
         cost, results[label] = result.cost, result
-        print(f"beam(16, prm, width=4, depth=6), {label:<18}: {cost.generated_tokens} generated tokens in "
-              f"{seconds:5.1f} s = {cost.generated_tokens / seconds:5.1f} tok/s overall; prompt tokens decoded "
-              f"{cost.prompt_tokens} (generation) + {cost.verifier_prompt_tokens} (verifier)")
+        print(
+            f"beam(16, prm, width=4, depth=6), {label:<18}: {cost.generated_tokens} generated tokens in "
+            f"{seconds:5.1f} s = {cost.generated_tokens / seconds:5.1f} tok/s overall; prompt tokens decoded "
+            f"{cost.prompt_tokens} (generation) + {cost.verifier_prompt_tokens} (verifier)"
+        )
     same = len({(r.answer, r.text) for r in results.values()}) == 1
     print(f"same answer and text both ways: {same}")
 

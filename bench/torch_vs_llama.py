@@ -34,9 +34,13 @@ TEMPERATURE = 0.8
 
 def requests(samples: int, tokens: int) -> list[GenerationRequest]:
     """The sample(n) batch: one prompt, n seeds."""
-    return [GenerationRequest(messages=solve_messages(QUESTION, []),
-                              params=SamplingParams(temperature=TEMPERATURE, max_tokens=tokens, seed=seed))
-            for seed in range(samples)]
+    return [
+        GenerationRequest(
+            messages=solve_messages(QUESTION, []),
+            params=SamplingParams(temperature=TEMPERATURE, max_tokens=tokens, seed=seed),
+        )
+        for seed in range(samples)
+    ]
 
 
 def timed(backend, samples: int, tokens: int) -> dict:
@@ -52,8 +56,13 @@ def timed(backend, samples: int, tokens: int) -> dict:
     generated = backend.counters.generated_tokens - before.generated_tokens
     prefilled = sum(g.prompt_tokens for g in out)
     prompt = len(backend._prompt(batch[0], 0))
-    return {"generated": generated, "seconds": seconds, "tok/s": generated / seconds,
-            "prefilled": prefilled, "saved": 1 - prefilled / (samples * prompt)}
+    return {
+        "generated": generated,
+        "seconds": seconds,
+        "tok/s": generated / seconds,
+        "prefilled": prefilled,
+        "saved": 1 - prefilled / (samples * prompt),
+    }
 
 
 def llama(model: str, threads: int, samples: int, tokens: int) -> dict:
@@ -66,8 +75,9 @@ def llama(model: str, threads: int, samples: int, tokens: int) -> dict:
 def torch(model: str, threads: int, samples: int, tokens: int, dtype: str, device: str) -> dict:
     from ttcl.backends.hf import TorchBackend
 
-    backend = TorchBackend(model, device=device, dtype=dtype, n_ctx=1024, threads=threads,
-                           n_seq_max=samples, ignore_eos=True)
+    backend = TorchBackend(
+        model, device=device, dtype=dtype, n_ctx=1024, threads=threads, n_seq_max=samples, ignore_eos=True
+    )
     return timed(backend, samples, tokens)
 
 
@@ -76,20 +86,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--model", default="smollm2-135m", help="a GGUF file or known model name (default: the embedded SmolLM2)")
+    parser.add_argument(
+        "--model", default="smollm2-135m", help="a GGUF file or known model name (default: the embedded SmolLM2)"
+    )
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="torch's dtype")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="torch's device")
     args = parser.parse_args(argv)
     runs = {
         "llama.cpp": llama(args.model, args.threads, args.samples, args.tokens),
-        f"torch ({args.device}, {args.dtype})": torch(args.model, args.threads, args.samples, args.tokens,
-                                                     args.dtype, args.device),
+        f"torch ({args.device}, {args.dtype})": torch(
+            args.model, args.threads, args.samples, args.tokens, args.dtype, args.device
+        ),
     }
     print(f"sample({args.samples}) × {args.tokens} tokens on {args.model}, {args.threads} threads")
     print(f"{'backend':<24} {'generated':>9} {'seconds':>8} {'tok/s':>8} {'prefilled':>9} {'prefill saved':>13}")
     for name, r in runs.items():
-        print(f"{name:<24} {r['generated']:>9} {r['seconds']:>8.2f} {r['tok/s']:>8.1f} {r['prefilled']:>9} "
-              f"{r['saved']:>13.0%}")
+        print(
+            f"{name:<24} {r['generated']:>9} {r['seconds']:>8.2f} {r['tok/s']:>8.1f} {r['prefilled']:>9} "
+            f"{r['saved']:>13.0%}"
+        )
     llama_run, torch_run = runs.values()
     print(f"torch / llama.cpp: {torch_run['tok/s'] / llama_run['tok/s']:.2f}x the generated tokens per second")
 

@@ -27,6 +27,7 @@ def errors_of():
         except TTCLError as e:
             return e.render()
         return None
+
     return run
 
 

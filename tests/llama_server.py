@@ -42,8 +42,22 @@ class Server:
     def start(self, timeout: float = 120.0) -> Server:
         from ttcl.backends.llama import resolve_model_path
 
-        command = [sys.executable, __file__, "--model", resolve_model_path("smollm2-135m"), "--host", "127.0.0.1",
-                   "--port", str(self.port), "--model_alias", MODEL_ALIAS, "--n_ctx", "4096", "--n_threads", "2"]
+        command = [
+            sys.executable,
+            __file__,
+            "--model",
+            resolve_model_path("smollm2-135m"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--model_alias",
+            MODEL_ALIAS,
+            "--n_ctx",
+            "4096",
+            "--n_threads",
+            "2",
+        ]
         with open(self.log, "a") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout

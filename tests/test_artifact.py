@@ -51,13 +51,16 @@ def test_other_version_is_refused(artifact):
         ttcl.load(path)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d["nodes"][1].update(op="teleport"), "malformed artifact at nodes.1.op"),
-    (lambda d: d["edges"].append({"source": 0, "target": 999, "slot": 0}), "missing node"),
-    (lambda d: d["edges"].append({"source": 16, "target": 0, "slot": 0}), "cycle"),
-    (lambda d: d["nodes"][2]["params"].update(model="ghost"), "undeclared model 'ghost'"),
-    (lambda d: d.update(extra=1), "malformed artifact at extra"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d["nodes"][1].update(op="teleport"), "malformed artifact at nodes.1.op"),
+        (lambda d: d["edges"].append({"source": 0, "target": 999, "slot": 0}), "missing node"),
+        (lambda d: d["edges"].append({"source": 16, "target": 0, "slot": 0}), "cycle"),
+        (lambda d: d["nodes"][2]["params"].update(model="ghost"), "undeclared model 'ghost'"),
+        (lambda d: d.update(extra=1), "malformed artifact at extra"),
+    ],
+)
 def test_malformed_artifact_is_refused(artifact, change, message):
     _, path = artifact
     _rewrite(path, change, fix_checksum=True)
@@ -80,9 +83,11 @@ def test_artifact_parameters_are_fixed(artifact):
 
 
 def test_round_trip_keeps_difficulty_thresholds(tmp_path):
-    src = ('verifier prm = check("arith")\nprogram main =\n'
-           '  match difficulty(prm, probe=4, thresholds=[0.31, 0.45, 0.58, 0.72]) {\n'
-           '    1..2 => sample(4) |> best(prm)\n    3..5 => beam(16, prm, width=4) |> best(prm)\n  }\n')
+    src = (
+        'verifier prm = check("arith")\nprogram main =\n'
+        "  match difficulty(prm, probe=4, thresholds=[0.31, 0.45, 0.58, 0.72]) {\n"
+        "    1..2 => sample(4) |> best(prm)\n    3..5 => beam(16, prm, width=4) |> best(prm)\n  }\n"
+    )
     prog = ttcl.compile(src)
     path = tmp_path / "fitted.json"
     prog.save(path)

@@ -101,14 +101,17 @@ def test_different_prompts_and_prefixes_in_one_batch_equal_one_at_a_time(backend
 def test_the_same_seed_gives_the_same_text(backend):
     r = request(STORY, temperature=1.0, seed=3, max_tokens=12)
     assert backend.generate([r])[0].text == backend.generate([r])[0].text
-    assert backend.generate([r])[0].text != backend.generate([request(STORY, temperature=1.0, seed=4, max_tokens=12)])[0].text
+    assert (
+        backend.generate([r])[0].text
+        != backend.generate([request(STORY, temperature=1.0, seed=4, max_tokens=12)])[0].text
+    )
 
 
 @pytest.mark.slow
 def test_stop_strings_cut_the_text_before_the_stop(backend):
     full = backend.generate([request(COUNT, temperature=0.0, max_tokens=24)])[0]
     assert "3" in full.text
-    stop = full.text[full.text.index("3"):][:2]  # "3" and what follows it
+    stop = full.text[full.text.index("3") :][:2]  # "3" and what follows it
     stopped = backend.generate([request(COUNT, temperature=0.0, max_tokens=24, stop=("zzz", stop))])[0]
     assert stopped.finish == "stop"
     assert stopped.text == full.text[: full.text.index(stop)]
@@ -217,9 +220,11 @@ def test_hidden_states_are_one_row_per_request_and_batch_independent(backend):
 def test_trace_token_counts_and_flops_equal_the_backend_counters(backend):
     from ttcl.facts import counted_flops
 
-    prog = ttcl.compile('model policy = llama("smollm2-135m", temperature=0.8, max_tokens=24)\n'
-                        "verifier prm = self_verify(policy)\n"
-                        "program main = sample(3) + revise(2) |> weighted_vote(prm)")
+    prog = ttcl.compile(
+        'model policy = llama("smollm2-135m", temperature=0.8, max_tokens=24)\n'
+        "verifier prm = self_verify(policy)\n"
+        "program main = sample(3) + revise(2) |> weighted_vote(prm)"
+    )
     before = backend.counters.model_copy()
     results = prog.run_many([QUESTION, "What is 7 - 4?"], seed=0, backend=backend)
     after = backend.counters
@@ -227,8 +232,12 @@ def test_trace_token_counts_and_flops_equal_the_backend_counters(backend):
     generated = sum(r.cost.generated_tokens for r in results)
     assert prompt == after.prompt_tokens - before.prompt_tokens
     assert generated == after.generated_tokens - before.generated_tokens
-    flops = counted_flops(backend.facts, after.forward_tokens - before.forward_tokens,
-                          after.attended - before.attended, after.logits - before.logits)
+    flops = counted_flops(
+        backend.facts,
+        after.forward_tokens - before.forward_tokens,
+        after.attended - before.attended,
+        after.logits - before.logits,
+    )
     assert sum(r.cost.flops for r in results) == pytest.approx(flops, rel=1e-9)
 
 
@@ -236,19 +245,24 @@ def test_trace_token_counts_and_flops_equal_the_backend_counters(backend):
 
 
 def test_torch_models_are_declared_checked_and_priced():
-    prog = ttcl.compile('model policy = torch("smollm2-135m", device="cpu", dtype="bfloat16", max_tokens=48)\n'
-                        "program main = sample(4) |> vote")
+    prog = ttcl.compile(
+        'model policy = torch("smollm2-135m", device="cpu", dtype="bfloat16", max_tokens=48)\n'
+        "program main = sample(4) |> vote"
+    )
     decl = prog.ir.models["policy"]
     assert decl["kind"] == "torch" and decl["dtype"] == "bfloat16" and decl["device"] == "cpu"
     report = prog.cost()  # the facts come from the same GGUF file as llama's
     assert report.expected.flops > 0 and report.models["policy"].n_layer == 30
 
 
-@pytest.mark.parametrize("args, message", [
-    ('"m", device="tpu"', "device"),
-    ('"m", dtype="int8"', "dtype"),
-    ('"m", n_gpu_layers=1', "n_gpu_layers"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ('"m", device="tpu"', "device"),
+        ('"m", dtype="int8"', "dtype"),
+        ('"m", n_gpu_layers=1', "n_gpu_layers"),
+    ],
+)
 def test_torch_declaration_errors(errors_of, args, message):
     text = errors_of(f"model m = torch({args})\nprogram main = sample(2) |> vote")
     assert text is not None and message in text
@@ -288,10 +302,13 @@ def test_torch_missing_file_directory_and_non_models_are_refused(tmp_path):
         TorchBackend(str(notes), device="tpu", name="m")
 
 
-@pytest.mark.parametrize("model_type, message", [
-    ("not_a_model", "unsupported architecture 'not_a_model'"),
-    ("t5", "unsupported architecture 't5'"),  # a real architecture, but not a causal LM
-])
+@pytest.mark.parametrize(
+    "model_type, message",
+    [
+        ("not_a_model", "unsupported architecture 'not_a_model'"),
+        ("t5", "unsupported architecture 't5'"),  # a real architecture, but not a causal LM
+    ],
+)
 def test_torch_unsupported_architecture_is_a_clear_error(tmp_path, model_type, message):
     pytest.importorskip("transformers")
     from ttcl.backends.hf import TorchBackend
@@ -306,8 +323,14 @@ def test_torch_directory_without_weights_is_a_clear_error(tmp_path):
     pytest.importorskip("transformers")
     from ttcl.backends.hf import TorchBackend
 
-    config = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
-              "intermediate_size": 128, "vocab_size": 100}
+    config = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 1,
+        "intermediate_size": 128,
+        "vocab_size": 100,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(BackendError, match="cannot load"):
         TorchBackend(str(tmp_path), name="m")
@@ -352,8 +375,9 @@ def test_kept_sequences_stay_within_their_budget_and_change_no_result():
 def test_sample_and_vote_answers_an_easy_question_on_a_torch_model():
     pytest.importorskip("torch")
     needs_model()
-    prog = ttcl.compile('model policy = torch("smollm2-135m", temperature=0.7, max_tokens=64)\n'
-                        "program main = sample(8) |> vote")
+    prog = ttcl.compile(
+        'model policy = torch("smollm2-135m", temperature=0.7, max_tokens=64)\nprogram main = sample(8) |> vote'
+    )
     result = prog.run(QUESTION, seed=0)  # the declared model: backends.backend_for loads it
     assert result.answer == "5"
     assert len(result.candidates) == 8 and result.cost.flops > 0
@@ -375,8 +399,12 @@ def test_ttcl_run_on_a_torch_model(tmp_path):
     needs_model()
     program = tmp_path / "p.ttcl"
     program.write_text('model policy = torch("smollm2-135m", max_tokens=16)\nprogram main = sample(2) |> vote\n')
-    done = subprocess.run([sys.executable, "-m", "ttcl", "run", str(program), "-q", QUESTION, "--json"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "ttcl", "run", str(program), "-q", QUESTION, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["cost"]["generations"] == 2 and out["cost"]["flops"] > 0

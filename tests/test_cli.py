@@ -29,14 +29,17 @@ def test_check_reports_errors_with_caret(capsys, tmp_path):
     assert "^^^" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("content, message, code", [
-    (None, "no such file", 2),
-    ("DIR", "is a directory", 2),
-    (b"\x00\x01binary", "is a binary file", 1),
-    (b"\xff\xfe\xfa", "is not UTF-8", 1),
-    (b"", "file is empty", 1),
-    (b"# x\n" * 3_000_000, "file is 12.0 MB", 1),
-])
+@pytest.mark.parametrize(
+    "content, message, code",
+    [
+        (None, "no such file", 2),
+        ("DIR", "is a directory", 2),
+        (b"\x00\x01binary", "is a binary file", 1),
+        (b"\xff\xfe\xfa", "is not UTF-8", 1),
+        (b"", "file is empty", 1),
+        (b"# x\n" * 3_000_000, "file is 12.0 MB", 1),
+    ],
+)
 def test_bad_files_get_one_line(capsys, tmp_path, content, message, code):
     path = tmp_path / "f.ttcl"
     if content == "DIR":
@@ -80,13 +83,16 @@ def test_compile_and_graph_the_artifact(capsys, tmp_path):
     assert code == 0 and "sample(n=8" in out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["graph", "stdlib/search.ttcl"], "defines no program"),
-    (["graph", "programs/bon.ttcl", "--program", "nope"], "no program `nope`"),
-    (["graph", "programs/bon.ttcl", "--param", "n"], "--param takes NAME=VALUE"),
-    (["graph", "programs/bon.ttcl", "--param", "k=3"], "has no parameter `k`"),
-    (["compile", "programs/bon.ttcl", "-o", "/nonexistent/dir/x.json"], "cannot write"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["graph", "stdlib/search.ttcl"], "defines no program"),
+        (["graph", "programs/bon.ttcl", "--program", "nope"], "no program `nope`"),
+        (["graph", "programs/bon.ttcl", "--param", "n"], "--param takes NAME=VALUE"),
+        (["graph", "programs/bon.ttcl", "--param", "k=3"], "has no parameter `k`"),
+        (["compile", "programs/bon.ttcl", "-o", "/nonexistent/dir/x.json"], "cannot write"),
+    ],
+)
 def test_usage_errors_exit_2(capsys, argv, message):
     code, _, err = run(capsys, *argv)
     assert code == 2 and message in err
@@ -99,18 +105,20 @@ def test_argparse_usage_exits_2(capsys):
 
 
 def test_python_dash_m_and_console_script():
-    done = subprocess.run([sys.executable, "-m", "ttcl", "check", "programs/beam.ttcl"],
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "ttcl", "check", "programs/beam.ttcl"], capture_output=True, text=True)
     assert done.returncode == 0 and "ok (main)" in done.stdout
     done = subprocess.run(["ttcl", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("ttcl ")
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"question": "a"}\nnot json\n', "q.jsonl:2: not valid JSON"),
-    ('{"q": "a"}\n', 'q.jsonl:1: expected an object with a "question" string'),
-    ("\n", "no questions"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"question": "a"}\nnot json\n', "q.jsonl:2: not valid JSON"),
+        ('{"q": "a"}\n', 'q.jsonl:1: expected an object with a "question" string'),
+        ("\n", "no questions"),
+    ],
+)
 def test_bad_questions_files(capsys, tmp_path, content, message):
     questions = tmp_path / "q.jsonl"
     questions.write_text(content)

@@ -2,20 +2,20 @@
 
 import networkx as nx
 import pytest
+from conftest import SHIPPED, check_text
 
 import ttcl
-from conftest import SHIPPED, check_text
 from ttcl import ast
-from ttcl.passes import PASSES, PassContext, fold_constants, fuse_repeated_samples, inline_strategies
 from ttcl.parser import parse
+from ttcl.passes import PASSES, PassContext, fold_constants, fuse_repeated_samples, inline_strategies
 
-HEADER = '''
+HEADER = """
 import "parallel"
 import "search"
 import "revision"
 model policy = llama("smollm2-135m")
 verifier prm = self_verify(policy)
-'''
+"""
 
 
 def compile_body(body: str, **kw) -> ttcl.Program:
@@ -34,15 +34,19 @@ def test_shipped_files_check_clean(path):
 
 # ---- DAG shapes of the stdlib strategies -------------------------------------------------
 
-@pytest.mark.parametrize("call, expected", [
-    ("majority(8)", ["question", "sample", "vote", "output"]),
-    ("best_of_n(8, prm)", ["question", "sample", "best", "output"]),
-    ("weighted_best_of_n(8, prm)", ["question", "sample", "weighted_vote", "output"]),
-    ("beam_search(16, prm)", ["question", "beam", "weighted_vote", "output"]),
-    ("lookahead_search(16, prm, k=3)", ["question", "lookahead", "weighted_vote", "output"]),
-    ("diverse_tree_search(16, prm)", ["question", "dvts", "weighted_vote", "output"]),
-    ("sequential_revisions(8, prm)", ["question", "revise", "weighted_vote", "output"]),
-])
+
+@pytest.mark.parametrize(
+    "call, expected",
+    [
+        ("majority(8)", ["question", "sample", "vote", "output"]),
+        ("best_of_n(8, prm)", ["question", "sample", "best", "output"]),
+        ("weighted_best_of_n(8, prm)", ["question", "sample", "weighted_vote", "output"]),
+        ("beam_search(16, prm)", ["question", "beam", "weighted_vote", "output"]),
+        ("lookahead_search(16, prm, k=3)", ["question", "lookahead", "weighted_vote", "output"]),
+        ("diverse_tree_search(16, prm)", ["question", "dvts", "weighted_vote", "output"]),
+        ("sequential_revisions(8, prm)", ["question", "revise", "weighted_vote", "output"]),
+    ],
+)
 def test_linear_strategies(call, expected):
     prog = compile_body(call)
     assert ops(prog) == expected
@@ -115,11 +119,14 @@ def test_params_bind_and_rebind():
     assert ttcl.load("programs/bon.ttcl", params={"n": "4"}).ir.generations == 4
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"m": 3}, "has no parameter `m`"),
-    ({"n": "x"}, "must be int"),
-    ({"n": 0}, "must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"m": 3}, "has no parameter `m`"),
+        ({"n": "x"}, "must be int"),
+        ({"n": 0}, "must be at least 1"),
+    ],
+)
 def test_bad_params(params, message):
     with pytest.raises(ttcl.TTCLError, match=message):
         ttcl.load("programs/bon.ttcl", params=params)
@@ -127,25 +134,29 @@ def test_bad_params(params, message):
 
 # ---- checker messages ------------------------------------------------------------------
 
-@pytest.mark.parametrize("body, message", [
-    ("vote |> sample(4)", "`sample(4)` expects a Question or a Pool, but `vote` gives an Answer"),
-    ("sample(4) |> vote |> vote", "`vote` expects a Pool, but `sample(4) |> vote` gives an Answer"),
-    ("sample(4) + 1 |> vote", "cannot apply `+` to a stage (Question | Pool -> Pool) and an int"),
-    ("sample(4) * sample(2) |> vote", "a stage is repeated a whole number of times, not a stage"),
-    ("vote", "program `main` must start from the question"),
-    ("majority", "`majority` is missing its argument `n` (int)"),
-    ("policy", "`|>`" if False else "a program is a stage, but this is a model"),
-    ("difficulty(prm)", "only valid as the head of a `match`"),
-    ("llama(\"x\") |> vote", "makes a model, not a stage"),
-    ("match difficulty(prm) { 1..5 => sample(2) |> vote  _ => vote }", "`_` is unreachable"),
-    ("match difficulty(prm) { 3..1 => vote  _ => vote }", "empty bin range 3..1"),
-    ("match difficulty(prm) { 1..5 => sample(2)  }", "gives a Pool, not an Answer"),
-    ("match difficulty(prm, bins=2 + 1) { _ => sample(2) |> vote }", "`bins` must be a literal integer"),
-    ("match probe(prm) { _ => sample(2) |> vote }", "`match` takes `difficulty(...)`"),
-    ("beam(16, prm, width=5) |> vote", "n (16) must be a multiple of width (5)"),
-    ("sample(4, temperature=-1.0) |> vote", "`temperature` must be at least 0"),
-    ("sample(4) |> best(oracle, 3)", "`best` takes 1 positional argument"),
-])
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("vote |> sample(4)", "`sample(4)` expects a Question or a Pool, but `vote` gives an Answer"),
+        ("sample(4) |> vote |> vote", "`vote` expects a Pool, but `sample(4) |> vote` gives an Answer"),
+        ("sample(4) + 1 |> vote", "cannot apply `+` to a stage (Question | Pool -> Pool) and an int"),
+        ("sample(4) * sample(2) |> vote", "a stage is repeated a whole number of times, not a stage"),
+        ("vote", "program `main` must start from the question"),
+        ("majority", "`majority` is missing its argument `n` (int)"),
+        ("policy", "`|>`" if False else "a program is a stage, but this is a model"),
+        ("difficulty(prm)", "only valid as the head of a `match`"),
+        ('llama("x") |> vote', "makes a model, not a stage"),
+        ("match difficulty(prm) { 1..5 => sample(2) |> vote  _ => vote }", "`_` is unreachable"),
+        ("match difficulty(prm) { 3..1 => vote  _ => vote }", "empty bin range 3..1"),
+        ("match difficulty(prm) { 1..5 => sample(2)  }", "gives a Pool, not an Answer"),
+        ("match difficulty(prm, bins=2 + 1) { _ => sample(2) |> vote }", "`bins` must be a literal integer"),
+        ("match probe(prm) { _ => sample(2) |> vote }", "`match` takes `difficulty(...)`"),
+        ("beam(16, prm, width=5) |> vote", "n (16) must be a multiple of width (5)"),
+        ("sample(4, temperature=-1.0) |> vote", "`temperature` must be at least 0"),
+        ("sample(4) |> best(oracle, 3)", "`best` takes 1 positional argument"),
+    ],
+)
 def test_checker_messages(body, message, errors_of):
     text = errors_of(HEADER + f"program main = {body}\n")
     assert text is not None and message in text
@@ -159,7 +170,8 @@ def test_reserved_and_duplicate_names(errors_of):
 
 def test_program_parameters_are_scalars(errors_of):
     assert "unknown program parameter type `verifier`" in errors_of(
-        "program main(v: verifier = oracle) = sample(2) |> best(v)")
+        "program main(v: verifier = oracle) = sample(2) |> best(v)"
+    )
 
 
 def test_all_errors_are_reported_not_only_the_first(errors_of):
@@ -171,6 +183,7 @@ def test_all_errors_are_reported_not_only_the_first(errors_of):
 
 
 # ---- passes ----------------------------------------------------------------------------
+
 
 def body_of(text: str) -> ast.Expr:
     return next(s for s in parse(text).statements if isinstance(s, ast.ProgramDecl)).body
@@ -211,7 +224,7 @@ def test_expansion_limit():
 
 # ---- list literals and difficulty thresholds ---------------------------------------------
 
-FITTED = ("match difficulty(prm, probe=4, thresholds=[0.31, 0.45, 0.58, 0.72]) {{ {arms} }}")
+FITTED = "match difficulty(prm, probe=4, thresholds=[0.31, 0.45, 0.58, 0.72]) {{ {arms} }}"
 
 
 def difficulty_node(prog: ttcl.Program) -> dict:
@@ -220,8 +233,9 @@ def difficulty_node(prog: ttcl.Program) -> dict:
 
 
 def test_thresholds_set_the_bins():
-    prog = compile_body(FITTED.format(arms="1..2 => sequential_revisions(16, prm)  "
-                                           "3..5 => beam(16, prm, width=4) |> best(prm)"))
+    prog = compile_body(
+        FITTED.format(arms="1..2 => sequential_revisions(16, prm)  3..5 => beam(16, prm, width=4) |> best(prm)")
+    )
     params = difficulty_node(prog)["params"]
     assert params["thresholds"] == [0.31, 0.45, 0.58, 0.72] and params["bins"] == 5
     g = prog.graph
@@ -246,8 +260,10 @@ def test_thresholds_agreeing_with_bins():
 
 
 def test_thresholds_fold_and_bind():
-    src = HEADER + ("program main(cut: float = 0.25) =\n"
-                    "  match difficulty(prm, thresholds=[cut, cut * 2, 1 - 0.1]) { 1 => majority(2)  _ => majority(4) }\n")
+    src = HEADER + (
+        "program main(cut: float = 0.25) =\n"
+        "  match difficulty(prm, thresholds=[cut, cut * 2, 1 - 0.1]) { 1 => majority(2)  _ => majority(4) }\n"
+    )
     assert difficulty_node(ttcl.compile(src))["params"]["thresholds"] == [0.25, 0.5, 0.9]
     assert difficulty_node(ttcl.compile(src, params={"cut": 0.1}))["params"]["thresholds"] == [0.1, 0.2, 0.9]
     body = fold_constants(body_of("program m = f([1 + 2, -(0.5), 2 * 0.25])"), PassContext({}))
@@ -259,21 +275,30 @@ def test_without_thresholds_the_params_have_none():
     assert "thresholds" not in difficulty_node(prog)["params"] and difficulty_node(prog)["params"]["bins"] == 5
 
 
-@pytest.mark.parametrize("body, message", [
-    ("match difficulty(prm, thresholds=[0.5]) { 1..3 => majority(2) }", "bin range 1..3 is outside 1..2"),
-    ("match difficulty(prm, thresholds=[0.5, 0.7]) { 1 => majority(2) }", "bins 2, 3 not covered"),
-    ("match difficulty(prm, bins=4, thresholds=[0.5]) { _ => majority(2) }", "holds 1 number, but bins=4 needs 3"),
-    ("match difficulty(prm, thresholds=[]) { _ => majority(2) }", "must hold 1 to 19 numbers"),
-    ("match difficulty(prm, thresholds=[0.05] * 20) { _ => majority(2) }", "cannot apply `*`"),
-    ("match difficulty(prm, thresholds=[-0.1, 0.5]) { _ => majority(2) }", "must be at least 0, got -0.1"),
-    ("match difficulty(prm, thresholds=[0.5, 0.4]) { _ => majority(2) }", "strictly ascending, but 0.4 follows 0.5"),
-    ("match difficulty(prm, thresholds=[0.5, true]) { _ => majority(2) }", "a list holds numbers, not a bool"),
-    ("match difficulty(prm, thresholds=[[0.5]]) { _ => majority(2) }", "a list holds numbers, not a list of numbers"),
-    ("match difficulty(prm, thresholds=prm) { _ => majority(2) }", "must be a list of numbers, not a verifier"),
-    ("sample([4]) |> vote", "`sample` argument `n` must be an int, not a list of integers"),
-    ("[0.5]", "a program is a stage, but this is a list of numbers"),
-    ("sample(4) |> [1]", "`|>` joins stages, but `[1]` is a list of integers"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("match difficulty(prm, thresholds=[0.5]) { 1..3 => majority(2) }", "bin range 1..3 is outside 1..2"),
+        ("match difficulty(prm, thresholds=[0.5, 0.7]) { 1 => majority(2) }", "bins 2, 3 not covered"),
+        ("match difficulty(prm, bins=4, thresholds=[0.5]) { _ => majority(2) }", "holds 1 number, but bins=4 needs 3"),
+        ("match difficulty(prm, thresholds=[]) { _ => majority(2) }", "must hold 1 to 19 numbers"),
+        ("match difficulty(prm, thresholds=[0.05] * 20) { _ => majority(2) }", "cannot apply `*`"),
+        ("match difficulty(prm, thresholds=[-0.1, 0.5]) { _ => majority(2) }", "must be at least 0, got -0.1"),
+        (
+            "match difficulty(prm, thresholds=[0.5, 0.4]) { _ => majority(2) }",
+            "strictly ascending, but 0.4 follows 0.5",
+        ),
+        ("match difficulty(prm, thresholds=[0.5, true]) { _ => majority(2) }", "a list holds numbers, not a bool"),
+        (
+            "match difficulty(prm, thresholds=[[0.5]]) { _ => majority(2) }",
+            "a list holds numbers, not a list of numbers",
+        ),
+        ("match difficulty(prm, thresholds=prm) { _ => majority(2) }", "must be a list of numbers, not a verifier"),
+        ("sample([4]) |> vote", "`sample` argument `n` must be an int, not a list of integers"),
+        ("[0.5]", "a program is a stage, but this is a list of numbers"),
+        ("sample(4) |> [1]", "`|>` joins stages, but `[1]` is a list of integers"),
+    ],
+)
 def test_list_and_threshold_errors(body, message, errors_of):
     text = errors_of(HEADER + f"program main = {body}\n")
     assert text is not None and message in text, text

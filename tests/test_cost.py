@@ -11,17 +11,24 @@ from ttcl.backends.fake import ScriptedBackend
 from ttcl.backends.llama import resolve_model_path
 from ttcl.cli import main
 from ttcl.cost import (
-    Calibration, ModelFactsError, Priors, exchange, facts_from_config, facts_from_gguf,
-    facts_from_spec, forward_flops, matching_size,
+    Calibration,
+    ModelFactsError,
+    Priors,
+    exchange,
+    facts_from_config,
+    facts_from_gguf,
+    facts_from_spec,
+    forward_flops,
+    matching_size,
 )
 
-HEADER = '''
+HEADER = """
 import "parallel"
 import "search"
 import "revision"
 model policy = llama("smollm2-135m")
 verifier prm = self_verify(policy)
-'''
+"""
 
 
 def report(body: str, **kw):
@@ -39,6 +46,7 @@ def smollm2():
 
 # ---- model facts -------------------------------------------------------------------------
 
+
 def test_smollm2_facts_from_the_gguf_file(smollm2):
     f = smollm2
     assert (f.n_layer, f.d_model, f.n_head, f.n_head_kv, f.head_dim, f.n_vocab) == (30, 576, 9, 3, 64, 49152)
@@ -49,9 +57,17 @@ def test_smollm2_facts_from_the_gguf_file(smollm2):
     assert facts_from_gguf(resolve_model_path("smollm2-135m")) is f  # cached per file
 
 
-SMOLLM2_CONFIG = {"model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30,
-                  "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536,
-                  "vocab_size": 49152, "max_position_embeddings": 8192, "tie_word_embeddings": True}
+SMOLLM2_CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 576,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "intermediate_size": 1536,
+    "vocab_size": 49152,
+    "max_position_embeddings": 8192,
+    "tie_word_embeddings": True,
+}
 
 
 def test_facts_from_a_config_match_the_gguf(tmp_path, smollm2):
@@ -64,17 +80,28 @@ def test_facts_from_a_config_match_the_gguf(tmp_path, smollm2):
 
 
 def test_facts_from_a_gpt2_config(tmp_path):
-    config = {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257, "n_positions": 1024}
+    config = {
+        "model_type": "gpt2",
+        "n_embd": 768,
+        "n_layer": 12,
+        "n_head": 12,
+        "vocab_size": 50257,
+        "n_positions": 1024,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     f = facts_from_config(tmp_path / "config.json")
     # per layer 4·768² (attention) + 2·768·3072 (MLP) + 2·768 (norms) = 7,079,424; GPT-2 small's ~85M
     assert f.params_non_embedding == 7_079_424 * 12 + 768 and f.params == f.params_non_embedding + 50257 * 768
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "model file not found"), (b"not a model", "not a GGUF model file"),
-    (b"GGUF\x03\x00\x00\x00garbage", "corrupt GGUF model file"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "model file not found"),
+        (b"not a model", "not a GGUF model file"),
+        (b"GGUF\x03\x00\x00\x00garbage", "corrupt GGUF model file"),
+    ],
+)
 def test_bad_model_files_name_the_file(tmp_path, content, message):
     path = tmp_path / "m.gguf"
     if content is not None:
@@ -100,6 +127,7 @@ def test_spec_facts():
 
 # ---- the FLOPs formula and the exchange --------------------------------------------------
 
+
 def test_forward_flops_by_hand(smollm2):
     # one token at position 0: 2N + 4·30·576·1 = 212,406,912 + 69,120
     assert forward_flops(smollm2, 1) == 212_476_032
@@ -109,11 +137,14 @@ def test_forward_flops_by_hand(smollm2):
     assert forward_flops(smollm2, 10, 100) == 10 * 212_406_912 + 4 * 30 * 576 * 1055
 
 
-@pytest.mark.parametrize("ratio, multiple", [
-    (0.16, 257.75),  # 14 + 3·13/0.16 = 14 + 39/0.16 = 14 + 243.75
-    (0.79, 63.367088607594937),  # 14 + 39/0.79 = 14 + 49.3670886...
-    (22, 15.772727272727273),  # 14 + 39/22 = 14 + 1.7727...
-])
+@pytest.mark.parametrize(
+    "ratio, multiple",
+    [
+        (0.16, 257.75),  # 14 + 3·13/0.16 = 14 + 39/0.16 = 14 + 243.75
+        (0.79, 63.367088607594937),  # 14 + 39/0.79 = 14 + 49.3670886...
+        (22, 15.772727272727273),  # 14 + 39/22 = 14 + 1.7727...
+    ],
+)
 def test_exchange_for_the_papers_ratios(ratio, multiple):
     x = exchange(14, ratio)
     assert x.multiple == pytest.approx(multiple, rel=1e-12)
@@ -129,6 +160,7 @@ def test_exchange_refuses_nonsense():
 
 
 # ---- per-node estimates ------------------------------------------------------------------
+
 
 def test_sample_pays_its_prompt_once(smollm2):
     one, sixteen = node(report("majority(1)"), "sample"), node(report("majority(16)"), "sample")
@@ -205,29 +237,36 @@ def test_calibration_factors_make_the_estimate_match_what_was_measured():
     # beam search whose beams run for different numbers of steps: lengths alone miss the
     # pruned proposals, so the factors carry the rest, per op and component
     prog = ttcl.compile(HEADER + "program main = beam(4, prm, width=2, depth=5) |> weighted_vote(prm)")
+
     def script(r):  # "What is 2 + 3?" ends after 2 steps, "What is 4 + 1?" after 4
         steps = r.prefix.count("Add")
         first = int(r.messages[-1].content.split("What is ")[1][0])
         return "The answer is 5." if steps >= first + len(r.prefix) % 2 else "Add them up.\n\nNext."
 
-    results = prog.run_many(["What is 2 + 3?", "What is 1 + 4?", "What is 4 + 1?"],
-                            backend=ScriptedBackend(script, lambda r, o: [0.6, 0.4]))
+    results = prog.run_many(
+        ["What is 2 + 3?", "What is 1 + 4?", "What is 4 + 1?"], backend=ScriptedBackend(script, lambda r, o: [0.6, 0.4])
+    )
     cal = Calibration.from_results(prog.graph, results)
     factors = cal.models["smollm2-135m"].factors
     assert {"beam.decode", "beam.verifier", "weighted_vote.verifier"} <= factors.keys()
     calibrated = prog.cost(calibration=cal)
     for e in calibrated.nodes:
         measured = [r.cost.per_node[e.node] for r in results if e.node in r.cost.per_node]
-        for estimate, field in ((e.prefill_tokens, "prompt_tokens"), (e.decode_tokens, "generated_tokens"),
-                                (e.verifier_tokens, "verifier_prompt_tokens")):
+        for estimate, field in (
+            (e.prefill_tokens, "prompt_tokens"),
+            (e.decode_tokens, "generated_tokens"),
+            (e.verifier_tokens, "verifier_prompt_tokens"),
+        ):
             assert estimate == pytest.approx(sum(getattr(m, field) for m in measured) / len(results))
     # factors come from the priors' own estimate: refitting a calibrated one changes nothing
     assert cal.with_factors(prog.graph, results) == cal
 
 
 def test_what_if_on_a_spec_model():
-    src = HEADER + "model big = spec(params=1.7e9, layers=24, d_model=2048, heads=32, vocab=49152)\n" \
+    src = (
+        HEADER + "model big = spec(params=1.7e9, layers=24, d_model=2048, heads=32, vocab=49152)\n"
         "program main = majority(8)"
+    )
     prog = ttcl.compile(src)
     small, big = prog.cost(), prog.cost(model="big")
     assert big.expected.tokens == small.expected.tokens and big.expected.flops > 10 * small.expected.flops
@@ -248,9 +287,17 @@ def test_budgets_convert_through_the_estimate():
 # best_of_n(8) with 128-token answers: at worst about 2700 tokens; at least (one-token
 # answers) a few hundred. Only a budget under the least is an error: between the two, the
 # runtime enforces it and stops with the best answer so far.
-@pytest.mark.parametrize("budget, fits", [("budget 1e6 tokens", True), ("budget 2000 tokens", True),
-                                          ("budget 150 tokens", False), ("budget 1e15 flops", True),
-                                          ("budget 3e11 flops", True), ("budget 3e10 flops", False)])
+@pytest.mark.parametrize(
+    "budget, fits",
+    [
+        ("budget 1e6 tokens", True),
+        ("budget 2000 tokens", True),
+        ("budget 150 tokens", False),
+        ("budget 1e15 flops", True),
+        ("budget 3e11 flops", True),
+        ("budget 3e10 flops", False),
+    ],
+)
 def test_checker_rejects_budgets_no_run_can_meet(errors_of, budget, fits):
     text = HEADER + budget + "\nprogram main = best_of_n(8, prm)\n"
     error = errors_of(text)
@@ -260,6 +307,7 @@ def test_checker_rejects_budgets_no_run_can_meet(errors_of, budget, fits):
 
 
 # ---- the command line --------------------------------------------------------------------
+
 
 def run(capsys, *argv):
     code = main(list(argv))

@@ -12,11 +12,11 @@ from ttcl.datasets import LEVELS, arith, load, read_jsonl
 from ttcl.errors import UsageError
 from ttcl.evaluate import Eval, budget_param, markdown, plot, read_records, summarize, summarize_by, wilson
 
-SEARCH = '''
+SEARCH = """
 model policy = llama("smollm2-135m", max_tokens=64)
 verifier prm = self_verify(policy)
 program main(n: int = 4) = beam(n, prm, width=2, depth=6) |> weighted_vote(prm)
-'''
+"""
 
 
 def stepper(request):
@@ -26,7 +26,9 @@ def stepper(request):
     return f"The answer is {a + b}." if done >= a else "Add them up.\n\nNext."
 
 
-QUESTIONS = [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a, b in [(1, 2), (4, 1), (2, 2), (5, 3), (1, 1)]]
+QUESTIONS = [
+    {"question": f"What is {a} + {b}?", "answer": str(a + b)} for a, b in [(1, 2), (4, 1), (2, 2), (5, 3), (1, 1)]
+]
 
 
 # ---- datasets ----------------------------------------------------------------------------
@@ -49,15 +51,19 @@ def test_arith_levels_are_distinct_seeded_and_exactly_graded():
 
 def test_jsonl_understands_gsm8k_and_reports_bad_lines(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text('{"question": "Q1", "answer": "She sold 48/2 = 24.\\n#### 1,200"}\n'
-                    '{"question": "Q2", "answer": 7}\n'
-                    "not json\n\n"
-                    '{"question": "Q3"}\n'
-                    '{"question": "Q4", "answer": "5"}\n')
+    path.write_text(
+        '{"question": "Q1", "answer": "She sold 48/2 = 24.\\n#### 1,200"}\n'
+        '{"question": "Q2", "answer": 7}\n'
+        "not json\n\n"
+        '{"question": "Q3"}\n'
+        '{"question": "Q4", "answer": "5"}\n'
+    )
     data = read_jsonl(str(path))
     assert [(q["question"], q["answer"]) for q in data.questions] == [("Q1", "1200"), ("Q2", "7"), ("Q4", "5")]
-    assert data.skipped == [f"{path}:3: not valid JSON (Expecting value)",
-                            f'{path}:5: expected an "answer" (a string or a number)']
+    assert data.skipped == [
+        f"{path}:3: not valid JSON (Expecting value)",
+        f'{path}:5: expected an "answer" (a string or a number)',
+    ]
     with pytest.raises(UsageError, match=r"d.jsonl:3: not valid JSON"):
         read_jsonl(str(path), strict=True)
     with pytest.raises(UsageError, match="dataset not found"):

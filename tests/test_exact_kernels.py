@@ -41,8 +41,8 @@ def test_a_linear_row_is_the_same_alone_in_any_batch_and_at_any_thread_count(wid
         for n in (1, 2, 3, 5, 15, 16, 17, 33):
             assert torch.equal(layer(x[:n]), whole[:n]), n
         for i in (0, 7, 39):
-            assert torch.equal(layer(x[i:i + 1]), whole[i:i + 1])
-            assert torch.equal(layer(x[i:i + 1].expand(3, width).contiguous())[2], whole[i])
+            assert torch.equal(layer(x[i : i + 1]), whole[i : i + 1])
+            assert torch.equal(layer(x[i : i + 1].expand(3, width).contiguous())[2], whole[i])
         assert torch.equal(layer(x.view(4, 10, width)), whole.view(4, 10, out))  # any leading shape
         for threads in (1, 2):
             torch.set_num_threads(threads)
@@ -75,7 +75,7 @@ def test_a_query_gets_the_same_attention_in_a_prefill_a_decode_step_and_beside_m
     q, k, v, causal = attention_inputs()
     prefill = attend(q, k, v, causal)  # (1, keys, heads, dim)
     for p in (0, 1, 2, 15, 16, 17, 39):
-        step = attend(q[:, :, p:p + 1], k[:, :, :p + 1], v[:, :, :p + 1], None)  # a decode step
+        step = attend(q[:, :, p : p + 1], k[:, :, : p + 1], v[:, :, : p + 1], None)  # a decode step
         assert torch.equal(step[0, 0], prefill[0, p]), p
         chunk = attend(q[:, :, p:], k, v, causal[:, :, p:])  # a later chunk of a chunked prefill
         assert torch.equal(chunk[0, 0], prefill[0, p]), p
@@ -100,8 +100,11 @@ def test_exact_attention_stays_close_to_sdpa():
     ours = attend(q, k, v, causal)
     groups = q.shape[1] // k.shape[1]
     ref = torch.nn.functional.scaled_dot_product_attention(
-        q.double(), k.repeat_interleave(groups, 1).double(), v.repeat_interleave(groups, 1).double(),
-        attn_mask=causal.double()).transpose(1, 2)
+        q.double(),
+        k.repeat_interleave(groups, 1).double(),
+        v.repeat_interleave(groups, 1).double(),
+        attn_mask=causal.double(),
+    ).transpose(1, 2)
     assert torch.allclose(ours.double(), ref, rtol=0, atol=1e-5 * v.abs().max().item())
 
 
@@ -110,7 +113,7 @@ def test_silu_from_exp_gives_an_element_the_same_value_wherever_it_sits():
     x = torch.randn(4096) * 6
     whole = hf_model._silu(x)
     for n in (1, 3, 17, 33):  # each element once in a tensor's scalar tail
-        parts = torch.cat([hf_model._silu(x[s:s + n].clone()) for s in range(0, 4096, n)])
+        parts = torch.cat([hf_model._silu(x[s : s + n].clone()) for s in range(0, 4096, n)])
         assert torch.equal(parts, whole)
     assert torch.allclose(whole, torch.nn.functional.silu(x), rtol=1e-6, atol=1e-7)
 
@@ -118,7 +121,12 @@ def test_silu_from_exp_gives_an_element_the_same_value_wherever_it_sits():
 @pytest.mark.skipif(os.environ.get("MKL_ENABLE_INSTRUCTIONS") == "AVX2", reason="already the AVX2 run")
 def test_the_kernels_are_invariant_on_avx2_kernels_too():
     env = dict(os.environ, MKL_ENABLE_INSTRUCTIONS="AVX2", ATEN_CPU_CAPABILITY="avx2")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider", __file__],
-                         env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider", __file__],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "9 passed" in run.stdout

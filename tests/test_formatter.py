@@ -3,9 +3,9 @@
 import re
 
 import pytest
+from conftest import CORPUS, SHIPPED
 
 import ttcl
-from conftest import CORPUS, SHIPPED
 from ttcl.ast import to_data
 from ttcl.formatter import format_float, format_source
 from ttcl.parser import parse
@@ -27,7 +27,7 @@ def test_idempotent_and_same_ast(path):
     assert to_data(parse(once), spans=False) == to_data(parse(text), spans=False)
 
 
-MESSY = '''
+MESSY = """
 # lead
 
 
@@ -38,12 +38,14 @@ program m2 = match difficulty(oracle) { 1..2 => sample(1) |> vote, 3=>sample(2)|
   # before
   _ => vote
   }
-'''
+"""
 
 
 def test_messy_source_becomes_canonical():
     out = format_source(MESSY)
-    assert out == '''# lead
+    assert (
+        out
+        == """# lead
 
 model policy = llama("smollm2-135m", temperature=0.8)  # t
 program main = sample(4) |> vote
@@ -55,7 +57,8 @@ program m2 =
     # before
     _    => vote
   }
-'''
+"""
+    )
     assert to_data(parse(out), spans=False) == to_data(parse(MESSY), spans=False)
 
 
@@ -74,19 +77,24 @@ def test_floats_round_trip_as_floats(x):
 
 
 def test_strings_round_trip():
-    src = 'prompt p = """a "quoted" \\\\ text\nwith {question} and a final quote\\""""\n' \
-          'program main = sample(1, delimiter="\\n\\t\\"x\\"") |> vote\n'
+    src = (
+        'prompt p = """a "quoted" \\\\ text\nwith {question} and a final quote\\""""\n'
+        'program main = sample(1, delimiter="\\n\\t\\"x\\"") |> vote\n'
+    )
     out = format_source(src)
     assert format_source(out) == out
     assert to_data(parse(out), spans=False) == to_data(parse(src), spans=False)
 
 
-@pytest.mark.parametrize("messy, canonical", [
-    ("program m = f([ 0.31,0.45 , ])", "program m = f([0.31, 0.45])"),
-    ("program m = f(x = [ ])", "program m = f(x=[])"),
-    ("program m = f([ -1, 2*3, [ 1e-3 ] ])", "program m = f([-1, 2 * 3, [0.001]])"),
-    ("program m = f([(1 + 2) * 3,\n  4])", "program m = f([(1 + 2) * 3, 4])"),
-])
+@pytest.mark.parametrize(
+    "messy, canonical",
+    [
+        ("program m = f([ 0.31,0.45 , ])", "program m = f([0.31, 0.45])"),
+        ("program m = f(x = [ ])", "program m = f(x=[])"),
+        ("program m = f([ -1, 2*3, [ 1e-3 ] ])", "program m = f([-1, 2 * 3, [0.001]])"),
+        ("program m = f([(1 + 2) * 3,\n  4])", "program m = f([(1 + 2) * 3, 4])"),
+    ],
+)
 def test_lists_are_canonical(messy, canonical):
     assert format_source(messy) == canonical + "\n"
     assert format_source(canonical) == canonical + "\n"

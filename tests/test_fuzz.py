@@ -1,20 +1,75 @@
 """Property tests: whatever text goes in, only `TTCLError` comes out, with spans inside it."""
 
+from conftest import CORPUS, SHIPPED
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import CORPUS, SHIPPED
 from ttcl import TTCLError
 from ttcl.formatter import format_source
 from ttcl.program import check_programs, check_source
 
 SEEDS = [p.read_text() for p in SHIPPED + CORPUS]
-TOKENS = ["program", "strategy", "model", "verifier", "prompt", "budget", "import", "match", "difficulty",
-          "sample", "vote", "best", "weighted_vote", "beam", "lookahead", "dvts", "revise", "oracle",
-          "prm", "policy", "main", "n", "(", ")", "{", "}", ",", "=", "=>", "..", "|>", "+", "-", "*",
-          "/", "%", ":", "_", "0", "1", "4", "16", "1e9", "2.5", '"x"', '"""t {question}"""', "#c\n",
-          "\n", " ", "int", "verifier", "true", "generations", "-99999999999999999999"]
-SETTINGS = settings(max_examples=int(__import__("os").environ.get("TTCL_FUZZ", 250)), deadline=None, suppress_health_check=list(HealthCheck))
+TOKENS = [
+    "program",
+    "strategy",
+    "model",
+    "verifier",
+    "prompt",
+    "budget",
+    "import",
+    "match",
+    "difficulty",
+    "sample",
+    "vote",
+    "best",
+    "weighted_vote",
+    "beam",
+    "lookahead",
+    "dvts",
+    "revise",
+    "oracle",
+    "prm",
+    "policy",
+    "main",
+    "n",
+    "(",
+    ")",
+    "{",
+    "}",
+    ",",
+    "=",
+    "=>",
+    "..",
+    "|>",
+    "+",
+    "-",
+    "*",
+    "/",
+    "%",
+    ":",
+    "_",
+    "0",
+    "1",
+    "4",
+    "16",
+    "1e9",
+    "2.5",
+    '"x"',
+    '"""t {question}"""',
+    "#c\n",
+    "\n",
+    " ",
+    "int",
+    "verifier",
+    "true",
+    "generations",
+    "-99999999999999999999",
+]
+SETTINGS = settings(
+    max_examples=int(__import__("os").environ.get("TTCL_FUZZ", 250)),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def assert_only_ttcl_errors(text: str) -> None:
@@ -51,8 +106,12 @@ def mutated(draw):
         j = draw(st.integers(i, min(len(text), i + 30)))
         kind = draw(st.sampled_from(["delete", "insert", "replace", "duplicate"]))
         token = draw(st.sampled_from(TOKENS))
-        text = {"delete": text[:i] + text[j:], "insert": text[:i] + token + text[i:],
-                "replace": text[:i] + token + text[j:], "duplicate": text[:j] + text[i:j] + text[j:]}[kind]
+        text = {
+            "delete": text[:i] + text[j:],
+            "insert": text[:i] + token + text[i:],
+            "replace": text[:i] + token + text[j:],
+            "duplicate": text[:j] + text[i:j] + text[j:],
+        }[kind]
     return text
 
 

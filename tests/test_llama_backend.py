@@ -70,7 +70,11 @@ def test_the_prefix_cache_forks_the_longest_shared_prefix_but_never_a_whole_prom
     cache = PrefixCache(8)
     cache.held = {0: [1, 2, 3, 4, 5], 1: [1, 2, 9], 2: [7, 7]}
     assert cache.forks([[1, 2, 3, 4, 6], [1, 2, 9, 9], [1, 2, 3, 4, 5], [8], [7, 7, 7]]) == [
-        Fork(0, 4), Fork(1, 3), Fork(0, 4), Fork(), Fork(2, 2)
+        Fork(0, 4),
+        Fork(1, 3),
+        Fork(0, 4),
+        Fork(),
+        Fork(2, 2),
     ]
 
 
@@ -96,8 +100,10 @@ def fake_model(template):
 
 
 def test_chat_template_renders_messages_generation_prompt_and_prefix():
-    template = "{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}" \
-               "{% if add_generation_prompt %}[assistant]{% endif %}"
+    template = (
+        "{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
     text = render_prompt(fake_model(template), request("Hi", prefix="Step 1:"), "m")
     assert text == "<s>[user]Hi[assistant]Step 1:"
 
@@ -106,11 +112,14 @@ def test_a_model_without_template_gets_role_lines():
     assert render_prompt(fake_model(None), request("Hi", prefix="So"), "m") == "user: Hi\nassistant: So"
 
 
-@pytest.mark.parametrize("template", [
-    "{{ raise_exception('no system role') }}",
-    "{{ ''.__class__.__mro__[1].__subclasses__() }}",  # the sandbox refuses
-    "{% for %}",
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ raise_exception('no system role') }}",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",  # the sandbox refuses
+        "{% for %}",
+    ],
+)
 def test_a_broken_or_unsafe_template_is_a_backend_error(template):
     with pytest.raises(BackendError, match="model m: its chat template failed"):
         render_prompt(fake_model(template), request("Hi"), "m")
@@ -197,7 +206,7 @@ def test_more_requests_than_sequences_run_in_chunks(backend):
 def test_stop_strings_cut_the_text_before_the_stop(backend):
     full = backend.generate([request(COUNT, temperature=0.0, max_tokens=30)])[0]
     assert "3" in full.text
-    stop = full.text[full.text.index("3"):][:2]  # "3" and what follows it
+    stop = full.text[full.text.index("3") :][:2]  # "3" and what follows it
     stopped = backend.generate([request(COUNT, temperature=0.0, max_tokens=30, stop=("zzz", stop))])[0]
     assert stopped.finish == "stop"
     assert stopped.text == full.text[: full.text.index(stop)]
@@ -226,8 +235,10 @@ def test_ignore_eos_runs_every_sequence_to_max_tokens(endless):
 def test_a_sequence_left_alone_in_a_long_run_equals_it_run_alone(endless):
     # once the others finish, one token per call over 512+ cells would take llama.cpp's
     # split-KV attention, whose rounding depends on the cache layout: the backend pads it
-    requests = [request("Say hi.", temperature=0.8, seed=1, max_tokens=4),
-                request(STORY, temperature=0.8, seed=2, max_tokens=280)]
+    requests = [
+        request("Say hi.", temperature=0.8, seed=1, max_tokens=4),
+        request(STORY, temperature=0.8, seed=2, max_tokens=280),
+    ]
     assert texts(endless.generate(requests)) == [endless.generate([r])[0].text for r in requests]
 
 
@@ -376,7 +387,9 @@ def test_count_tokens(backend):
 
 @pytest.mark.slow
 def test_context_overflow_is_a_backend_error(backend):
-    with pytest.raises(BackendError, match=r"context overflow: the prompt has \d+ tokens and max_tokens is 2000: \d+ > n_ctx 1024"):
+    with pytest.raises(
+        BackendError, match=r"context overflow: the prompt has \d+ tokens and max_tokens is 2000: \d+ > n_ctx 1024"
+    ):
         backend.generate([request("Hi", max_tokens=2000)])
     with pytest.raises(BackendError, match="context overflow"):
         backend.next_token_probs([request("word " * 1100)], ["Yes"])

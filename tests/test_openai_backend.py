@@ -65,8 +65,9 @@ def test_parallel_requests_equal_one_at_a_time_and_usage_is_counted(server):
 
 @pytest.mark.slow
 def test_a_program_runs_and_its_cost_is_the_servers_usage(server):
-    prog = program(server.url, "program main = sample(3) |> vote", config="smollm2-135m",
-                   max_tokens=48, temperature=0.7, retries=0)
+    prog = program(
+        server.url, "program main = sample(3) |> vote", config="smollm2-135m", max_tokens=48, temperature=0.7, retries=0
+    )
     backend = ttcl.backends.backend_for(prog.ir.models["m"])
     before = backend.counters.model_copy()
     result = prog.run("What is 2 + 3?", seed=1)
@@ -75,8 +76,12 @@ def test_a_program_runs_and_its_cost_is_the_servers_usage(server):
     assert cost.generated_tokens == backend.counters.generated_tokens - before.generated_tokens > 0
     assert cost.prompt_tokens == backend.counters.prompt_tokens - before.prompt_tokens > 0
     spent = {k: getattr(backend.counters, k) - getattr(before, k) for k in ("forward_tokens", "attended", "logits")}
-    assert cost.flops == pytest.approx(counted_flops(facts_from_path("smollm2-135m"), **{
-        "tokens": spent["forward_tokens"], "attended": spent["attended"], "logits": spent["logits"]}))
+    assert cost.flops == pytest.approx(
+        counted_flops(
+            facts_from_path("smollm2-135m"),
+            **{"tokens": spent["forward_tokens"], "attended": spent["attended"], "logits": spent["logits"]},
+        )
+    )
 
 
 @pytest.mark.slow
@@ -84,7 +89,9 @@ def test_self_verify_reads_log_probabilities_like_the_local_model(server):
     from ttcl.backends.llama import backend_for
 
     ask = [GenerationRequest(messages=(Message(role="user", content="Is 2 + 3 = 5 correct? Answer Yes or No."),))]
-    served = OpenAIBackend(server.url, MODEL_ALIAS, config="smollm2-135m", retries=0).next_token_probs(ask, ["Yes", "No"])
+    served = OpenAIBackend(server.url, MODEL_ALIAS, config="smollm2-135m", retries=0).next_token_probs(
+        ask, ["Yes", "No"]
+    )
     local = backend_for({"kind": "llama", "path": "smollm2-135m"}).next_token_probs(ask, ["Yes", "No"])
     for p, q in zip(served[0], local[0]):
         assert 0 < p < 1 and abs(p - q) < 0.1
@@ -92,8 +99,13 @@ def test_self_verify_reads_log_probabilities_like_the_local_model(server):
 
 @pytest.mark.slow
 def test_beam_search_continues_partial_solutions(server):
-    prog = program(server.url, "verifier v = self_verify(m)\nprogram main = beam(4, v, width=2, depth=3) |> best(v)",
-                   config="smollm2-135m", max_tokens=32, retries=0)
+    prog = program(
+        server.url,
+        "verifier v = self_verify(m)\nprogram main = beam(4, v, width=2, depth=3) |> best(v)",
+        config="smollm2-135m",
+        max_tokens=32,
+        retries=0,
+    )
     result = prog.run("What is 2 + 3?", seed=0)
     assert result.stopped is None and result.candidates
     deep = [c for c in result.candidates if len(c.steps) > 1]
@@ -113,8 +125,9 @@ def test_chat_endpoint_without_config(server):
 @pytest.mark.slow
 def test_retries_with_backoff_on_5xx_and_keeps_concurrency(server):
     with FlakyProxy(server.url, failures=2) as proxy:
-        prog = program(proxy.url, "program main = sample(2) |> vote", config="smollm2-135m", concurrency=2,
-                       max_tokens=8, retries=3)
+        prog = program(
+            proxy.url, "program main = sample(2) |> vote", config="smollm2-135m", concurrency=2, max_tokens=8, retries=3
+        )
         results = prog.run_many([f"What is {i} + 1?" for i in range(4)], seed=0)
     assert all(r.stopped is None and len(r.candidates) == 2 for r in results)
     assert proxy.refused == 2 and proxy.forwarded == 8
@@ -126,11 +139,24 @@ def test_eval_resumes_after_the_server_is_killed_mid_eval(tmp_path):
     srv = Server(tmp_path / "server.log").start()
     try:
         source = tmp_path / "p.ttcl"
-        source.write_text(f'model m = openai("{srv.url}", model="{MODEL_ALIAS}", config="smollm2-135m", '
-                          'concurrency=2, retries=1, max_tokens=24)\nprogram main = sample(2) |> vote\n')
+        source.write_text(
+            f'model m = openai("{srv.url}", model="{MODEL_ALIAS}", config="smollm2-135m", '
+            "concurrency=2, retries=1, max_tokens=24)\nprogram main = sample(2) |> vote\n"
+        )
         out = tmp_path / "results.jsonl"
-        command = [sys.executable, "-m", "ttcl", "eval", str(source), "--dataset", "arith:1", "--limit", "12",
-                   "--output", str(out)]
+        command = [
+            sys.executable,
+            "-m",
+            "ttcl",
+            "eval",
+            str(source),
+            "--dataset",
+            "arith:1",
+            "--limit",
+            "12",
+            "--output",
+            str(out),
+        ]
         run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         while run.poll() is None and not (out.exists() and out.read_text().count("\n") >= 3):
             time.sleep(0.1)
@@ -158,11 +184,29 @@ def test_ctrl_c_stops_a_served_eval_and_keeps_what_finished(server, tmp_path):
     import signal
 
     source = tmp_path / "p.ttcl"
-    source.write_text(f'model m = openai("{server.url}", model="{MODEL_ALIAS}", config="smollm2-135m", '
-                      'concurrency=2, max_tokens=24)\nprogram main = sample(2) |> vote\n')
+    source.write_text(
+        f'model m = openai("{server.url}", model="{MODEL_ALIAS}", config="smollm2-135m", '
+        "concurrency=2, max_tokens=24)\nprogram main = sample(2) |> vote\n"
+    )
     out = tmp_path / "results.jsonl"
-    run = subprocess.Popen([sys.executable, "-m", "ttcl", "eval", str(source), "--dataset", "arith:1", "--limit", "40",
-                            "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ttcl",
+            "eval",
+            str(source),
+            "--dataset",
+            "arith:1",
+            "--limit",
+            "40",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     while run.poll() is None and not (out.exists() and out.read_text().count("\n") >= 2):
         time.sleep(0.1)
     run.send_signal(signal.SIGINT)
@@ -184,8 +228,10 @@ def test_unreachable_server_is_a_clear_error():
 
 
 def test_hidden_states_from_a_served_model_is_a_check_error(errors_of):
-    text = errors_of('model m = openai("http://127.0.0.1:1/v1", model="x")\n'
-                     'verifier v = prm("heads/arith.safetensors")\nprogram main = sample(2) |> best(v)')
+    text = errors_of(
+        'model m = openai("http://127.0.0.1:1/v1", model="x")\n'
+        'verifier v = prm("heads/arith.safetensors")\nprogram main = sample(2) |> best(v)'
+    )
     assert "reads hidden states" in text and "m=local" in text
 
 
@@ -206,8 +252,7 @@ def test_finish_reasons():
 
 
 def test_usage_split_and_cached_prompt():
-    reply = {"usage": {"prompt_tokens": 10, "completion_tokens": 9,
-                       "prompt_tokens_details": {"cached_tokens": 4}}}
+    reply = {"usage": {"prompt_tokens": 10, "completion_tokens": 9, "prompt_tokens_details": {"cached_tokens": 4}}}
     assert _usage(reply, [1, 2]) == (6, [3, 6])
     assert _option_probability({"Yes": 0.0, " No": -1.0}, "Yes") == 1.0
     assert _option_probability({"Ye": -1.0, "Y": -2.0}, "Yes") == pytest.approx(0.3679, abs=1e-4)
@@ -247,8 +292,9 @@ class FlakyProxy:
                         self.send_response(503)
                         self.end_headers()
                         return
-                    req = urllib.request.Request(proxy.target + self.path, data=body,
-                                                 headers={"Content-Type": "application/json"})
+                    req = urllib.request.Request(
+                        proxy.target + self.path, data=body, headers={"Content-Type": "application/json"}
+                    )
                     with urllib.request.urlopen(req, timeout=120) as reply:
                         data = reply.read()
                     with proxy.lock:

@@ -10,16 +10,24 @@ from ttcl.backends.fake import ScriptedBackend
 from ttcl.errors import UsageError
 from ttcl.evaluate import Eval
 from ttcl.optimize import (
-    PROBE_LABEL, arm_budget, choose, cross_validate, default_space, predicted_bin, quantile_thresholds,
-    read_base, render, run_all,
+    PROBE_LABEL,
+    arm_budget,
+    choose,
+    cross_validate,
+    default_space,
+    predicted_bin,
+    quantile_thresholds,
+    read_base,
+    render,
+    run_all,
 )
 
-BASE = '''# the policy and its verifier
+BASE = """# the policy and its verifier
 model policy = llama("smollm2-135m", max_tokens=64)
 verifier prm = self_verify(policy)
 budget 99 generations
 program main = sample(2) |> vote
-'''
+"""
 
 
 def test_quantile_thresholds_split_questions_evenly_and_ascend():
@@ -43,9 +51,15 @@ def test_read_base_keeps_declarations_and_drops_programs_and_budgets():
 
 def test_the_default_space_is_the_papers_strategies_at_the_budget():
     space = default_space(12, "prm")
-    assert space == ["majority(12)", "weighted_best_of_n(12, prm)", "beam_search(12, prm, width=3)",
-                     "beam_search(12, prm, width=4)", "sequential_revisions(12, prm)",
-                     "revision_ratio(12, 2, prm)", "revision_ratio(12, 4, prm)"]  # widths √12 and 4
+    assert space == [
+        "majority(12)",
+        "weighted_best_of_n(12, prm)",
+        "beam_search(12, prm, width=3)",
+        "beam_search(12, prm, width=4)",
+        "sequential_revisions(12, prm)",
+        "revision_ratio(12, 2, prm)",
+        "revision_ratio(12, 4, prm)",
+    ]  # widths √12 and 4
     assert arm_budget(16, 4) == 12
     with pytest.raises(UsageError, match="leaves nothing after 4 probe samples"):
         arm_budget(4, 4)
@@ -110,11 +124,14 @@ def test_the_written_program_compiles_routes_by_its_thresholds_and_is_a_fixed_po
     assert render(again, choice2, "prm", 2, 4, ["chosen on 18 scripted questions"]) == text
 
 
-@pytest.mark.parametrize("body, unit, amount", [
-    ("weighted_best_of_n(n, prm)", "flops", 2e12),
-    ("majority(n)", "tokens", 3000),
-    ("beam_search(n, prm, width=4)", "flops", 5e12),  # n must be a multiple of 4
-])
+@pytest.mark.parametrize(
+    "body, unit, amount",
+    [
+        ("weighted_best_of_n(n, prm)", "flops", 2e12),
+        ("majority(n)", "tokens", 3000),
+        ("beam_search(n, prm, width=4)", "flops", 5e12),  # n must be a multiple of 4
+    ],
+)
 def test_fit_parameter_finds_the_largest_n_within_a_budget(body, unit, amount):
     from ttcl.optimize import fit_parameter
 

@@ -10,14 +10,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import check_text
 
 import ttcl
 from ttcl.backends.fake import ScriptedBackend
 from ttcl.errors import TTCLError
 from ttcl.prm import Head, load_head, read_card, resolve_head_path
 from ttcl.train_prm import Settings, auroc, collect, read_data, train
-
-from conftest import check_text
 
 GOOD = "First I add the numbers, which is correct.\n\nThe answer is 5."
 BAD = "First I add the numbers, which is wrong.\n\nThe answer is 7."
@@ -38,9 +37,14 @@ def questions(n=20):
 
 def small_head(d=8, seed=0) -> Head:
     rng = np.random.default_rng(seed)
-    t = {"w1": rng.normal(size=(4, d)).astype(np.float32), "b1": np.zeros(4, np.float32),
-         "w2": rng.normal(size=(1, 4)).astype(np.float32), "b2": np.zeros(1, np.float32),
-         "mean": np.zeros(d, np.float32), "std": np.ones(d, np.float32)}
+    t = {
+        "w1": rng.normal(size=(4, d)).astype(np.float32),
+        "b1": np.zeros(4, np.float32),
+        "w2": rng.normal(size=(1, 4)).astype(np.float32),
+        "b2": np.zeros(1, np.float32),
+        "mean": np.zeros(d, np.float32),
+        "std": np.ones(d, np.float32),
+    }
     return Head(t, {"base_model": "test"})
 
 
@@ -60,8 +64,14 @@ def test_the_numpy_head_computes_what_the_torch_net_it_was_trained_as_does():
     torch = pytest.importorskip("torch")
     head, x = small_head(), np.random.default_rng(2).normal(size=(6, 8)).astype(np.float32)
     net = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(4, 1))
-    net.load_state_dict({"0.weight": torch.tensor(head.tensors["w1"]), "0.bias": torch.tensor(head.tensors["b1"]),
-                         "2.weight": torch.tensor(head.tensors["w2"]), "2.bias": torch.tensor(head.tensors["b2"])})
+    net.load_state_dict(
+        {
+            "0.weight": torch.tensor(head.tensors["w1"]),
+            "0.bias": torch.tensor(head.tensors["b1"]),
+            "2.weight": torch.tensor(head.tensors["w2"]),
+            "2.bias": torch.tensor(head.tensors["b2"]),
+        }
+    )
     expected = torch.sigmoid(net(torch.tensor(x))[:, 0]).detach().numpy()
     assert np.allclose(head.score(x), expected, atol=1e-5)
 
@@ -98,8 +108,14 @@ def test_rollouts_label_steps_by_the_fraction_that_reach_the_answer(tmp_path):
 def test_a_trained_head_separates_good_steps_from_bad_on_held_out_questions(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "heads" / "t.safetensors"
-    info = train(ScriptedBackend(script), questions(20), out, Settings(samples=2, rollouts=2, epochs=200),
-                 {"base_model": "scripted"}, log=lambda _: None)
+    info = train(
+        ScriptedBackend(script),
+        questions(20),
+        out,
+        Settings(samples=2, rollouts=2, epochs=200),
+        {"base_model": "scripted"},
+        log=lambda _: None,
+    )
     assert info["held_out"]["auroc"] == 1.0
     assert info["held_out"]["accuracy"] == 1.0
     assert info["held_out_questions"] == 4 and info["questions"] == 20
@@ -138,15 +154,22 @@ def test_training_refuses_to_overwrite_and_resumes_losing_and_repeating_nothing(
 def test_prm_scores_steps_from_the_policys_hidden_states(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "t.safetensors"
-    train(ScriptedBackend(script), questions(10), out, Settings(samples=2, rollouts=2, epochs=200),
-          {"base_model": "scripted"}, log=lambda _: None)
+    train(
+        ScriptedBackend(script),
+        questions(10),
+        out,
+        Settings(samples=2, rollouts=2, epochs=200),
+        {"base_model": "scripted"},
+        log=lambda _: None,
+    )
     program = ttcl.compile(f'verifier v = prm("{out}")\nprogram main = sample(6) |> best(v)\n')
     backend = ScriptedBackend(script)
     result = program.run("What is 2 + 3?", backend=backend)
     assert result.answer == "5" and "correct" in result.text
     scores = [c.score for c in result.candidates]
     assert min(s for s, c in zip(scores, result.candidates) if "correct" in c.text) > max(
-        s for s, c in zip(scores, result.candidates) if "wrong" in c.text)
+        s for s, c in zip(scores, result.candidates) if "wrong" in c.text
+    )
     assert result.cost.verifier_prompt_tokens > 0  # the hidden-state pass is counted
 
 
@@ -162,8 +185,10 @@ def test_the_default_prm_is_the_shipped_head_for_smollm2_and_self_verify_otherwi
     assert smol.ir.verifiers["prm"] == {"kind": "prm", "path": "arith.safetensors", "m": "policy", "agg": "last"}
     (other,) = check_text('model m = llama("other.gguf")\nprogram main = sample(4) |> best(prm)\n')
     assert other.ir.verifiers["prm"] == {"kind": "self_verify", "m": "m", "agg": "last"}
-    (declared,) = check_text('model m = llama("x.gguf")\nverifier prm = prm("h.safetensors", agg="min")\n'
-                             "program main = sample(4) |> best(prm)\n")
+    (declared,) = check_text(
+        'model m = llama("x.gguf")\nverifier prm = prm("h.safetensors", agg="min")\n'
+        "program main = sample(4) |> best(prm)\n"
+    )
     assert declared.ir.verifiers["prm"] == {"kind": "prm", "path": "h.safetensors", "agg": "min", "m": "m"}
 
 
@@ -171,7 +196,9 @@ def test_the_shipped_head_loads_and_fits_smollm2():
     head = load_head("heads/arith.safetensors")
     assert head.d_model == 576 and head.meta["base_model"] == "smollm2-135m"
     card = read_card(resolve_head_path("heads/arith.safetensors"))
-    assert card["model_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and {"auroc", "self_verify_auroc"} <= set(card["held_out"])
+    assert card["model_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and {"auroc", "self_verify_auroc"} <= set(
+        card["held_out"]
+    )
 
 
 # --------------------------------------------------------------------------- hf_prm
@@ -185,12 +212,23 @@ def _tiny_checkpoint(path, kind: str):
     from tokenizers import ByteLevelBPETokenizer
 
     tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(["What is 2 + 3? First add. The answer is 5. ки + -"] * 20, vocab_size=300,
-                            min_frequency=1, special_tokens=["<pad>", "<eos>"])
+    tok.train_from_iterator(
+        ["What is 2 + 3? First add. The answer is 5. ки + -"] * 20,
+        vocab_size=300,
+        min_frequency=1,
+        special_tokens=["<pad>", "<eos>"],
+    )
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
-    config = transformers.LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                                      num_labels=2, pad_token_id=0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        num_labels=2,
+        pad_token_id=0,
+    )
     model = (transformers.LlamaForTokenClassification if kind == "token" else transformers.LlamaForCausalLM)(config)
     model.save_pretrained(path)
     fast.save_pretrained(path)
@@ -219,11 +257,14 @@ def test_hf_prm_without_a_checkpoint_is_a_clear_error(tmp_path):
 # --------------------------------------------------------------------------- the command
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--out", "head.bin"], "--out names a .safetensors file"),
-    (["--out", "h.safetensors", "--model", "nowhere.gguf"], "nowhere.gguf"),
-    (["--out", "h.safetensors", "--dataset", "arith:9"], "arith levels are arith:1 to arith:5"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--out", "head.bin"], "--out names a .safetensors file"),
+        (["--out", "h.safetensors", "--model", "nowhere.gguf"], "nowhere.gguf"),
+        (["--out", "h.safetensors", "--dataset", "arith:9"], "arith levels are arith:1 to arith:5"),
+    ],
+)
 def test_train_prm_command_errors_are_one_clear_line(capsys, tmp_path, argv, message):
     from ttcl.cli import main
 

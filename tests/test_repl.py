@@ -10,11 +10,10 @@ import time
 
 import pexpect
 import pytest
+from conftest import ROOT
 
 from ttcl import TTCLError
 from ttcl.session import Session, is_complete
-
-from conftest import ROOT
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[=>]|\x1b\][^\x07]*\x07|\r")
 UP = "\x1b[A"
@@ -23,20 +22,23 @@ UP = "\x1b[A"
 # ---- the session, in process --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, complete", [
-    ("sample(4) |> vote", True),
-    ("sample(4) |>", False),
-    ("sample(4", False),
-    ("strategy bon(n: int) =", False),
-    ("strategy bon(n: int) =\n  sample(n) |> vote", True),
-    ("program main = match difficulty(prm) {\n 1..2 => sample(4) |> vote", False),
-    ('prompt p = """Solve:\n{question}', False),
-    ('prompt p = """Solve:\n{question}"""', True),
-    ("sample(4) |> ) vote", True),  # an error before the end: submitted, to be reported
-    ("1 +", False),
-    ("# a comment", True),
-    (":run What is (2 + 3?", True),
-])
+@pytest.mark.parametrize(
+    "text, complete",
+    [
+        ("sample(4) |> vote", True),
+        ("sample(4) |>", False),
+        ("sample(4", False),
+        ("strategy bon(n: int) =", False),
+        ("strategy bon(n: int) =\n  sample(n) |> vote", True),
+        ("program main = match difficulty(prm) {\n 1..2 => sample(4) |> vote", False),
+        ('prompt p = """Solve:\n{question}', False),
+        ('prompt p = """Solve:\n{question}"""', True),
+        ("sample(4) |> ) vote", True),  # an error before the end: submitted, to be reported
+        ("1 +", False),
+        ("# a comment", True),
+        (":run What is (2 + 3?", True),
+    ],
+)
 def test_is_complete(text, complete):
     assert is_complete(text) is complete
 
@@ -68,10 +70,22 @@ class Term:
     """`ttcl repl` in a pseudo-terminal; output is read with its escape codes stripped."""
 
     def __init__(self, home, *args):
-        env = dict(os.environ, HOME=str(home), XDG_DATA_HOME=str(home / "data"),
-                   TTCL_HISTORY=str(home / "history"), TERM="xterm-256color", PROMPT_TOOLKIT_NO_CPR="1")
-        self.child = pexpect.spawn(sys.executable, ["-m", "ttcl", "repl", *args], env=env, cwd=str(ROOT),
-                                   encoding="utf-8", dimensions=(50, 200))
+        env = dict(
+            os.environ,
+            HOME=str(home),
+            XDG_DATA_HOME=str(home / "data"),
+            TTCL_HISTORY=str(home / "history"),
+            TERM="xterm-256color",
+            PROMPT_TOOLKIT_NO_CPR="1",
+        )
+        self.child = pexpect.spawn(
+            sys.executable,
+            ["-m", "ttcl", "repl", *args],
+            env=env,
+            cwd=str(ROOT),
+            encoding="utf-8",
+            dimensions=(50, 200),
+        )
         self.raw = ""
         self.until("ttcl>")
 
@@ -169,8 +183,10 @@ def test_tab_completes_primitives_and_defined_names(term):
 
 def test_load_graph_cost_help_and_unknown_commands(term, tmp_path):
     good = tmp_path / "good.ttcl"
-    good.write_text('import "search"\n\n# a policy\nmodel policy = llama("smollm2-135m", max_tokens=64)\n'
-                    "program main = beam_search(8, prm, width=4)\n")
+    good.write_text(
+        'import "search"\n\n# a policy\nmodel policy = llama("smollm2-135m", max_tokens=64)\n'
+        "program main = beam_search(8, prm, width=4)\n"
+    )
     shown = term.do(f":load {good}", "estimated cost")
     assert f"loaded {good}: search, policy, main" in shown and "current program: main" in shown
     assert re.search(r"n1\s+beam\(n=8, v=prm, width=4.*stdlib/search.ttcl:\d+:\d+ \(in beam_search@5:16\)", shown)
@@ -235,8 +251,9 @@ def test_ctrl_c_stops_a_run_with_the_best_answer_so_far(term):
 
 
 def repl_piped(text: str, *args):
-    return subprocess.run([sys.executable, "-m", "ttcl", "repl", *args], input=text, capture_output=True,
-                          text=True, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ttcl", "repl", *args], input=text, capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
 
 
 def test_statements_from_a_pipe():
@@ -245,8 +262,10 @@ def test_statements_from_a_pipe():
     assert "defined strategy bon: Question | Pool -> Answer" in done.stdout
     assert "type: Question | Pool -> Answer" in done.stdout and "estimated cost: 2 generations" in done.stdout
     assert 'n1["sample(n=2, model=policy)"]' in done.stdout
-    programs = repl_piped("program main = sample(2) |> vote\nprogram p(n: int) = sample(n) |> vote\n:graph\n"
-                          "program q = beam(6, prm, width=4) |> vote\n")
+    programs = repl_piped(
+        "program main = sample(2) |> vote\nprogram p(n: int) = sample(n) |> vote\n:graph\n"
+        "program q = beam(6, prm, width=4) |> vote\n"
+    )
     assert "defined program main\nprogram main: 2 generations" in programs.stdout
     assert "defined program p (a parameter has no default" in programs.stdout
     assert programs.stdout.count("program main: 2 generations") == 2  # :graph shows main, still current
@@ -260,8 +279,10 @@ def test_statements_from_a_pipe():
 def test_model_shows_and_switches_the_policy(tmp_path):
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(b"GGUF")
-    done = repl_piped(":model\nmodel small = llama(\"smollm2-135m\", max_tokens=32)\nmodel big = spec(params=1e9)\n"
-                      f":model big\n:model {gguf}\n:model nope.gguf\n:model small\nsample(2) |> vote\n")
+    done = repl_piped(
+        ':model\nmodel small = llama("smollm2-135m", max_tokens=32)\nmodel big = spec(params=1e9)\n'
+        f":model big\n:model {gguf}\n:model nope.gguf\n:model small\nsample(2) |> vote\n"
+    )
     lines = done.stdout.splitlines()
     assert 'model policy = llama("smollm2-135m")  (the default policy; :model NAME|PATH to change it)' in lines
     assert "model big = spec(params=1e9)  (the policy)" in lines  # `:model big` made it the policy

@@ -21,10 +21,18 @@ def run(src, backend, question="What is 2 + 3?", **kw):
     return ttcl.compile(src).run(question, backend=backend, **kw)
 
 
-@pytest.mark.parametrize("text, answer", [
-    ("so the answer is 12.", "12"), ("#### 1,200", "1200"), ("\\boxed{7}", "7"),
-    ("Answer: $3.50", "3.5"), ("I get 4 then 9", "9"), ("no numbers", None), ("The answer is -2", "-2"),
-])
+@pytest.mark.parametrize(
+    "text, answer",
+    [
+        ("so the answer is 12.", "12"),
+        ("#### 1,200", "1200"),
+        ("\\boxed{7}", "7"),
+        ("Answer: $3.50", "3.5"),
+        ("I get 4 then 9", "9"),
+        ("no numbers", None),
+        ("The answer is -2", "-2"),
+    ],
+)
 def test_extract_answer(text, answer):
     assert extract_answer(text) == answer
 
@@ -59,20 +67,25 @@ register_verifier("fixed", lambda q, steps: [{"5": 0.4, "6": 0.7}[extract_answer
 
 def test_weighted_vote_sums_scores_per_answer_where_best_takes_the_top():
     script = ("The answer is 6.", "The answer is 5.", "The answer is 5.")
-    weighted = run('verifier v = registered("fixed")\nprogram main = sample(3) |> weighted_vote(v)',
-                   ScriptedBackend(in_turn(*script)))
+    weighted = run(
+        'verifier v = registered("fixed")\nprogram main = sample(3) |> weighted_vote(v)',
+        ScriptedBackend(in_turn(*script)),
+    )
     assert sorted(c.answer for c in weighted.candidates) == ["5", "5", "6"]
     assert weighted.answer == "5"  # 0.4 + 0.4 > 0.7
-    best = run('verifier v = registered("fixed")\nprogram main = sample(3) |> best(v)',
-               ScriptedBackend(in_turn(*script)))
+    best = run(
+        'verifier v = registered("fixed")\nprogram main = sample(3) |> best(v)', ScriptedBackend(in_turn(*script))
+    )
     assert best.answer == "6"
     assert [c.score for c in best.candidates] == [0.7, 0.4, 0.4]
 
 
 def test_a_failing_registered_verifier_is_a_clear_error():
     with pytest.raises(ttcl.TTCLError, match="registered verifier 'fixed' failed: KeyError"):
-        run('verifier v = registered("fixed")\nprogram main = sample(1) |> best(v)',
-            ScriptedBackend(lambda r: "The answer is 9."))
+        run(
+            'verifier v = registered("fixed")\nprogram main = sample(1) |> best(v)',
+            ScriptedBackend(lambda r: "The answer is 9."),
+        )
 
 
 def test_beam_keeps_exactly_the_top_n_over_width_by_step_score():
@@ -86,8 +99,7 @@ def test_beam_keeps_exactly_the_top_n_over_width_by_step_score():
         return f"s{req.params.seed}\n\nmore"
 
     backend = ScriptedBackend(script)
-    prog = ttcl.compile('verifier v = registered("seed_score")\n'
-                        'program main = beam(8, v, width=4, depth=2) |> best(v)')
+    prog = ttcl.compile('verifier v = registered("seed_score")\nprogram main = beam(8, v, width=4, depth=2) |> best(v)')
     result = prog.run("q", backend=backend)
     first = [c for c in result.candidates]
     assert backend.batch_sizes[0] == 8 and len(first) == 8
@@ -100,8 +112,7 @@ def test_beam_keeps_exactly_the_top_n_over_width_by_step_score():
 def test_beam_prunes_by_score():
     register_verifier("prefer_a", lambda q, steps: [1.0 if steps[-1].startswith("A") else 0.0])
     backend = ScriptedBackend(lambda r: ("A" if r.params.seed % 4 == 0 else "B") + f"{r.params.seed}\n\nx")
-    result = run('verifier v = registered("prefer_a")\nprogram main = beam(8, v, width=4, depth=2) |> best(v)',
-                 backend)
+    result = run('verifier v = registered("prefer_a")\nprogram main = beam(8, v, width=4, depth=2) |> best(v)', backend)
     first_steps = {c.steps[0] for c in result.candidates}
     a_steps = [s for s in first_steps if s.startswith("A")]
     if len(a_steps) >= 2:  # the kept parents are A-steps whenever two exist
@@ -132,15 +143,18 @@ def test_parallel_chains_are_batched_together():
 def test_union_and_run_many_share_batches():
     backend = ScriptedBackend(lambda r: "The answer is 1.")
     results = ttcl.compile("program main = sample(3) + sample(2, temperature=0.1) |> vote").run_many(
-        ["a", "b"], backend=backend)
+        ["a", "b"], backend=backend
+    )
     assert backend.batch_sizes == [10] and all(r.answer == "1" for r in results)
 
 
 def test_difficulty_routes_by_bin_and_reuses_probes():
     register_verifier("constant", lambda q, steps: [0.9])
     backend = ScriptedBackend(lambda r: "The answer is 3.")
-    src = ('verifier v = registered("constant")\nprogram main = match difficulty(v, probe=3, bins=5) {\n'
-           '  1 => sample(2) |> weighted_vote(v)\n  _ => beam(4, v) |> best(v)\n}')
+    src = (
+        'verifier v = registered("constant")\nprogram main = match difficulty(v, probe=3, bins=5) {\n'
+        "  1 => sample(2) |> weighted_vote(v)\n  _ => beam(4, v) |> best(v)\n}"
+    )
     result = run(src, backend)
     assert result.bin == 1  # mean score 0.9: the easiest bin
     assert len(result.candidates) == 5  # 3 probes + 2 samples; beam never ran
@@ -219,8 +233,7 @@ def test_oracle_needs_the_truth():
 
 def test_unregistered_verifier_is_a_clear_error():
     with pytest.raises(ttcl.TTCLError, match="no verifier registered as 'nobody'"):
-        run('verifier v = registered("nobody")\nprogram main = sample(2) |> best(v)',
-            ScriptedBackend(lambda r: "1"))
+        run('verifier v = registered("nobody")\nprogram main = sample(2) |> best(v)', ScriptedBackend(lambda r: "1"))
 
 
 def test_arun_does_not_block_the_event_loop():
@@ -233,9 +246,12 @@ def test_arun_does_not_block_the_event_loop():
             for _ in range(3):
                 ticks.append(1)
                 await asyncio.sleep(0)
-        result, _ = await asyncio.gather(prog.arun("q", backend=ScriptedBackend(lambda r: "The answer is 1.")),
-                                         ticker())
+
+        result, _ = await asyncio.gather(
+            prog.arun("q", backend=ScriptedBackend(lambda r: "The answer is 1.")), ticker()
+        )
         return result, ticks
+
     result, ticks = asyncio.run(main())
     assert result.answer == "1" and len(ticks) == 3
 
@@ -256,17 +272,22 @@ def test_flops_budget_needs_a_parameter_count():
         run("budget 1e12 flops\nprogram main = sample(2) |> vote", backend)
 
 
-FITTED = ('verifier v = registered("constant")\n'
-          'program main = match difficulty(v, probe=2, thresholds=[{cuts}]) {{\n'
-          '  1 => sample(1) |> vote\n  2 => sample(2) |> vote\n  3 => sample(3) |> vote\n}}')
+FITTED = (
+    'verifier v = registered("constant")\n'
+    "program main = match difficulty(v, probe=2, thresholds=[{cuts}]) {{\n"
+    "  1 => sample(1) |> vote\n  2 => sample(2) |> vote\n  3 => sample(3) |> vote\n}}"
+)
 
 
-@pytest.mark.parametrize("cuts, expected", [
-    ("0.5, 0.8", 1),    # 0.9 >= 0.8: the easiest bin
-    ("0.5, 0.95", 2),   # 0.5 <= 0.9 < 0.95
-    ("0.92, 0.95", 3),  # below every cut: the hardest bin
-    ("0.5, 0.9", 1),    # a score equal to a threshold is in the easier bin
-])
+@pytest.mark.parametrize(
+    "cuts, expected",
+    [
+        ("0.5, 0.8", 1),  # 0.9 >= 0.8: the easiest bin
+        ("0.5, 0.95", 2),  # 0.5 <= 0.9 < 0.95
+        ("0.92, 0.95", 3),  # below every cut: the hardest bin
+        ("0.5, 0.9", 1),  # a score equal to a threshold is in the easier bin
+    ],
+)
 def test_program_thresholds_decide_the_bin(cuts, expected):
     register_verifier("constant", lambda q, steps: [0.9])
     backend = ScriptedBackend(lambda r: "The answer is 3.")

@@ -8,7 +8,7 @@ replicates, is decided by the checker from the operands' types, not by the gramm
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -112,7 +112,7 @@ class Inlined(Node):
     body: Expr
 
 
-Expr = Union[Int, Float, Str, Bool, Name, List, Call, BinOp, Neg, Match, Inlined]
+Expr = Int | Float | Str | Bool | Name | List | Call | BinOp | Neg | Match | Inlined
 
 # ---- statements --------------------------------------------------------------------------
 
@@ -175,8 +175,8 @@ class ProgramDecl(Node):
     body: Expr
 
 
-Statement = Union[Import, ModelDecl, VerifierDecl, PromptDecl, BudgetDecl, StrategyDecl, ProgramDecl]
-Definition = Union[ModelDecl, VerifierDecl, PromptDecl, StrategyDecl, ProgramDecl]
+Statement = Import | ModelDecl | VerifierDecl | PromptDecl | BudgetDecl | StrategyDecl | ProgramDecl
+Definition = ModelDecl | VerifierDecl | PromptDecl | StrategyDecl | ProgramDecl
 
 
 class Module(Node):

@@ -77,8 +77,9 @@ class Calibration(BaseModel):
             return cls.model_validate(data).model_copy(update={"source": str(path)})
         except ValidationError as e:
             first = e.errors()[0]
-            raise UsageError(f"{path}: malformed calibration at {'.'.join(map(str, first['loc']))}: "
-                             f"{first['msg']}") from None
+            raise UsageError(
+                f"{path}: malformed calibration at {'.'.join(map(str, first['loc']))}: {first['msg']}"
+            ) from None
 
     def save(self, path: str | Path) -> None:
         write_text(path, self.model_dump_json(indent=1) + "\n")
@@ -126,16 +127,23 @@ class Calibration(BaseModel):
                 continue
             key = model_key(graph.graph["models"][e.model])
             measured = [r.cost.per_node[e.node] for r in results if e.node in r.cost.per_node]
-            for component, expected, field in (("prefill", e.prefill_tokens, "prompt_tokens"),
-                                               ("decode", e.decode_tokens, "generated_tokens"),
-                                               ("verifier", e.verifier_tokens, "verifier_prompt_tokens")):
+            for component, expected, field in (
+                ("prefill", e.prefill_tokens, "prompt_tokens"),
+                ("decode", e.decode_tokens, "generated_tokens"),
+                ("verifier", e.verifier_tokens, "verifier_prompt_tokens"),
+            ):
                 if expected > 0:
                     tally = sums[(key, f"{e.op}.{component}")]
                     tally[0] += sum(getattr(m, field) for m in measured) / len(results)
                     tally[1] += expected * e.runs
-        models = {key: p.model_copy(update={"factors": {name: got / want for (k, name), (got, want) in sums.items()
-                                                          if k == key and got > 0}})
-                  for key, p in plain.items()}
+        models = {
+            key: p.model_copy(
+                update={
+                    "factors": {name: got / want for (k, name), (got, want) in sums.items() if k == key and got > 0}
+                }
+            )
+            for key, p in plain.items()
+        }
         return self.model_copy(update={"models": models})
 
 
@@ -186,11 +194,13 @@ class _Tally:
         answers, searches = self.answers, self.searches
         return Priors(
             prompt_tokens=_mean(self.prompts),
-            answer_tokens=_mean([t for t, _ in answers]), answer_steps=_mean([s for _, s in answers]),
+            answer_tokens=_mean([t for t, _ in answers]),
+            answer_steps=_mean([s for _, s in answers]),
             step_tokens=sum(t for t, _ in searches) / sum(s for _, s in searches) if searches else None,
             search_steps=_mean([s for _, s in searches]),
             verify_tokens=self.verify_tokens / self.verify_requests if self.verify_requests else None,
-            questions=self.questions)
+            questions=self.questions,
+        )
 
 
 def _mean(xs: list) -> float | None:
@@ -199,8 +209,12 @@ def _mean(xs: list) -> float | None:
 
 def _weighted(a: Priors, b: Priors) -> Priors:
     total = (a.questions + b.questions) or 1
-    values = {"factors": {name: (a.factors.get(name, 1.0) * a.questions + b.factors.get(name, 1.0) * b.questions) / total
-                          for name in a.factors.keys() | b.factors.keys()}}
+    values = {
+        "factors": {
+            name: (a.factors.get(name, 1.0) * a.questions + b.factors.get(name, 1.0) * b.questions) / total
+            for name in a.factors.keys() | b.factors.keys()
+        }
+    }
     for name in Priors.model_fields:
         if name in ("questions", "factors"):
             continue

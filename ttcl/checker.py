@@ -19,8 +19,25 @@ from . import ast
 from .errors import CheckError, Diagnostic
 from .loader import Workspace
 from .signatures import (
-    ANSWER, BUILTIN_VERIFIERS, DIFFICULTY, GENERATOR_OPTIONS, MAX_BINS, MODELS, POOL, QUESTION, REQUIRED,
-    RESERVED, SCALARS, STAGES, VALUE_TYPES, VERIFIERS, Param, Signature, Stage, Type, assignable,
+    ANSWER,
+    BUILTIN_VERIFIERS,
+    DIFFICULTY,
+    GENERATOR_OPTIONS,
+    MAX_BINS,
+    MODELS,
+    POOL,
+    QUESTION,
+    REQUIRED,
+    RESERVED,
+    SCALARS,
+    STAGES,
+    VALUE_TYPES,
+    VERIFIERS,
+    Param,
+    Signature,
+    Stage,
+    Type,
+    assignable,
     describe,
 )
 
@@ -59,6 +76,7 @@ def sort_diagnostics(diagnostics: list[Diagnostic], ws: Workspace) -> list[Diagn
 
     def key(d: Diagnostic):
         return (order.get(d.span.path, -1), d.span.start) if d.span else (-2, 0)
+
     return sorted(diagnostics, key=key)
 
 
@@ -76,7 +94,7 @@ class Checker:
 
     def snippet(self, node: ast.Node, limit: int = 40) -> str:
         """The source text of a node, shortened, for messages like "`vote` gives an Answer"."""
-        text = self.ws.sources.get(node.span.path or "<input>", "")[node.span.start:node.span.end]
+        text = self.ws.sources.get(node.span.path or "<input>", "")[node.span.start : node.span.end]
         text = " ".join(text.split())
         return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -93,18 +111,21 @@ class Checker:
                 getattr(self, f"check_{type(stmt).__name__}")(stmt)
         for cycle in sorted(nx.simple_cycles(self.calls), key=lambda c: sorted(c)):
             first = min(cycle)
-            path = cycle[cycle.index(first):] + cycle[: cycle.index(first)] + [first]
-            self.error(self.out.definitions[first].name_span,
-                       f"strategy `{first}` is recursive: {' -> '.join(path)}",
-                       "strategies are expanded at compile time, so they cannot call themselves")
+            path = cycle[cycle.index(first) :] + cycle[: cycle.index(first)] + [first]
+            self.error(
+                self.out.definitions[first].name_span,
+                f"strategy `{first}` is recursive: {' -> '.join(path)}",
+                "strategies are expanded at compile time, so they cannot call themselves",
+            )
         return self.out
 
     def declare(self, stmt: ast.Statement, module: ast.Module) -> None:
         if isinstance(stmt, ast.BudgetDecl):
             budgets = self.out.budgets.setdefault(module.path, {})
             if stmt.unit in budgets:
-                self.error(stmt.span, f"duplicate budget in {stmt.unit}",
-                           f"first declared at {budgets[stmt.unit].span}")
+                self.error(
+                    stmt.span, f"duplicate budget in {stmt.unit}", f"first declared at {budgets[stmt.unit].span}"
+                )
             budgets[stmt.unit] = stmt
             return
         if isinstance(stmt, ast.Import):
@@ -113,8 +134,11 @@ class Checker:
         if stmt.name in RESERVED:
             self.error(stmt.name_span, f"`{stmt.name}` is a built-in name; choose another name")
         elif stmt.name in defs:
-            self.error(stmt.name_span, f"duplicate definition of `{stmt.name}`",
-                       f"first defined at {defs[stmt.name].name_span}")
+            self.error(
+                stmt.name_span,
+                f"duplicate definition of `{stmt.name}`",
+                f"first defined at {defs[stmt.name].name_span}",
+            )
         else:
             defs[stmt.name] = stmt
 
@@ -125,8 +149,11 @@ class Checker:
 
     def check_BudgetDecl(self, stmt: ast.BudgetDecl) -> None:
         if stmt.unit not in BUDGET_UNITS:
-            self.error(stmt.unit_span, f"unknown budget unit `{stmt.unit}`{self.suggest(stmt.unit, BUDGET_UNITS)}",
-                       "units: generations, tokens, flops")
+            self.error(
+                stmt.unit_span,
+                f"unknown budget unit `{stmt.unit}`{self.suggest(stmt.unit, BUDGET_UNITS)}",
+                "units: generations, tokens, flops",
+            )
         t = self.infer(stmt.amount, {})
         if t is not None and t not in ("int", "float"):
             self.error(stmt.amount.span, f"a budget is a number, not {describe(t)}")
@@ -140,8 +167,11 @@ class Checker:
         if isinstance(stmt.value, ast.Name):
             t = self.infer(stmt.value, {})
             if t is not None and t != "verifier":
-                self.error(stmt.value.span, f"a verifier is made by {self.constructors(VERIFIERS)} "
-                           f"or names another verifier; `{stmt.value.id}` is {describe(t)}")
+                self.error(
+                    stmt.value.span,
+                    f"a verifier is made by {self.constructors(VERIFIERS)} "
+                    f"or names another verifier; `{stmt.value.id}` is {describe(t)}",
+                )
             return
         self.check_constructor(stmt.value, VERIFIERS, "verifier")
 
@@ -149,16 +179,21 @@ class Checker:
         try:
             holes = [f for _, f, _, _ in string.Formatter().parse(stmt.template) if f is not None]
         except ValueError as e:
-            self.error(stmt.span, f"prompt `{stmt.name}` is not a valid template: {e}",
-                       "write {{ and }} for literal braces")
+            self.error(
+                stmt.span, f"prompt `{stmt.name}` is not a valid template: {e}", "write {{ and }} for literal braces"
+            )
             return
         for hole in holes:
             if hole not in PROMPT_HOLES:
-                self.error(stmt.span, f"prompt `{stmt.name}` has an unknown hole {{{hole}}}"
-                           f"{self.suggest(hole, PROMPT_HOLES)}", "holes: {question}, {attempts}")
+                self.error(
+                    stmt.span,
+                    f"prompt `{stmt.name}` has an unknown hole {{{hole}}}{self.suggest(hole, PROMPT_HOLES)}",
+                    "holes: {question}, {attempts}",
+                )
         if "question" not in holes:
-            self.error(stmt.span, f"prompt `{stmt.name}` has no {{question}} hole, "
-                       "so the question would never reach the model")
+            self.error(
+                stmt.span, f"prompt `{stmt.name}` has no {{question}} hole, so the question would never reach the model"
+            )
 
     def check_StrategyDecl(self, stmt: ast.StrategyDecl) -> None:
         if self.out.definitions.get(stmt.name) is stmt:
@@ -174,11 +209,17 @@ class Checker:
         if not isinstance(t, Stage):
             self.error(stmt.body.span, f"a program is a stage, but this is {describe(t)}")
         elif QUESTION not in t.accepts:
-            self.error(stmt.body.span, f"program `{stmt.name}` must start from the question, "
-                       f"but `{self.snippet(stmt.body)}` expects {' or '.join(sorted(t.accepts))}")
+            self.error(
+                stmt.body.span,
+                f"program `{stmt.name}` must start from the question, "
+                f"but `{self.snippet(stmt.body)}` expects {' or '.join(sorted(t.accepts))}",
+            )
         elif t.returns != ANSWER:
-            self.error(stmt.body.span, f"program `{stmt.name}` gives a {t.returns}, not an Answer",
-                       "end it with a selector such as `|> vote` or `|> best(v)`")
+            self.error(
+                stmt.body.span,
+                f"program `{stmt.name}` gives a {t.returns}, not an Answer",
+                "end it with a selector such as `|> vote` or `|> best(v)`",
+            )
 
     def params_env(self, params: tuple[ast.Param, ...], allowed: tuple[str, ...], what: str) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -186,16 +227,18 @@ class Checker:
             if p.name in env:
                 self.error(p.span, f"duplicate parameter `{p.name}`")
             if p.type not in allowed:
-                self.error(p.span, f"unknown {what} parameter type `{p.type}`"
-                           f"{self.suggest(p.type, allowed)}", f"types: {', '.join(allowed)}")
+                self.error(
+                    p.span,
+                    f"unknown {what} parameter type `{p.type}`{self.suggest(p.type, allowed)}",
+                    f"types: {', '.join(allowed)}",
+                )
                 env[p.name] = None
                 continue
             env[p.name] = p.type
             if p.default is not None:
                 t = self.infer(p.default, {})
                 if t is not None and not assignable(t, p.type):
-                    self.error(p.default.span, f"default of `{p.name}` must be {describe(p.type)}, "
-                               f"not {describe(t)}")
+                    self.error(p.default.span, f"default of `{p.name}` must be {describe(p.type)}, not {describe(t)}")
         return env
 
     def strategy_type(self, name: str) -> Stage | None:
@@ -224,8 +267,11 @@ class Checker:
     def check_constructor(self, value: ast.Expr, table: dict[str, Signature], what: str) -> None:
         if not isinstance(value, ast.Call) or value.func not in table:
             name = value.func if isinstance(value, ast.Call) else self.snippet(value)
-            self.error(value.span, f"`{name}` does not make a {what}{self.suggest(name, table)}",
-                       f"a {what} is made by {self.constructors(table)}")
+            self.error(
+                value.span,
+                f"`{name}` does not make a {what}{self.suggest(name, table)}",
+                f"a {what} is made by {self.constructors(table)}",
+            )
             return
         self.bind(table[value.func], value, {})
 
@@ -281,13 +327,17 @@ class Checker:
             self.bind(strategy_signature(decl), e, env)
             return self.strategy_type(e.func)
         if isinstance(decl, ast.ProgramDecl):
-            self.error(e.span, f"`{e.func}` is a program; a program cannot be used as a stage",
-                       "turn it into a `strategy` to reuse it")
+            self.error(
+                e.span,
+                f"`{e.func}` is a program; a program cannot be used as a stage",
+                "turn it into a `strategy` to reuse it",
+            )
             return None
         if e.func in MODELS or e.func in VERIFIERS:
             kind = "model" if e.func in MODELS else "verifier"
-            self.error(e.span, f"`{e.func}(...)` makes a {kind}, not a stage; "
-                       f"declare it with `{kind} name = {e.func}(...)`")
+            self.error(
+                e.span, f"`{e.func}(...)` makes a {kind}, not a stage; declare it with `{kind} name = {e.func}(...)`"
+            )
             return None
         if e.func == "difficulty":
             self.error(e.span, "`difficulty(...)` is only valid as the head of a `match`")
@@ -327,8 +377,11 @@ class Checker:
                 return None
         if left.returns not in right.accepts:
             wants = " or ".join(f"a {a}" for a in sorted(right.accepts, key=[QUESTION, POOL].index))
-            self.error(e.right.span, f"`{self.snippet(e.right)}` expects {wants}, "
-                       f"but `{self.snippet(e.left)}` gives {describe(left.returns)}")
+            self.error(
+                e.right.span,
+                f"`{self.snippet(e.right)}` expects {wants}, "
+                f"but `{self.snippet(e.left)}` gives {describe(left.returns)}",
+            )
             return None
         return Stage(left.accepts, right.returns)
 
@@ -336,9 +389,12 @@ class Checker:
         if isinstance(left, Stage) and isinstance(right, Stage):
             accepts = left.accepts & right.accepts
             if not accepts:
-                self.error(e.span, f"`+` runs both sides on the same input, but `{self.snippet(e.left)}` "
-                           f"takes {' or '.join(sorted(left.accepts))} and `{self.snippet(e.right)}` "
-                           f"takes {' or '.join(sorted(right.accepts))}")
+                self.error(
+                    e.span,
+                    f"`+` runs both sides on the same input, but `{self.snippet(e.left)}` "
+                    f"takes {' or '.join(sorted(left.accepts))} and `{self.snippet(e.right)}` "
+                    f"takes {' or '.join(sorted(right.accepts))}",
+                )
                 return None
             return Stage(accepts, POOL)
         return self.arithmetic(e, left, right)
@@ -348,8 +404,7 @@ class Checker:
         if isinstance(stage, Stage):
             count_t = right if stage is left else left
             if count_t != "int":
-                self.error(count.span, f"a stage is repeated a whole number of times, "
-                           f"not {describe(count_t)}")
+                self.error(count.span, f"a stage is repeated a whole number of times, not {describe(count_t)}")
                 return None
             return Stage(stage.accepts, POOL)
         return self.arithmetic(e, left, right)
@@ -376,8 +431,7 @@ class Checker:
             if t is None:
                 continue
             if not isinstance(t, Stage) or QUESTION not in t.accepts:
-                self.error(arm.body.span, f"a match arm is a stage that takes the question, "
-                           f"not {describe(t)}")
+                self.error(arm.body.span, f"a match arm is a stage that takes the question, not {describe(t)}")
             else:
                 returns.add(t.returns)
         if len(returns) > 1:
@@ -400,13 +454,18 @@ class Checker:
             return None  # not a list at all: `bind` has reported its type
         n = len(cuts.items)
         if bins is not None and n != bins.value - 1:
-            self.error(cuts.span, f"`thresholds` holds {n} number{'s' * (n != 1)}, but bins={bins.value} "
-                       f"needs {bins.value - 1}", "n thresholds cut the scores into n + 1 bins; "
-                       "leave out `bins` to take the count from the thresholds")
+            self.error(
+                cuts.span,
+                f"`thresholds` holds {n} number{'s' * (n != 1)}, but bins={bins.value} needs {bins.value - 1}",
+                "n thresholds cut the scores into n + 1 bins; leave out `bins` to take the count from the thresholds",
+            )
             return None
         if not 1 <= n <= MAX_BINS - 1:
-            self.error(cuts.span, f"`thresholds` must hold 1 to {MAX_BINS - 1} numbers "
-                       f"(2 to {MAX_BINS} bins), not {n}", "n thresholds cut the scores into n + 1 bins")
+            self.error(
+                cuts.span,
+                f"`thresholds` must hold 1 to {MAX_BINS - 1} numbers (2 to {MAX_BINS} bins), not {n}",
+                "n thresholds cut the scores into n + 1 bins",
+            )
             return None
         return n + 1
 
@@ -430,14 +489,20 @@ class Checker:
                 continue
             for b in range(lo, hi + 1):
                 if b in covered:
-                    self.error(arm.pattern.span, f"bin {b} is already covered by the arm at "
-                               f"{covered[b].span.line}:{covered[b].span.col}")
+                    self.error(
+                        arm.pattern.span,
+                        f"bin {b} is already covered by the arm at {covered[b].span.line}:{covered[b].span.col}",
+                    )
                     break
             covered.update({b: arm for b in range(lo, hi + 1) if b not in covered})
         missing = [b for b in range(1, bins + 1) if b not in covered]
         if missing:
-            self.error(e.span, f"bin{'s' * (len(missing) > 1)} {', '.join(map(str, missing))} "
-                       f"not covered by any arm", *why, "add arms for them, or a last `_ => ...` arm")
+            self.error(
+                e.span,
+                f"bin{'s' * (len(missing) > 1)} {', '.join(map(str, missing))} not covered by any arm",
+                *why,
+                "add arms for them, or a last `_ => ...` arm",
+            )
 
     # ---- arguments -----------------------------------------------------------------------
 
@@ -450,8 +515,9 @@ class Checker:
             param = sig.param(name)
             t = self.infer(expr, env)
             if t is not None and not assignable(t, param.type):
-                self.error(expr.span, f"`{sig.name}` argument `{name}` must be {describe(param.type)}, "
-                           f"not {describe(t)}")
+                self.error(
+                    expr.span, f"`{sig.name}` argument `{name}` must be {describe(param.type)}, not {describe(t)}"
+                )
         return bound
 
 
@@ -460,10 +526,7 @@ _BINOPS = {"|>": "pipe", "+": "add", "*": "mul", "-": "arithmetic", "/": "arithm
 
 def strategy_signature(decl: ast.StrategyDecl) -> Signature:
     """A strategy's parameters as a Signature, so its calls bind like a primitive's."""
-    params = tuple(
-        Param(p.name, p.type, REQUIRED if p.default is None else p.default)
-        for p in decl.params or ()
-    )
+    params = tuple(Param(p.name, p.type, REQUIRED if p.default is None else p.default) for p in decl.params or ())
     return Signature(decl.name, "strategy", params, "")
 
 
@@ -476,8 +539,13 @@ def bind_arguments(sig: Signature, call: ast.Call) -> tuple[dict[str, ast.Expr],
     if len(call.args) > len(positional):
         extra = call.args[len(positional)]
         names = ", ".join(p.name for p in positional) or "none"
-        errors.append((extra.span, f"`{sig.name}` takes {len(positional)} positional argument"
-                       f"{'s' * (len(positional) != 1)} ({names}) but {len(call.args)} were given"))
+        errors.append(
+            (
+                extra.span,
+                f"`{sig.name}` takes {len(positional)} positional argument"
+                f"{'s' * (len(positional) != 1)} ({names}) but {len(call.args)} were given",
+            )
+        )
     for p, arg in zip(positional, call.args):
         bound[p.name] = arg
     names = [p.name for p in sig.params]
@@ -485,8 +553,7 @@ def bind_arguments(sig: Signature, call: ast.Call) -> tuple[dict[str, ast.Expr],
         if kw.name not in names:
             close = difflib.get_close_matches(kw.name, names, n=1)
             hint = f"; did you mean `{close[0]}`?" if close else ""
-            errors.append((ast.sub_span(kw.span, 0, len(kw.name)),
-                           f"`{sig.name}` has no parameter `{kw.name}`{hint}"))
+            errors.append((ast.sub_span(kw.span, 0, len(kw.name)), f"`{sig.name}` has no parameter `{kw.name}`{hint}"))
         elif kw.name in bound:
             errors.append((kw.span, f"`{sig.name}` argument `{kw.name}` is given twice"))
         else:

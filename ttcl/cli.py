@@ -74,27 +74,46 @@ def _parser() -> argparse.ArgumentParser:
     _program_args(r)
     source = r.add_mutually_exclusive_group(required=True)
     source.add_argument("-q", "--question", help="the question")
-    source.add_argument("--questions", metavar="FILE.jsonl",
-                        help='one {"question": ..., "answer": ...} per line; results stream out per line')
+    source.add_argument(
+        "--questions",
+        metavar="FILE.jsonl",
+        help='one {"question": ..., "answer": ...} per line; results stream out per line',
+    )
     r.add_argument("--answer", help="the ground truth (for the oracle verifier)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--time-limit", type=float, metavar="SECONDS", help="per question")
     r.add_argument("--json", action="store_true", help="print results as JSON")
     r.add_argument("--trace", metavar="OUT.jsonl", help="write every trace event, one per line")
     r.add_argument("-o", "--output", metavar="OUT.jsonl", help="with --questions: write results here")
-    r.add_argument("--calibration-out", metavar="FILE.json",
-                   help="write the token lengths the run measured, for `ttcl cost --calibration`")
+    r.add_argument(
+        "--calibration-out",
+        metavar="FILE.json",
+        help="write the token lengths the run measured, for `ttcl cost --calibration`",
+    )
     r.set_defaults(run=cmd_run)
 
     k = sub.add_parser("cost", help="estimate tokens and FLOPs per node before running")
     _program_args(k)
-    k.add_argument("--model", metavar="NAME", help="price as this model: one declared in the file "
-                   "(a spec), a known name, a GGUF file or a config directory")
-    k.add_argument("--budget", action="append", default=[], metavar="AMOUNT[UNIT]",
-                   help='check against a budget, e.g. "64", "2e5 tokens", "1e13 flops" (repeatable)')
+    k.add_argument(
+        "--model",
+        metavar="NAME",
+        help="price as this model: one declared in the file (a spec), a known name, a GGUF file or a config directory",
+    )
+    k.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        metavar="AMOUNT[UNIT]",
+        help='check against a budget, e.g. "64", "2e5 tokens", "1e13 flops" (repeatable)',
+    )
     k.add_argument("--vs-params", type=float, metavar="N", help="the paper's exchange against a model of N parameters")
-    k.add_argument("--ratio", type=float, default=0.79, metavar="R",
-                   help="D_inference / D_pretrain for the exchange (default 0.79)")
+    k.add_argument(
+        "--ratio",
+        type=float,
+        default=0.79,
+        metavar="R",
+        help="D_inference / D_pretrain for the exchange (default 0.79)",
+    )
     k.add_argument("--calibration", metavar="FILE", help="token-length priors measured by earlier runs")
     k.add_argument("--json", action="store_true", help="print the report as JSON")
     k.add_argument("--fit", metavar="PARAM", help="print the largest value of an int parameter that fits the --budget")
@@ -103,42 +122,67 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="run programs over a dataset and grade them, per budget")
     e.add_argument("files", nargs="+", metavar="FILE", help="programs (each a strategy)")
     e.add_argument("--program", metavar="NAME", help="which program of each file (default: main)")
-    e.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="set a program parameter (repeatable)")
+    e.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="set a program parameter (repeatable)"
+    )
     _dataset_args(e)
     e.add_argument("--budgets", metavar="N,N,...", help="run each program with its budget parameter at each value")
     e.add_argument("--budget-param", metavar="NAME", help="the parameter --budgets binds (default: the only int one)")
-    e.add_argument("-o", "--output", metavar="OUT.jsonl", help="results, a line per question (default: "
-                   "FILE.DATASET.eval.jsonl); --resume continues an interrupted eval in it")
+    e.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT.jsonl",
+        help="results, a line per question (default: "
+        "FILE.DATASET.eval.jsonl); --resume continues an interrupted eval in it",
+    )
     e.add_argument("--plot", metavar="OUT.png", help="accuracy against FLOPs, a line per program")
     e.add_argument("--report", metavar="OUT.md", help="write the tables as Markdown")
     e.add_argument("--json", action="store_true", help="print the summary as JSON")
     e.set_defaults(run=cmd_eval)
 
     z = sub.add_parser("optimize", help="choose the compute-optimal strategy per difficulty bin; write the program")
-    z.add_argument("file", metavar="FILE", help="models and verifiers to use; a program's match arms are the "
-                   "search space")
+    z.add_argument(
+        "file", metavar="FILE", help="models and verifiers to use; a program's match arms are the search space"
+    )
     z.add_argument("--program", metavar="NAME", help="the program whose arms are the search space (default: main)")
     _dataset_args(z)
-    z.add_argument("--budget", type=int, default=16, metavar="N", help="generations per question, probes included "
-                   "(default 16)")
+    z.add_argument(
+        "--budget", type=int, default=16, metavar="N", help="generations per question, probes included (default 16)"
+    )
     z.add_argument("--probe", type=int, metavar="P", help="probe samples that predict difficulty (default 4)")
     z.add_argument("--bins", type=int, default=5, help="difficulty bins (default 5)")
     z.add_argument("--verifier", metavar="NAME", help="the verifier that scores probes (default: the only one)")
-    z.add_argument("--candidate", action="append", metavar="EXPR", help='a strategy to consider, such as '
-                   '"beam_search(12, prm, width=4)" (repeatable; default: the paper\'s set at the budget)')
+    z.add_argument(
+        "--candidate",
+        action="append",
+        metavar="EXPR",
+        help="a strategy to consider, such as "
+        '"beam_search(12, prm, width=4)" (repeatable; default: the paper\'s set at the budget)',
+    )
     z.add_argument("-o", "--output", metavar="OUT.ttcl", help="the program (default: FILE.optimized.ttcl)")
-    z.add_argument("--runs", metavar="RUNS.jsonl", help="every run's results (default: FILE.DATASET.optimize.jsonl); "
-                   "--resume continues an interrupted optimize from it")
+    z.add_argument(
+        "--runs",
+        metavar="RUNS.jsonl",
+        help="every run's results (default: FILE.DATASET.optimize.jsonl); "
+        "--resume continues an interrupted optimize from it",
+    )
     z.add_argument("--report", metavar="OUT.md", help="write the per-bin table and the program as Markdown")
     z.set_defaults(run=cmd_optimize)
 
     t = sub.add_parser("train-prm", help="train a PRM head from Monte Carlo rollouts of the policy")
-    t.add_argument("--model", default="smollm2-135m", help="the policy: a GGUF file, a known name, or "
-                   "(with --backend torch) a transformers directory (default: smollm2-135m)")
+    t.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="the policy: a GGUF file, a known name, or "
+        "(with --backend torch) a transformers directory (default: smollm2-135m)",
+    )
     t.add_argument("--backend", default="llama", choices=("llama", "torch"))
-    t.add_argument("--dataset", default="arith", metavar="NAME|FILE.jsonl",
-                   help="arith, arith:N, arith:A-B, or a JSONL file (default: arith)")
+    t.add_argument(
+        "--dataset",
+        default="arith",
+        metavar="NAME|FILE.jsonl",
+        help="arith, arith:N, arith:A-B, or a JSONL file (default: arith)",
+    )
     t.add_argument("--limit", type=int, default=100, metavar="N", help="questions (default: 100)")
     t.add_argument("--out", required=True, metavar="HEAD.safetensors")
     t.add_argument("--samples", type=int, default=4, help="solutions per question (default: 4)")
@@ -164,15 +208,20 @@ def _parser() -> argparse.ArgumentParser:
 def _program_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--program", metavar="NAME", help="which program of the file (default: main)")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="set a program parameter (repeatable)")
+    p.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="set a program parameter (repeatable)"
+    )
 
 
 def _dataset_args(p: argparse.ArgumentParser) -> None:
     """The questions and how they run, alike for eval and optimize."""
-    p.add_argument("--dataset", required=True, metavar="NAME|FILE.jsonl",
-                   help="arith (levels 1-5 interleaved), arith:1 .. arith:5, or a JSONL file "
-                        '({"question", "answer"} per line; GSM8K\'s "#### N" is understood)')
+    p.add_argument(
+        "--dataset",
+        required=True,
+        metavar="NAME|FILE.jsonl",
+        help="arith (levels 1-5 interleaved), arith:1 .. arith:5, or a JSONL file "
+        '({"question", "answer"} per line; GSM8K\'s "#### N" is understood)',
+    )
     p.add_argument("--limit", type=int, metavar="N", help="the first N questions (default: arith 100, a file all)")
     p.add_argument("--strict", action="store_true", help="a malformed dataset line is fatal (default: skipped)")
     p.add_argument("--seed", type=int, default=0)
@@ -261,8 +310,11 @@ def _node_costs(program) -> dict[int, str]:
         report = program.cost()
     except TTCLError:
         report = program.cost(flops=False)
-    return {e.node: f"~{_short(e.flops)} FLOPs" if e.flops is not None else f"~{_short(e.tokens)} tokens"
-            for e in report.nodes if e.tokens}
+    return {
+        e.node: f"~{_short(e.flops)} FLOPs" if e.flops is not None else f"~{_short(e.tokens)} tokens"
+        for e in report.nodes
+        if e.tokens
+    }
 
 
 def cmd_cost(args) -> int:
@@ -290,8 +342,9 @@ def cmd_compile(args) -> int:
         program.save(args.output)
     except OSError as e:
         raise UsageError(f"{args.output}: cannot write: {e.strerror or e}") from None
-    out.print(f"{args.output}: program {program.name}, {len(program.graph)} nodes, "
-              f"{program.ir.generations} generations")
+    out.print(
+        f"{args.output}: program {program.name}, {len(program.graph)} nodes, {program.ir.generations} generations"
+    )
     return 0
 
 

@@ -25,8 +25,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from .calibration import Calibration, Priors, model_key  # noqa: F401  (re-exported)
 from .errors import Diagnostic
 from .facts import (  # noqa: F401  (re-exported: the cost analyzer's public face)
-    Exchange, ModelFacts, ModelFactsError, exchange, facts_for, facts_from_config, facts_from_gguf,
-    facts_from_path, facts_from_spec, forward_flops, matching_size, pretraining_flops,
+    Exchange,
+    ModelFacts,
+    ModelFactsError,
+    exchange,
+    facts_for,
+    facts_from_config,
+    facts_from_gguf,
+    facts_from_path,
+    facts_from_spec,
+    forward_flops,
+    matching_size,
+    pretraining_flops,
 )
 from .prompts import REVISE, SOLVE, VERIFY
 
@@ -127,8 +137,9 @@ class CostReport(BaseModel):
         return found
 
     def costliest(self, unit: str, k: int = 3) -> list[NodeEstimate]:
-        key = {"generations": lambda e: e.generations, "tokens": lambda e: e.tokens,
-               "flops": lambda e: e.flops or 0.0}[unit]
+        key = {"generations": lambda e: e.generations, "tokens": lambda e: e.tokens, "flops": lambda e: e.flops or 0.0}[
+            unit
+        ]
         return sorted((e for e in self.nodes if key(e) > 0), key=lambda e: -key(e))[:k]
 
 
@@ -168,9 +179,14 @@ def lengths(priors: Priors | None, max_tokens: int, depth: int, template: str | 
     answer = min(p.answer_tokens or max_tokens, max_tokens)
     step = min(p.step_tokens or STEP_TOKENS, max_tokens)
     steps = p.search_steps or math.ceil(max_tokens / step)
-    return Lengths(prompt=prompt, answer=answer, answer_steps=p.answer_steps or max(1.0, answer / STEP_TOKENS),
-                   step=step, search_steps=max(1.0, min(steps, depth)),
-                   revise_extra=_text_tokens(_template(REVISE)) - base)
+    return Lengths(
+        prompt=prompt,
+        answer=answer,
+        answer_steps=p.answer_steps or max(1.0, answer / STEP_TOKENS),
+        step=step,
+        search_steps=max(1.0, min(steps, depth)),
+        revise_extra=_text_tokens(_template(REVISE)) - base,
+    )
 
 
 def _verify_parts() -> tuple[float, float]:
@@ -244,8 +260,12 @@ class Estimator:
         params = self.graph.nodes[node]["params"]
         decl = self.graph.graph["models"][params["model"]]
         template = self.graph.graph["prompts"].get(params["prompt"]) if "prompt" in params else None
-        return lengths(self.priors(params["model"]), int(params.get("max_tokens", decl.get("max_tokens", 256))),
-                       int(params.get("depth", 10**9)), template)
+        return lengths(
+            self.priors(params["model"]),
+            int(params.get("max_tokens", decl.get("max_tokens", 256))),
+            int(params.get("depth", 10**9)),
+            template,
+        )
 
     # ---- pools: what flows between nodes, for verifier and context costs --------------
 
@@ -259,8 +279,9 @@ class Estimator:
 
     # ---- verifiers ------------------------------------------------------------------------
 
-    def verify(self, acc: Acc, name: str, requests: float, unique: float, shared: float = 0.0,
-               head_cached: bool = False) -> None:
+    def verify(
+        self, acc: Acc, name: str, requests: float, unique: float, shared: float = 0.0, head_cached: bool = False
+    ) -> None:
         """Price `requests` verifier passes whose step texts hold `unique` new tokens in all,
         plus `shared` tokens of partial solutions that siblings share (decoded once); the
         prompt's head (question) is free where an earlier call left it cached."""
@@ -318,8 +339,11 @@ class Estimator:
             # window grows only the newest attempt and the closing request are new. Once it
             # slides (or at the first revision) only the chat and the question are shared.
             growing = 0 < i and shown > min(context, earlier + i - 1) and earlier + i - 1 > 0
-            new = ln.answer + ATTEMPT_TOKENS + TRAILER_TOKENS if growing else \
-                prompt - (CHAT_TOKENS + QUESTION_TOKENS if i else 0)
+            new = (
+                ln.answer + ATTEMPT_TOKENS + TRAILER_TOKENS
+                if growing
+                else prompt - (CHAT_TOKENS + QUESTION_TOKENS if i else 0)
+            )
             acc.prompt(model, new, times, prompt - new)
             acc.generate(model, times, ln.answer, prompt)
         return [Group(k, ln.answer, ln.answer_steps)]
@@ -400,10 +424,17 @@ class Estimator:
         if priors is not None:
             acc.scale(attrs["op"], priors.factors)
         where = str(attrs["span"]) + (f" (in {' > '.join(attrs['origin'])})" if attrs.get("origin") else "")
-        return NodeEstimate(node=node, op=attrs["op"], where=where, model=model, generations=attrs["generations"],
-                            prefill_tokens=acc.tokens["prefill"], decode_tokens=acc.tokens["decode"],
-                            verifier_tokens=acc.tokens["verifier"],
-                            flops=sum(acc.flops.values()) if self.facts is not None else None)
+        return NodeEstimate(
+            node=node,
+            op=attrs["op"],
+            where=where,
+            model=model,
+            generations=attrs["generations"],
+            prefill_tokens=acc.tokens["prefill"],
+            decode_tokens=acc.tokens["decode"],
+            verifier_tokens=acc.tokens["verifier"],
+            flops=sum(acc.flops.values()) if self.facts is not None else None,
+        )
 
 
 def _mean(pool: list[Group]) -> tuple[float, float]:
@@ -473,14 +504,17 @@ def _totals(estimates: list[NodeEstimate], weight: dict[int, float], with_flops:
 # ---- the public entry points -------------------------------------------------------------
 
 
-def estimate(graph: nx.DiGraph, calibration: Calibration | None = None,
-             facts: dict[str, ModelFacts] | None = None, with_flops: bool = True) -> CostReport:
+def estimate(
+    graph: nx.DiGraph,
+    calibration: Calibration | None = None,
+    facts: dict[str, ModelFacts] | None = None,
+    with_flops: bool = True,
+) -> CostReport:
     """The static estimate of a lowered program. `facts` maps model names to their facts
     (read from the declarations where not given); `with_flops=False` prices tokens only and
     reads no model file."""
     if with_flops:
-        facts = {name: (facts or {}).get(name) or facts_for(decl, name)
-                 for name, decl in graph.graph["models"].items()}
+        facts = {name: (facts or {}).get(name) or facts_for(decl, name) for name, decl in graph.graph["models"].items()}
     else:
         facts = None
     est = Estimator(graph, calibration, facts)
@@ -491,9 +525,15 @@ def estimate(graph: nx.DiGraph, calibration: Calibration | None = None,
     by_cost = {e.node: (e.flops if e.flops is not None else e.tokens) for e in nodes}
     worst = {n: 1.0 for n in worst_case_nodes(graph, by_cost)}
     priors = {name: _priors_used(est, name) for name in graph.graph["models"]}
-    return CostReport(program=graph.graph["program"], models=facts or {}, priors=priors, nodes=nodes,
-                      expected=_totals(nodes, chance, with_flops), worst=_totals(nodes, worst, with_flops),
-                      budgets=dict(graph.graph.get("budgets", {})))
+    return CostReport(
+        program=graph.graph["program"],
+        models=facts or {},
+        priors=priors,
+        nodes=nodes,
+        expected=_totals(nodes, chance, with_flops),
+        worst=_totals(nodes, worst, with_flops),
+        budgets=dict(graph.graph.get("budgets", {})),
+    )
 
 
 def _priors_used(est: Estimator, model: str) -> PriorsUsed:
@@ -501,9 +541,15 @@ def _priors_used(est: Estimator, model: str) -> PriorsUsed:
     p = est.priors(model)
     ln = lengths(p, int(decl.get("max_tokens", 256)), 10**9, None)
     source = "program" if p is None else f"calibration {est.calibration.source or ''}".strip()
-    return PriorsUsed(source=source, prompt_tokens=ln.prompt, answer_tokens=ln.answer, answer_steps=ln.answer_steps,
-                      step_tokens=ln.step, search_steps=p.search_steps if p else None,
-                      verify_tokens=p.verify_tokens if p else None)
+    return PriorsUsed(
+        source=source,
+        prompt_tokens=ln.prompt,
+        answer_tokens=ln.answer,
+        answer_steps=ln.answer_steps,
+        step_tokens=ln.step,
+        search_steps=p.search_steps if p else None,
+        verify_tokens=p.verify_tokens if p else None,
+    )
 
 
 def with_exchange(report: CostReport, big_params: float, ratio: float) -> CostReport:
@@ -514,10 +560,12 @@ def with_exchange(report: CostReport, big_params: float, ratio: float) -> CostRe
     if model is None or report.expected.flops is None:
         return report
     small, priors = report.models[model], report.priors[model]
-    one = (forward_flops(small, priors.prompt_tokens, 0, 1)
-           + forward_flops(small, priors.answer_tokens, priors.prompt_tokens, priors.answer_tokens))
-    return report.model_copy(update={"exchange": exchange(big_params / small.params, ratio),
-                                     "program_multiple": report.expected.flops / one})
+    one = forward_flops(small, priors.prompt_tokens, 0, 1) + forward_flops(
+        small, priors.answer_tokens, priors.prompt_tokens, priors.answer_tokens
+    )
+    return report.model_copy(
+        update={"exchange": exchange(big_params / small.params, ratio), "program_multiple": report.expected.flops / one}
+    )
 
 
 def budget_diagnostics(graph: nx.DiGraph, budgets: dict[str, float], span) -> list[Diagnostic]:
@@ -540,12 +588,21 @@ def budget_diagnostics(graph: nx.DiGraph, budgets: dict[str, float], span) -> li
         return [Diagnostic(f"cannot check the flops budget of `{graph.graph['program']}`: {e.message}", span)]
     out = []
     for unit, amount, limit in report.over_budget():
-        names = ", ".join(f"{e.op} at {_line_col(graph, e.node)} ({_short(e.flops if unit == 'flops' else e.tokens)})"
-                          for e in report.costliest(unit))
-        out.append(Diagnostic(f"program `{graph.graph['program']}` needs at least about {_short(amount)} {unit} "
-                              f"but its budget is {_short(limit)}", span,
-                              (f"costliest: {names}", "estimated with every answer one token long; "
-                               "`ttcl cost` shows the full estimate")))
+        names = ", ".join(
+            f"{e.op} at {_line_col(graph, e.node)} ({_short(e.flops if unit == 'flops' else e.tokens)})"
+            for e in report.costliest(unit)
+        )
+        out.append(
+            Diagnostic(
+                f"program `{graph.graph['program']}` needs at least about {_short(amount)} {unit} "
+                f"but its budget is {_short(limit)}",
+                span,
+                (
+                    f"costliest: {names}",
+                    "estimated with every answer one token long; `ttcl cost` shows the full estimate",
+                ),
+            )
+        )
     return out
 
 

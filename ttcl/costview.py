@@ -24,16 +24,17 @@ def parse_budget(text: str) -> tuple[str, float]:
     match = _BUDGET.match(text)
     unit = (match.group(2) or "generations") if match else ""
     if not match or unit not in UNITS or float(match.group(1)) <= 0:
-        raise UsageError(f"--budget takes a positive AMOUNT and a unit ({', '.join(UNITS)}), "
-                         f'such as "64 generations" or "1e13 flops"; got {text!r}')
+        raise UsageError(
+            f"--budget takes a positive AMOUNT and a unit ({', '.join(UNITS)}), "
+            f'such as "64 generations" or "1e13 flops"; got {text!r}'
+        )
     return unit, float(match.group(1))
 
 
 def cost_command(args, program: Program, out: Console) -> int:
     if args.fit:
         return fit_command(args, program, out)
-    report = program.cost(model=args.model, calibration=args.calibration,
-                          vs_params=args.vs_params, ratio=args.ratio)
+    report = program.cost(model=args.model, calibration=args.calibration, vs_params=args.vs_params, ratio=args.ratio)
     report = report.model_copy(update={"budgets": {**report.budgets, **dict(map(parse_budget, args.budget))}})
     if args.json:
         sys.stdout.write(report.model_dump_json(indent=1) + "\n")
@@ -52,8 +53,10 @@ def fit_command(args, program: Program, out: Console) -> int:
     if args.fit not in program.params:
         raise UsageError(f"program `{program.name}` has no parameter `{args.fit}`")
     n = fit_parameter(program, args.fit, unit, amount, args.calibration)
-    out.print(f"{args.fit} = {n}: the largest value whose estimated cost fits {_short(amount)} {unit} "
-              f"per question ({'calibrated' if args.calibration else 'every answer as long as its max_tokens'})")
+    out.print(
+        f"{args.fit} = {n}: the largest value whose estimated cost fits {_short(amount)} {unit} "
+        f"per question ({'calibrated' if args.calibration else 'every answer as long as its max_tokens'})"
+    )
     return 0
 
 
@@ -61,46 +64,77 @@ def show(report: CostReport, out: Console) -> None:
     """The per-node table, the totals, the priors and facts used, budgets and the exchange."""
     flops = report.expected.flops is not None
     table = Table(title=f"estimated cost of {report.program}, per question", box=box.SIMPLE_HEAD)
-    for column in ("node", "op", "where", "runs", "gens", "prefill", "decode", "verifier") + (("FLOPs", "share"),)[0] * flops:
+    for column in ("node", "op", "where", "runs", "gens", "prefill", "decode", "verifier") + (("FLOPs", "share"),)[
+        0
+    ] * flops:
         table.add_column(column, justify="left" if column in ("op", "where") else "right", no_wrap=True)
     total = report.expected.flops or 0.0
     for e in report.nodes:
         if not (e.generations or e.tokens):
             continue
-        row = [f"n{e.node}", e.op, e.where.split(" ")[0].rsplit("/", 1)[-1], f"{e.runs:.0%}" if e.runs < 1 else "", _n(e.generations),
-               _n(e.prefill_tokens), _n(e.decode_tokens), _n(e.verifier_tokens)]
+        row = [
+            f"n{e.node}",
+            e.op,
+            e.where.split(" ")[0].rsplit("/", 1)[-1],
+            f"{e.runs:.0%}" if e.runs < 1 else "",
+            _n(e.generations),
+            _n(e.prefill_tokens),
+            _n(e.decode_tokens),
+            _n(e.verifier_tokens),
+        ]
         if flops:
             row += [_short(e.flops or 0.0), f"{(e.flops or 0.0) * e.runs / total:.0%}" if total else ""]
         table.add_row(*row)
     for name, t in (("expected", report.expected), ("worst case", report.worst)):
         if name == "worst case" and t == report.expected:
             continue
-        table.add_row(f"[bold]{name}[/]", "", "", "", _n(t.generations), _n(t.prefill_tokens),
-                      _n(t.decode_tokens), _n(t.verifier_tokens), *([f"[bold]{_short(t.flops)}[/]", ""] if flops else []),
-                      end_section=name == "expected")
+        table.add_row(
+            f"[bold]{name}[/]",
+            "",
+            "",
+            "",
+            _n(t.generations),
+            _n(t.prefill_tokens),
+            _n(t.decode_tokens),
+            _n(t.verifier_tokens),
+            *([f"[bold]{_short(t.flops)}[/]", ""] if flops else []),
+            end_section=name == "expected",
+        )
     # the columns stay whole in a pipe too, where rich would assume 80 columns
     Console(file=out.file, width=max(out.width, 120), highlight=False).print(table)
     for name, p in report.priors.items():
         steps = f", search answers in {p.search_steps:.1f} steps" if p.search_steps else ""
         verify = f", verifier {p.verify_tokens:.1f} tokens per pass" if p.verify_tokens else ""
-        source = ("the program: each answer as long as its max_tokens, steps of "
-                  f"{p.step_tokens:.0f} tokens, prompts from their templates") if p.source == "program" else p.source
-        out.print(f"priors for {name}: {source} (prompt {p.prompt_tokens:.0f}, answer {p.answer_tokens:.0f} "
-                  f"tokens in {p.answer_steps:.1f} steps{steps}{verify})")
+        source = (
+            (
+                "the program: each answer as long as its max_tokens, steps of "
+                f"{p.step_tokens:.0f} tokens, prompts from their templates"
+            )
+            if p.source == "program"
+            else p.source
+        )
+        out.print(
+            f"priors for {name}: {source} (prompt {p.prompt_tokens:.0f}, answer {p.answer_tokens:.0f} "
+            f"tokens in {p.answer_steps:.1f} steps{steps}{verify})"
+        )
     for name, f in report.models.items():
-        out.print(f"model {name}: {f.name} ({f.source}), {f.params / 1e6:.1f}M parameters "
-                  f"({f.params_non_embedding / 1e6:.1f}M non-embedding{', tied embeddings' if f.tied_embeddings else ''}), "
-                  f"{f.n_layer} layers, d_model {f.d_model}, d_attn {f.d_attn}, vocabulary {f.n_vocab}"
-                  + "".join(f"; {n}" for n in f.notes))
+        out.print(
+            f"model {name}: {f.name} ({f.source}), {f.params / 1e6:.1f}M parameters "
+            f"({f.params_non_embedding / 1e6:.1f}M non-embedding{', tied embeddings' if f.tied_embeddings else ''}), "
+            f"{f.n_layer} layers, d_model {f.d_model}, d_attn {f.d_attn}, vocabulary {f.n_vocab}"
+            + "".join(f"; {n}" for n in f.notes)
+        )
     for unit, limit in report.budgets.items():
         _budget_line(report, unit, limit, out)
     if report.exchange is not None:
         x = report.exchange
-        out.print(f"exchange (Snell et al. §7): a model {x.size_ratio:.1f}× larger at R = {x.ratio:g} costs as much as "
-                  f"{x.multiple:.1f}× the small model's inference compute (M + 3(M-1)/R); this program spends "
-                  f"{report.program_multiple:.1f}× one sample, so it is "
-                  + ("[green]cheaper[/]" if report.program_multiple <= x.multiple else "[red]dearer[/]")
-                  + " than the larger model")
+        out.print(
+            f"exchange (Snell et al. §7): a model {x.size_ratio:.1f}× larger at R = {x.ratio:g} costs as much as "
+            f"{x.multiple:.1f}× the small model's inference compute (M + 3(M-1)/R); this program spends "
+            f"{report.program_multiple:.1f}× one sample, so it is "
+            + ("[green]cheaper[/]" if report.program_multiple <= x.multiple else "[red]dearer[/]")
+            + " than the larger model"
+        )
 
 
 def _budget_line(report: CostReport, unit: str, limit: float, out: Console) -> None:
@@ -108,11 +142,13 @@ def _budget_line(report: CostReport, unit: str, limit: float, out: Console) -> N
     if amount is None:
         out.print(f"budget {_short(limit)} {unit}: cannot be priced without model facts")
         return
-    others = ", ".join(f"≈ {_short(v)} {u}" for u in UNITS if u != unit
-                       for v in [report.convert(limit, unit, u)] if v is not None)
+    others = ", ".join(
+        f"≈ {_short(v)} {u}" for u in UNITS if u != unit for v in [report.convert(limit, unit, u)] if v is not None
+    )
     verdict = "[green]fits[/]" if amount <= limit else "[bold red]does not fit[/]"
-    out.print(f"budget {_short(limit)} {unit} ({others}): {verdict}, worst case {_short(amount)} "
-              f"({amount / limit:.0%})")
+    out.print(
+        f"budget {_short(limit)} {unit} ({others}): {verdict}, worst case {_short(amount)} ({amount / limit:.0%})"
+    )
     if amount > limit:
         names = ", ".join(f"n{e.node} {e.op}" for e in report.costliest(unit))
         out.print(f"  costliest: {names}")

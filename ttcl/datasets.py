@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .answers import normalize
 from .errors import UsageError
@@ -56,7 +56,7 @@ def load(spec: str, limit: int | None = None, seed: int = 0, strict: bool = Fals
 
 
 def _arith_spec(spec: str, n: int, seed: int) -> list[dict]:
-    """"arith" (levels 1 to 5), "arith:N" (level N) or "arith:A-B" (levels A to B); several
+    """ "arith" (levels 1 to 5), "arith:N" (level N) or "arith:A-B" (levels A to B); several
     levels are interleaved, so any prefix covers them all."""
     low, _, high = (spec.partition(":")[2] or "1-5").partition("-")
     high = high or low
@@ -163,13 +163,22 @@ def _word_problem(rng: random.Random) -> tuple[str, int]:
     start, lost, boxes, per_box = rng.randint(20, 90), rng.randint(2, 19), rng.randint(2, 5), rng.randint(3, 12)
     lost = min(lost, start - 1)
     if rng.random() < 0.5:
-        question = (f"{name} has {start} {thing}. {name} gives away {lost}, then buys {boxes} packs "
-                    f"of {per_box} {thing}. How many {thing} does {name} have now?")
+        question = (
+            f"{name} has {start} {thing}. {name} gives away {lost}, then buys {boxes} packs "
+            f"of {per_box} {thing}. How many {thing} does {name} have now?"
+        )
         return question, start - lost + boxes * per_box
-    question = (f"{name} buys {boxes} packs of {per_box} {thing} and already had {start}. "
-                f"Then {name} gives away {lost}. How many {thing} does {name} have now?")
+    question = (
+        f"{name} buys {boxes} packs of {per_box} {thing} and already had {start}. "
+        f"Then {name} gives away {lost}. How many {thing} does {name} have now?"
+    )
     return question, boxes * per_box + start - lost
 
 
 _MAKERS: tuple[Callable[[random.Random], tuple[str, int]], ...] = (
-    _sums, _two_digit, _two_operations, _parentheses, _word_problem)
+    _sums,
+    _two_digit,
+    _two_operations,
+    _parentheses,
+    _word_problem,
+)

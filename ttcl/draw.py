@@ -30,8 +30,11 @@ def _edge_label(attrs: dict) -> str:
     if attrs.get("guard"):
         bins = attrs["guard"]
         contiguous = bins == list(range(bins[0], bins[-1] + 1))
-        parts.append(f"bins {bins[0]}..{bins[-1]}" if contiguous and len(bins) > 1 else
-                     f"bin{'s' * (len(bins) > 1)} {','.join(map(str, bins))}")
+        parts.append(
+            f"bins {bins[0]}..{bins[-1]}"
+            if contiguous and len(bins) > 1
+            else f"bin{'s' * (len(bins) > 1)} {','.join(map(str, bins))}"
+        )
     if attrs.get("probe"):
         parts.append("probes")
     return ", ".join(parts)
@@ -47,14 +50,17 @@ def to_text(graph: nx.DiGraph, costs: dict[int, str] | None = None) -> str:
     guards), the source position it came from (with the strategy calls it was inlined from)
     and, where given, its estimated cost. Declarations follow."""
     g = graph.graph
-    lines = [f"program {g['program']}: {g['generations']} generations"
-             + "".join(f"; budget {v:g} {k}" for k, v in g.get("budgets", {}).items())]
+    lines = [
+        f"program {g['program']}: {g['generations']} generations"
+        + "".join(f"; budget {v:g} {k}" for k, v in g.get("budgets", {}).items())
+    ]
     rows = []
     for n in order(graph):
         attrs = graph.nodes[n]
         preds = sorted(graph.predecessors(n), key=lambda u: graph.edges[u, n]["slot"])
-        inputs = ", ".join(f"n{u}" + (f" [{_edge_label(graph.edges[u, n])}]" if _edge_label(graph.edges[u, n]) else "")
-                           for u in preds)
+        inputs = ", ".join(
+            f"n{u}" + (f" [{_edge_label(graph.edges[u, n])}]" if _edge_label(graph.edges[u, n]) else "") for u in preds
+        )
         where = str(attrs["span"]) + (f" (in {' > '.join(attrs['origin'])})" if attrs.get("origin") else "")
         cost = (costs or {}).get(n, "")
         rows.append((f"n{n}", label(graph, n), attrs["type"], f"<- {inputs}" if inputs else "", cost, where))
@@ -63,19 +69,20 @@ def to_text(graph: nx.DiGraph, costs: dict[int, str] | None = None) -> str:
         lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths + [0])).rstrip())
     for kind in ("models", "verifiers", "prompts"):
         for name, decl in g.get(kind, {}).items():
-            shown = json.dumps(decl) if isinstance(decl, str) else ", ".join(f"{k}={_value(v)}" for k, v in decl.items())
+            shown = (
+                json.dumps(decl) if isinstance(decl, str) else ", ".join(f"{k}={_value(v)}" for k, v in decl.items())
+            )
             lines.append(f"  {kind[:-1]} {name}: {shown}")
     return "\n".join(lines) + "\n"
 
 
 def to_dot(graph: nx.DiGraph) -> str:
     """Graphviz DOT; match arms' edges are labelled with their bins."""
-    out = [f"digraph {json.dumps(graph.graph['program'])} {{",
-           '  node [shape=box, fontname="monospace"];']
+    out = [f"digraph {json.dumps(graph.graph['program'])} {{", '  node [shape=box, fontname="monospace"];']
     for n in order(graph):
         attrs = graph.nodes[n]
         text = f"{label(graph, n)}\\n{attrs['type']} @ {attrs['span'].line}:{attrs['span'].col}"
-        shape = ', shape=ellipse' if attrs["op"] in ("question", "output") else ""
+        shape = ", shape=ellipse" if attrs["op"] in ("question", "output") else ""
         out.append(f"  n{n} [label={_dot_string(text)}{shape}];")
     for u, v, attrs in graph.edges(data=True):
         text = _edge_label(attrs)

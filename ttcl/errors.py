@@ -7,8 +7,9 @@ never see a Python traceback or a Lark internal for a mistake in their program.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .source import Span

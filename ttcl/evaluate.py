@@ -14,8 +14,8 @@ import json
 import math
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -82,13 +82,17 @@ def budget_param(program: Program, name: str | None) -> str:
     ints = [p for p, value in program.params.items() if isinstance(value, int) and not isinstance(value, bool)]
     if name is not None:
         if name not in program.params:
-            raise UsageError(f"program `{program.name}` has no parameter `{name}`"
-                             + (f" (it has {', '.join(program.params)})" if program.params else ""))
+            raise UsageError(
+                f"program `{program.name}` has no parameter `{name}`"
+                + (f" (it has {', '.join(program.params)})" if program.params else "")
+            )
         return name
     if len(ints) != 1:
         have = f"its int parameters are {', '.join(ints)}" if ints else "it has no int parameter"
-        raise UsageError(f"--budgets needs the parameter to bind: {have}; name one with --param, or give "
-                         f"the program a parameter such as `program main(n: int = 16) = ...`")
+        raise UsageError(
+            f"--budgets needs the parameter to bind: {have}; name one with --param, or give "
+            f"the program a parameter such as `program main(n: int = 16) = ...`"
+        )
     return ints[0]
 
 
@@ -119,16 +123,25 @@ class Eval:
 
     `on_record(record)` is called after each is written (for a progress display)."""
 
-    def __init__(self, path: str | Path, questions: list[dict], seed: int = 0, resume: bool = False,
-                 backend=None, on_record: Callable[[Record], None] | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        questions: list[dict],
+        seed: int = 0,
+        resume: bool = False,
+        backend=None,
+        on_record: Callable[[Record], None] | None = None,
+    ):
         self.path = Path(path)
         self.questions = questions
         self.seed = seed
         self.backend = backend
         self.on_record = on_record or (lambda record: None)
         if self.path.exists() and self.path.stat().st_size and not resume:
-            raise UsageError(f"{self.path} already holds results: --resume to continue it, or choose "
-                             "another --output (nothing is overwritten)")
+            raise UsageError(
+                f"{self.path} already holds results: --resume to continue it, or choose "
+                "another --output (nothing is overwritten)"
+            )
         self.records = read_records(self.path) if resume else []
         self._truncate_torn_line()
 
@@ -175,12 +188,24 @@ class Eval:
         q = self.questions[index]
         scores = [e.detail["mean_score"] for e in result.trace if e.event == "difficulty"]
         probed = [same_answer(c.answer, q["answer"]) for c in result.candidates if c.node in probes]
-        return Record(program=label, budget=budget, index=index, question=q["question"], expected=q["answer"],
-                      answer=result.answer, correct=same_answer(result.answer, q["answer"]),
-                      level=q.get("level"), bin=result.bin, difficulty=scores[0] if scores else None,
-                      probe_accuracy=sum(probed) / len(probed) if probed else None,
-                      flops=result.cost.flops, tokens=result.cost.tokens,
-                      generations=result.cost.generations, seed=result.seed, elapsed_s=result.elapsed_s)
+        return Record(
+            program=label,
+            budget=budget,
+            index=index,
+            question=q["question"],
+            expected=q["answer"],
+            answer=result.answer,
+            correct=same_answer(result.answer, q["answer"]),
+            level=q.get("level"),
+            bin=result.bin,
+            difficulty=scores[0] if scores else None,
+            probe_accuracy=sum(probed) / len(probed) if probed else None,
+            flops=result.cost.flops,
+            tokens=result.cost.tokens,
+            generations=result.cost.generations,
+            seed=result.seed,
+            elapsed_s=result.elapsed_s,
+        )
 
 
 def summarize(records: list[Record]) -> list[Summary]:
@@ -204,8 +229,17 @@ def _summary(program: str, budget: int | None, records: list[Record]) -> Summary
     n, correct = len(records), sum(r.correct for r in records)
     low, high = wilson(correct, n)
     flops = None if any(r.flops is None for r in records) else sum(r.flops for r in records) / n
-    return Summary(program=program, budget=budget, questions=n, correct=correct, accuracy=correct / n,
-                   low=low, high=high, flops=flops, tokens=sum(r.tokens for r in records) / n)
+    return Summary(
+        program=program,
+        budget=budget,
+        questions=n,
+        correct=correct,
+        accuracy=correct / n,
+        low=low,
+        high=high,
+        flops=flops,
+        tokens=sum(r.tokens for r in records) / n,
+    )
 
 
 def plot(summaries: list[Summary], path: str, title: str = "") -> None:
@@ -256,12 +290,16 @@ def markdown(summaries: list[Summary], by_bin: dict[int, list[Summary]], title: 
 
 
 def _md_table(summaries: list[Summary]) -> str:
-    rows = ["| program | budget | questions | accuracy | 95% interval | FLOPs/question | tokens/question |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| program | budget | questions | accuracy | 95% interval | FLOPs/question | tokens/question |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s in summaries:
         flops = "" if s.flops is None else f"{s.flops:.3g}"
-        rows.append(f"| {s.program} | {'' if s.budget is None else s.budget} | {s.questions} | {s.accuracy:.1%} | "
-                    f"{s.low:.1%}–{s.high:.1%} | {flops} | {s.tokens:.0f} |")
+        rows.append(
+            f"| {s.program} | {'' if s.budget is None else s.budget} | {s.questions} | {s.accuracy:.1%} | "
+            f"{s.low:.1%}–{s.high:.1%} | {flops} | {s.tokens:.0f} |"
+        )
     return "\n".join(rows)
 
 

@@ -29,10 +29,19 @@ def eval_command(args, out: Console, err: Console) -> int:
     programs = [(_label(f, args.files), load(f, args.program, _params(args))) for f in args.files]
     budgets = _budgets(args.budgets)
     output = args.output or _default_output(args.files, args.dataset)
-    runs = [(label, prog, b, budget_param(prog, args.budget_param) if b is not None else None)
-            for label, prog in programs for b in budgets]
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err, transient=True)
+    runs = [
+        (label, prog, b, budget_param(prog, args.budget_param) if b is not None else None)
+        for label, prog in programs
+        for b in budgets
+    ]
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
     ev = Eval(output, data.questions, seed=args.seed, resume=args.resume, on_record=lambda r: progress.advance(bar))
     keys = {(label, b) for label, _, b, _ in runs}
     with progress:
@@ -68,8 +77,15 @@ def _show(summaries: list[Summary], title: str, out: Console) -> None:
     for column in ("program", "budget", "questions", "accuracy", "95% interval", "FLOPs/question", "tokens/question"):
         table.add_column(column, justify="left" if column == "program" else "right")
     for s in summaries:
-        table.add_row(s.program, "" if s.budget is None else str(s.budget), str(s.questions), f"{s.accuracy:.1%}",
-                      f"{s.low:.1%}–{s.high:.1%}", "" if s.flops is None else f"{s.flops:.3g}", f"{s.tokens:.0f}")
+        table.add_row(
+            s.program,
+            "" if s.budget is None else str(s.budget),
+            str(s.questions),
+            f"{s.accuracy:.1%}",
+            f"{s.low:.1%}–{s.high:.1%}",
+            "" if s.flops is None else f"{s.flops:.3g}",
+            f"{s.tokens:.0f}",
+        )
     out.print(table)
 
 
@@ -95,7 +111,6 @@ def _default_output(files: list[str], dataset: str) -> str:
     return f"{'+'.join(Path(f).stem for f in files)}.{_dataset_name(dataset)}.eval.jsonl"
 
 
-
 def optimize_command(args, out: Console, err: Console) -> int:
     from . import optimize as opt
     from .source import read_source
@@ -111,13 +126,21 @@ def optimize_command(args, out: Console, err: Console) -> int:
     for problem in data.skipped:
         err.print(f"[yellow]skipped[/] {problem}")
     output = args.runs or f"{Path(args.file).stem}.{_dataset_name(args.dataset)}.optimize.jsonl"
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err, transient=True)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
     ev = Eval(output, data.questions, seed=args.seed, resume=args.resume, on_record=lambda r: progress.advance(bar))
     with progress:
         bar = progress.add_task("probe", total=(len(candidates) + 1) * len(data.questions))
         progress.advance(bar, len(ev.records))
-        results = opt.run_all(ev, base, candidates, verifier, probe, lambda label: progress.update(bar, description=label))
+        results = opt.run_all(
+            ev, base, candidates, verifier, probe, lambda label: progress.update(bar, description=label)
+        )
     if results is None:
         err.print(f"interrupted: {len(ev.records)} results are in {output}; run again with --resume to finish")
         return 130
@@ -128,10 +151,14 @@ def optimize_command(args, out: Console, err: Console) -> int:
     cv_accuracy, cv_flops = opt.cross_validate(candidates, results, scores, probes, args.bins)
     rows = _choice_rows(choice, candidates, results, scores)
     _show_choice(rows, candidates, probes, out)
-    out.print(f"per-bin choice, 2-fold cross-validated: accuracy {cv_accuracy:.1%}, "
-              f"{cv_flops:.3g} FLOPs per question (probes included)")
-    note = [f"chosen per difficulty bin on {data.name} ({len(scores)} questions, seed {args.seed}), "
-            f"{probe} probes, arms at {args.budget - probe} generations"]
+    out.print(
+        f"per-bin choice, 2-fold cross-validated: accuracy {cv_accuracy:.1%}, "
+        f"{cv_flops:.3g} FLOPs per question (probes included)"
+    )
+    note = [
+        f"chosen per difficulty bin on {data.name} ({len(scores)} questions, seed {args.seed}), "
+        f"{probe} probes, arms at {args.budget - probe} generations"
+    ]
     program = opt.render(base, choice, verifier, probe, args.budget, note)
     target = args.output or f"{Path(args.file).stem}.optimized.ttcl"
     write_text(target, program)
@@ -139,8 +166,15 @@ def optimize_command(args, out: Console, err: Console) -> int:
         header = ["bin", "scores", "questions", *candidates, "winner"]
         lines = [f"# ttcl optimize on {data.name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join([*row[:-1], row[-1]]) + " |" for row in rows]
-        lines += ["", f"Two-fold cross-validated accuracy of the per-bin choice: {cv_accuracy:.1%}, "
-                  f"{cv_flops:.3g} FLOPs per question (probes included).", "", "```", program.rstrip(), "```"]
+        lines += [
+            "",
+            f"Two-fold cross-validated accuracy of the per-bin choice: {cv_accuracy:.1%}, "
+            f"{cv_flops:.3g} FLOPs per question (probes included).",
+            "",
+            "```",
+            program.rstrip(),
+            "```",
+        ]
         write_text(args.report, "\n".join(lines) + "\n")
     err.print(f"wrote {target}; runs: {output}")
     return 0
@@ -154,7 +188,9 @@ def _choice_rows(choice, candidates, results, scores) -> list[list[str]]:
     rows = []
     for b, winner in choice.winners.items():
         inside = [i for i, s in enumerate(scores) if predicted_bin(s, choice.thresholds) == b]
-        cells = [f"{sum(results[c][i].correct for i in inside) / len(inside):.0%}" if inside else "-" for c in candidates]
+        cells = [
+            f"{sum(results[c][i].correct for i in inside) / len(inside):.0%}" if inside else "-" for c in candidates
+        ]
         rows.append([str(b), f"{cuts[b]:.2f}..{cuts[b - 1]:.2f}", str(len(inside)), *cells, winner])
     return rows
 
@@ -167,18 +203,24 @@ def _show_choice(rows: list[list[str]], candidates, probes, out: Console) -> Non
         table.add_row(*row)
     out.print(table)
     n = len(probes)
-    out.print(f"probes: {sum(r.flops or 0 for r in probes) / n:.3g} FLOPs per question; oracle pass@1 of the "
-              f"probes {sum(r.probe_accuracy or 0 for r in probes) / n:.0%}")
+    out.print(
+        f"probes: {sum(r.flops or 0 for r in probes) / n:.3g} FLOPs per question; oracle pass@1 of the "
+        f"probes {sum(r.probe_accuracy or 0 for r in probes) / n:.0%}"
+    )
 
 
 def _verifier(name: str | None, declared: list[str]) -> str:
     if name is not None:
         if name not in declared:
-            raise UsageError(f"no verifier `{name}` is declared" + (f" (there is {', '.join(declared)})" if declared else ""))
+            raise UsageError(
+                f"no verifier `{name}` is declared" + (f" (there is {', '.join(declared)})" if declared else "")
+            )
         return name
     if len(declared) != 1:
-        raise UsageError("name the verifier that predicts difficulty with --verifier"
-                         + (f" (declared: {', '.join(declared)})" if declared else "; the file declares none"))
+        raise UsageError(
+            "name the verifier that predicts difficulty with --verifier"
+            + (f" (declared: {', '.join(declared)})" if declared else "; the file declares none")
+        )
     return declared[0]
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import networkx as nx
 
@@ -78,8 +79,13 @@ class QuestionRun:
 class Executor:
     """Runs one program's graph over questions with a backend per model name."""
 
-    def __init__(self, graph: nx.DiGraph, backends: Callable[[str], Backend],
-                 thresholds: list[float] | None = None, on_result: Callable[[int, Result], None] | None = None):
+    def __init__(
+        self,
+        graph: nx.DiGraph,
+        backends: Callable[[str], Backend],
+        thresholds: list[float] | None = None,
+        on_result: Callable[[int, Result], None] | None = None,
+    ):
         self.graph = graph
         self.backends = backends
         self.thresholds = thresholds
@@ -159,10 +165,17 @@ class Executor:
                 self.consider(run, succ)
             return
         inputs = [self.input_of(run, p, node) for p in sorted(live, key=lambda p: self.graph.edges[p, node]["slot"])]
-        ctx = NodeContext(run=run, node=node, op=op, params=dict(self.graph.nodes[node]["params"]),
-                          inputs=inputs, models=self.graph.graph["models"],
-                          verifiers=self.graph.graph["verifiers"], prompts=self.graph.graph["prompts"],
-                          thresholds=self.thresholds)
+        ctx = NodeContext(
+            run=run,
+            node=node,
+            op=op,
+            params=dict(self.graph.nodes[node]["params"]),
+            inputs=inputs,
+            models=self.graph.graph["models"],
+            verifiers=self.graph.graph["verifiers"],
+            prompts=self.graph.graph["prompts"],
+            thresholds=self.thresholds,
+        )
         self.tasks.append(Task(run, node, ctx, OPS[op](ctx)))
 
     def passes_guard(self, run: QuestionRun, pred: int, node: int) -> bool:
@@ -205,7 +218,7 @@ class Executor:
         in proportion to tokens."""
         parts, at = [], 0
         for task in tasks:  # each task's replies, in request order
-            parts.append(replies[at:at + len(task.ask.requests)])
+            parts.append(replies[at : at + len(task.ask.requests)])
             at += len(task.ask.requests)
         prompt_tokens, flops = spent
         if kind != "Generate":  # a verifier pass
@@ -215,8 +228,12 @@ class Executor:
         whole = sum(tokens) or 1
         for task, mine, share in zip(tasks, parts, tokens):
             self.account(task, mine, kind, share, None if flops is None else flops * share / whole)
-            task.run.event("batch", task.node, self.graph.nodes[task.node]["op"],
-                           {"kind": kind, "model": model, "requests": len(mine), "batch_size": len(replies)})
+            task.run.event(
+                "batch",
+                task.node,
+                self.graph.nodes[task.node]["op"],
+                {"kind": kind, "model": model, "requests": len(mine), "batch_size": len(replies)},
+            )
             task.ask = None
             self.step(task, mine)
 
@@ -246,9 +263,11 @@ class Executor:
         pending = [t.ask for t in self.tasks if t.run is run and t.ask is not None]
         generations = run.cost.generations + sum(a.generations for a in pending if isinstance(a, Generate))
         next_tokens = sum(_max_tokens(a) for a in pending)
-        if (limits.generations is not None and generations > limits.generations) or \
-                (limits.tokens is not None and run.cost.tokens + next_tokens > limits.tokens) or \
-                (limits.flops is not None and self.flops(run.cost.flops, next_tokens, task) > limits.flops):
+        if (
+            (limits.generations is not None and generations > limits.generations)
+            or (limits.tokens is not None and run.cost.tokens + next_tokens > limits.tokens)
+            or (limits.flops is not None and self.flops(run.cost.flops, next_tokens, task) > limits.flops)
+        ):
             self.stop(run, "budget")
             return False
         return True
@@ -258,8 +277,10 @@ class Executor:
         n_params = getattr(self.backends(task.ask.model), "n_params", None)
         if n_params is None or (spent is None and task.run.cost.tokens):
             # refuse rather than silently never enforce the budget
-            raise BackendError(f"model `{task.ask.model}`: cannot enforce a flops budget, the backend "
-                               "reports no parameter count; use a generations or tokens budget")
+            raise BackendError(
+                f"model `{task.ask.model}`: cannot enforce a flops budget, the backend "
+                "reports no parameter count; use a generations or tokens budget"
+            )
         return (spent or 0.0) + 2.0 * n_params * next_tokens
 
     def stop(self, run: QuestionRun, why: str) -> None:
@@ -276,10 +297,18 @@ class Executor:
 
     def result(self, run: QuestionRun) -> Result:
         chosen = run.values.get(self.order[-1]) if self.complete(run) else self.best_so_far(run)
-        return Result(question=run.question, answer=chosen.answer if chosen else None,
-                      text=chosen.text if chosen else None, candidates=run.candidates, cost=run.cost,
-                      stopped=None if self.complete(run) else run.stopped, bin=run.bin, seed=run.seed,
-                      elapsed_s=time.perf_counter() - run.started, trace=run.trace)
+        return Result(
+            question=run.question,
+            answer=chosen.answer if chosen else None,
+            text=chosen.text if chosen else None,
+            candidates=run.candidates,
+            cost=run.cost,
+            stopped=None if self.complete(run) else run.stopped,
+            bin=run.bin,
+            seed=run.seed,
+            elapsed_s=time.perf_counter() - run.started,
+            trace=run.trace,
+        )
 
     def best_so_far(self, run: QuestionRun) -> Candidate | None:
         """A run stopped early answers with the best it has: the last selector's choice, else a
@@ -307,8 +336,12 @@ def _spent(backend: Backend, before) -> tuple[int, float | None]:
     prompt = after.prompt_tokens - before.prompt_tokens
     facts = getattr(backend, "facts", None)
     if facts is not None and after.forward_tokens > before.forward_tokens:
-        return prompt, counted_flops(facts, after.forward_tokens - before.forward_tokens,
-                                     after.attended - before.attended, after.logits - before.logits)
+        return prompt, counted_flops(
+            facts,
+            after.forward_tokens - before.forward_tokens,
+            after.attended - before.attended,
+            after.logits - before.logits,
+        )
     n_params = getattr(backend, "n_params", None)
     tokens = prompt + after.generated_tokens - before.generated_tokens
     return prompt, None if n_params is None else 2.0 * n_params * tokens

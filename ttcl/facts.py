@@ -62,8 +62,15 @@ class ModelFacts(BaseModel):
 
     @property
     def notes(self) -> list[str]:
-        missing = [what for what, known in (("layers", self.n_layer), ("attention width", self.d_attn),
-                                            ("vocabulary", self.n_vocab and self.d_model)) if not known]
+        missing = [
+            what
+            for what, known in (
+                ("layers", self.n_layer),
+                ("attention width", self.d_attn),
+                ("vocabulary", self.n_vocab and self.d_model),
+            )
+            if not known
+        ]
         return [f"{', '.join(missing)} unknown: those FLOPs terms are left out"] if missing else []
 
 
@@ -91,9 +98,11 @@ def forward_flops(facts: ModelFacts, tokens: float, start: float = 0.0, logits: 
 def counted_flops(facts: ModelFacts, tokens: float, attended: float, logits: float) -> float:
     """The same formula on what a backend counted: `tokens` decoded, `attended` the sum over
     them of the positions each attended to, `logits` outputs computed."""
-    return (2 * facts.params_non_embedding * tokens
-            + 4 * facts.n_layer * facts.d_attn * attended
-            + 2 * facts.d_model * facts.n_vocab * logits)
+    return (
+        2 * facts.params_non_embedding * tokens
+        + 4 * facts.n_layer * facts.d_attn * attended
+        + 2 * facts.d_model * facts.n_vocab * logits
+    )
 
 
 def pretraining_flops(params: float, tokens: float) -> float:
@@ -153,8 +162,11 @@ def facts_from_gguf(path: str | os.PathLike) -> ModelFacts:
     try:
         stat = os.stat(path)
     except OSError as e:
-        raise ModelFactsError(f"model file not found: {path}" if isinstance(e, FileNotFoundError)
-                              else f"cannot read model file {path}: {e.strerror}") from None
+        raise ModelFactsError(
+            f"model file not found: {path}"
+            if isinstance(e, FileNotFoundError)
+            else f"cannot read model file {path}: {e.strerror}"
+        ) from None
     return _gguf_facts(os.path.abspath(path), stat.st_size, stat.st_mtime_ns, path)
 
 
@@ -209,12 +221,20 @@ def _read_gguf(full: str, path: str) -> ModelFacts:
     embedding = sizes.get("token_embd.weight", 0) + sizes.get("output.weight", 0)
     vocab = meta.get(f"{arch}.vocab_size") or _rows(reader, "token_embd.weight")
     return ModelFacts(
-        name=str(meta.get("general.name") or Path(path).name), source="gguf", architecture=str(arch),
-        params=sum(sizes.values()), params_non_embedding=sum(sizes.values()) - embedding,
-        tied_embeddings="output.weight" not in sizes, n_layer=int(key("block_count")),
-        n_ctx=int(key("context_length")), d_model=d_model, n_head=n_head,
+        name=str(meta.get("general.name") or Path(path).name),
+        source="gguf",
+        architecture=str(arch),
+        params=sum(sizes.values()),
+        params_non_embedding=sum(sizes.values()) - embedding,
+        tied_embeddings="output.weight" not in sizes,
+        n_layer=int(key("block_count")),
+        n_ctx=int(key("context_length")),
+        d_model=d_model,
+        n_head=n_head,
         n_head_kv=int(key("attention.head_count_kv", n_head)),
-        head_dim=int(key("attention.key_length", d_model // n_head)), n_vocab=int(vocab))
+        head_dim=int(key("attention.key_length", d_model // n_head)),
+        n_vocab=int(vocab),
+    )
 
 
 def _rows(reader, name: str) -> int:
@@ -225,8 +245,22 @@ def _rows(reader, name: str) -> int:
 # ---- facts from a transformers config.json -----------------------------------------------
 
 # Architectures whose MLP is gated (gate, up and down projections: 3·d_model·d_ff weights).
-GATED = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
-         "phi3", "olmo", "olmo2", "smollm3", "granite", "stablelm"}
+GATED = {
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "olmo",
+    "olmo2",
+    "smollm3",
+    "granite",
+    "stablelm",
+}
 
 
 def facts_from_config(directory: str | os.PathLike) -> ModelFacts:
@@ -249,29 +283,61 @@ def facts_from_config(directory: str | os.PathLike) -> ModelFacts:
     try:
         dims = _gpt2_dims(config) if kind == "gpt2" else _llama_dims(config)
     except (KeyError, TypeError, ValueError) as e:
-        raise ModelFactsError(f"model config {path} ({kind or 'no model_type'}) lacks {e}; "
-                              f"known: llama-like ({', '.join(sorted(GATED))}) and gpt2") from None
+        raise ModelFactsError(
+            f"model config {path} ({kind or 'no model_type'}) lacks {e}; "
+            f"known: llama-like ({', '.join(sorted(GATED))}) and gpt2"
+        ) from None
     d, layers, heads, kv, hd, ff, vocab, ctx, tied, gated = dims
     per_layer = d * heads * hd + 2 * d * kv * hd + heads * hd * d + (3 if gated else 2) * d * ff + 2 * d
     non_embedding = layers * per_layer + d
     embedding = vocab * d * (1 if tied else 2)
-    return ModelFacts(name=str(config.get("_name_or_path") or path.parent.name), source="config",
-                      architecture=kind, params=non_embedding + embedding, params_non_embedding=non_embedding,
-                      tied_embeddings=tied, n_layer=layers, n_ctx=ctx, d_model=d, n_head=heads,
-                      n_head_kv=kv, head_dim=hd, n_vocab=vocab)
+    return ModelFacts(
+        name=str(config.get("_name_or_path") or path.parent.name),
+        source="config",
+        architecture=kind,
+        params=non_embedding + embedding,
+        params_non_embedding=non_embedding,
+        tied_embeddings=tied,
+        n_layer=layers,
+        n_ctx=ctx,
+        d_model=d,
+        n_head=heads,
+        n_head_kv=kv,
+        head_dim=hd,
+        n_vocab=vocab,
+    )
 
 
 def _llama_dims(c: dict) -> tuple:
     d, heads = int(c["hidden_size"]), int(c["num_attention_heads"])
-    return (d, int(c["num_hidden_layers"]), heads, int(c.get("num_key_value_heads") or heads),
-            int(c.get("head_dim") or d // heads), int(c["intermediate_size"]), int(c["vocab_size"]),
-            int(c.get("max_position_embeddings", 0)), bool(c.get("tie_word_embeddings", False)), True)
+    return (
+        d,
+        int(c["num_hidden_layers"]),
+        heads,
+        int(c.get("num_key_value_heads") or heads),
+        int(c.get("head_dim") or d // heads),
+        int(c["intermediate_size"]),
+        int(c["vocab_size"]),
+        int(c.get("max_position_embeddings", 0)),
+        bool(c.get("tie_word_embeddings", False)),
+        True,
+    )
 
 
 def _gpt2_dims(c: dict) -> tuple:
     d, heads = int(c["n_embd"]), int(c["n_head"])
-    return (d, int(c["n_layer"]), heads, heads, d // heads, int(c.get("n_inner") or 4 * d),
-            int(c["vocab_size"]), int(c.get("n_positions", 0)), True, False)
+    return (
+        d,
+        int(c["n_layer"]),
+        heads,
+        heads,
+        d // heads,
+        int(c.get("n_inner") or 4 * d),
+        int(c["vocab_size"]),
+        int(c.get("n_positions", 0)),
+        True,
+        False,
+    )
 
 
 # ---- facts from numbers, and from a model declaration ------------------------------------
@@ -286,13 +352,22 @@ def facts_from_spec(spec: dict, name: str = "spec") -> ModelFacts:
     params = float(spec["params"])
     non_embedding = float(spec.get("non_embedding") or params - vocab * d * (1 if tied else 2))
     if non_embedding <= 0:
-        raise ModelFactsError(f"model {name}: its embeddings ({vocab} × {d}) are more than its "
-                              f"{params:g} parameters")
-    return ModelFacts(name=name, source="spec", architecture="spec", params=params,
-                      params_non_embedding=non_embedding, tied_embeddings=tied,
-                      n_layer=int(spec.get("layers", 0)), n_ctx=int(spec.get("n_ctx", 0)), d_model=d,
-                      n_head=heads or (1 if d else 0), n_head_kv=heads or (1 if d else 0),
-                      head_dim=d // heads if heads else d, n_vocab=vocab)
+        raise ModelFactsError(f"model {name}: its embeddings ({vocab} × {d}) are more than its {params:g} parameters")
+    return ModelFacts(
+        name=name,
+        source="spec",
+        architecture="spec",
+        params=params,
+        params_non_embedding=non_embedding,
+        tied_embeddings=tied,
+        n_layer=int(spec.get("layers", 0)),
+        n_ctx=int(spec.get("n_ctx", 0)),
+        d_model=d,
+        n_head=heads or (1 if d else 0),
+        n_head_kv=heads or (1 if d else 0),
+        head_dim=d // heads if heads else d,
+        n_vocab=vocab,
+    )
 
 
 def facts_for(decl: dict, name: str = "") -> ModelFacts:
@@ -301,9 +376,11 @@ def facts_for(decl: dict, name: str = "") -> ModelFacts:
         return facts_from_spec(decl, name or "spec")
     if decl.get("kind") == "openai":  # a served model: its files here, if any, say its size
         if not decl.get("config"):
-            raise ModelFactsError(f"model {name or decl.get('model')} is served at {decl.get('url')}, so its size "
-                                  "is unknown here: give it config=\"...\" (a known name, a GGUF file or a "
-                                  "transformers directory with its config.json), or price it with --model")
+            raise ModelFactsError(
+                f"model {name or decl.get('model')} is served at {decl.get('url')}, so its size "
+                'is unknown here: give it config="..." (a known name, a GGUF file or a '
+                "transformers directory with its config.json), or price it with --model"
+            )
         return facts_from_path(str(decl["config"]))
     return facts_from_path(str(decl.get("path", "")))
 
@@ -313,8 +390,11 @@ def facts_from_path(name_or_path: str) -> ModelFacts:
     directory (or its config.json)."""
     from .backends.llama import resolve_model_path  # imports llama_cpp only when a model loads
 
-    path = os.path.expanduser(name_or_path) if os.path.exists(os.path.expanduser(name_or_path)) \
-        or name_or_path.endswith((".gguf", ".json")) else resolve_model_path(name_or_path)
+    path = (
+        os.path.expanduser(name_or_path)
+        if os.path.exists(os.path.expanduser(name_or_path)) or name_or_path.endswith((".gguf", ".json"))
+        else resolve_model_path(name_or_path)
+    )
     if os.path.isdir(path) or path.endswith(".json"):
         return facts_from_config(path)
     return facts_from_gguf(path)

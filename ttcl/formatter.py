@@ -29,8 +29,11 @@ class Comment:
 def format_source(text: str, path: str | None = None) -> str:
     """Parse `text` and return its canonical form (raises `ParseError` if it does not parse)."""
     module = parse(text, path)
-    comments = [Comment(t.start_pos, t.line, t.value.rstrip())
-                for t in _lark().lex(text, dont_ignore=True) if t.type == "COMMENT"]
+    comments = [
+        Comment(t.start_pos, t.line, t.value.rstrip())
+        for t in _lark().lex(text, dont_ignore=True)
+        if t.type == "COMMENT"
+    ]
     out: list[str] = []
     prev_end = 0
     for stmt in module.statements:
@@ -173,8 +176,11 @@ def _match_lines(m: ast.Match, indent: str, comments) -> list[str]:
             if c not in taken and c.start < arm.span.start:
                 lines.append(inner + c.text)
                 taken.add(c)
-        trailing = [c for c in comments if c not in taken and arm.span.end <= c.start < next_start
-                    and c.line == arm.span.end_line]
+        trailing = [
+            c
+            for c in comments
+            if c not in taken and arm.span.end <= c.start < next_start and c.line == arm.span.end_line
+        ]
         head = f"{inner}{pattern.ljust(width)} =>"
         one_line = f"{head} {format_expr(arm.body)}"
         if len(one_line) <= WIDTH and not _has_match(arm.body):

@@ -73,15 +73,32 @@ def to_document(graph: nx.DiGraph, params: dict[str, Any]) -> IRDocument:
     g = graph.graph
     nodes = [IRNode(id=n, **attrs) for n, attrs in graph.nodes(data=True)]
     edges = [IREdge(source=u, target=v, **attrs) for u, v, attrs in graph.edges(data=True)]
-    return IRDocument(format=FORMAT, version=VERSION, ttcl_version=__version__, program=g["program"],
-                      params=params, models=g["models"], verifiers=g["verifiers"], prompts=g["prompts"],
-                      budgets=g["budgets"], generations=g["generations"], nodes=nodes, edges=edges)
+    return IRDocument(
+        format=FORMAT,
+        version=VERSION,
+        ttcl_version=__version__,
+        program=g["program"],
+        params=params,
+        models=g["models"],
+        verifiers=g["verifiers"],
+        prompts=g["prompts"],
+        budgets=g["budgets"],
+        generations=g["generations"],
+        nodes=nodes,
+        edges=edges,
+    )
 
 
 def to_graph(doc: IRDocument) -> nx.DiGraph:
     """The networkx graph of a document (node attributes as lowering makes them)."""
-    graph = nx.DiGraph(program=doc.program, models=doc.models, verifiers=doc.verifiers,
-                       prompts=doc.prompts, budgets=doc.budgets, generations=doc.generations)
+    graph = nx.DiGraph(
+        program=doc.program,
+        models=doc.models,
+        verifiers=doc.verifiers,
+        prompts=doc.prompts,
+        budgets=doc.budgets,
+        generations=doc.generations,
+    )
     for node in doc.nodes:
         graph.add_node(node.id, **node.model_dump(exclude={"id", "span"}), span=node.span)
     for edge in doc.edges:
@@ -111,10 +128,12 @@ def loads(text: str, name: str = "<artifact>") -> IRDocument:
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{name}: not a compiled TTCL program (invalid JSON at line {e.lineno})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ArtifactError(f"{name}: not a compiled TTCL program (no \"format\": \"{FORMAT}\")")
+        raise ArtifactError(f'{name}: not a compiled TTCL program (no "format": "{FORMAT}")')
     if data.get("version") != VERSION:
-        raise ArtifactError(f"{name}: compiled for IR version {data.get('version')!r}, but this TTCL "
-                            f"reads version {VERSION}; compile the program again")
+        raise ArtifactError(
+            f"{name}: compiled for IR version {data.get('version')!r}, but this TTCL "
+            f"reads version {VERSION}; compile the program again"
+        )
     if data.get("checksum") != checksum(data):
         raise ArtifactError(f"{name}: checksum mismatch: the artifact was modified after it was compiled")
     data.pop("checksum")
@@ -142,5 +161,7 @@ def _check_shape(doc: IRDocument, name: str) -> None:
     for node in doc.nodes:
         for key, table in tables.items():
             if key in node.params and node.params[key] not in table:
-                raise ArtifactError(f"{name}: malformed artifact: node {node.id} names an undeclared "
-                                    f"{'verifier' if key == 'v' else key} {node.params[key]!r}")
+                raise ArtifactError(
+                    f"{name}: malformed artifact: node {node.id} names an undeclared "
+                    f"{'verifier' if key == 'v' else key} {node.params[key]!r}"
+                )

@@ -71,7 +71,7 @@ def _load_imports(module: ast.Module, path: str | None, ws: Workspace, stack: li
             continue
         key = _key(str(target))
         if key in stack:
-            cycle = [Path(k).name for k in stack[stack.index(key):]] + [Path(key).name]
+            cycle = [Path(k).name for k in stack[stack.index(key) :]] + [Path(key).name]
             ws.errors.append(Diagnostic(f"import cycle: {' -> '.join(cycle)}", stmt.span))
             continue
         if key in seen:
@@ -101,9 +101,13 @@ def _resolve(stmt: ast.Import, base: Path, ws: Workspace) -> Path | None:
             known = stdlib_modules()
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            ws.errors.append(Diagnostic(
-                f"no stdlib module {name!r}{hint}", stmt.span,
-                (f"stdlib modules: {', '.join(known)}; import a file with a path like \"./{name}.ttcl\"",)))
+            ws.errors.append(
+                Diagnostic(
+                    f"no stdlib module {name!r}{hint}",
+                    stmt.span,
+                    (f'stdlib modules: {", ".join(known)}; import a file with a path like "./{name}.ttcl"',),
+                )
+            )
             return None
         return target
     target = Path(name) if Path(name).is_absolute() else base / name

@@ -21,8 +21,19 @@ from .checker import Checked, bind_arguments
 from .errors import CheckError, Diagnostic
 from .formatter import format_expr
 from .signatures import (
-    ANSWER, BUILTIN_VERIFIERS, DEFAULT_MODEL, DEFAULT_MODEL_NAME, DIFFICULTY, MODELS, POOL,
-    QUESTION, REQUIRED, STAGES, VERIFIERS, Signature, step_level,
+    ANSWER,
+    BUILTIN_VERIFIERS,
+    DEFAULT_MODEL,
+    DEFAULT_MODEL_NAME,
+    DIFFICULTY,
+    MODELS,
+    POOL,
+    QUESTION,
+    REQUIRED,
+    STAGES,
+    VERIFIERS,
+    Signature,
+    step_level,
 )
 
 MAX_NODES = 10_000  # a `* k` that expands past this is almost surely a typo
@@ -42,11 +53,13 @@ class Lowering:
 
     def add(self, op: str, span, type_: str, params: dict | None = None, generations: int = 0, inputs=()) -> int:
         if len(self.graph) >= MAX_NODES:
-            raise CheckError(f"program `{self.program.name}` expands to more than {MAX_NODES} "
-                             "operations", self.program.name_span)
+            raise CheckError(
+                f"program `{self.program.name}` expands to more than {MAX_NODES} operations", self.program.name_span
+            )
         node = len(self.graph)
-        self.graph.add_node(node, op=op, params=params or {}, type=type_, span=span,
-                            generations=generations, origin=self.origin)
+        self.graph.add_node(
+            node, op=op, params=params or {}, type=type_, span=span, generations=generations, origin=self.origin
+        )
         for slot, src in enumerate(inputs):
             self.graph.add_edge(src, node, slot=slot)
         return node
@@ -89,8 +102,9 @@ class Lowering:
             self.error(count.span, f"a stage is repeated a positive number of times, not {_show(count)}")
             return self.lower(stage, src)
         outs = [self.lower(stage, src) for _ in range(count.value)]
-        return self.add("union", e.span, POOL, {"repeat": count.value},
-                        inputs=[o for o, _ in outs]), sum(g for _, g in outs)
+        return self.add("union", e.span, POOL, {"repeat": count.value}, inputs=[o for o, _ in outs]), sum(
+            g for _, g in outs
+        )
 
     def lower_Match(self, e: ast.Match, src: int):
         params = self.arguments(DIFFICULTY, e.head)
@@ -157,11 +171,16 @@ class Lowering:
         elif p.maximum is not None and value > p.maximum:
             self.error(span, f"`{sig.name}` argument `{p.name}` must be at most {_number(p.maximum)}, got {value}")
         elif p.choices is not None and value not in p.choices:
-            self.error(span, f"`{sig.name}` argument `{p.name}` must be one of "
-                       f"{', '.join(map(repr, p.choices))}, got {value!r}")
+            self.error(
+                span,
+                f"`{sig.name}` argument `{p.name}` must be one of {', '.join(map(repr, p.choices))}, got {value!r}",
+            )
         elif p.step_level and not step_level(self.graph.graph["verifiers"][value]):
-            self.error(span, f"`{sig.name}` needs a step-level verifier (a PRM), but `{value}` "
-                       "scores only whole answers", "use self_verify(...), check(...) or a prm")
+            self.error(
+                span,
+                f"`{sig.name}` needs a step-level verifier (a PRM), but `{value}` scores only whole answers",
+                "use self_verify(...), check(...) or a prm",
+            )
 
     def check_items(self, sig: Signature, p, values: list, items: tuple[ast.Expr, ...]) -> None:
         """A list argument's limits, item by item (the caret on the item), and its order."""
@@ -170,8 +189,11 @@ class Lowering:
         if p.ascending:
             for i in range(1, len(values)):
                 if values[i] <= values[i - 1]:
-                    self.error(items[i].span, f"`{sig.name}` argument `{p.name}` must be strictly "
-                               f"ascending, but {_number(values[i])} follows {_number(values[i - 1])}")
+                    self.error(
+                        items[i].span,
+                        f"`{sig.name}` argument `{p.name}` must be strictly "
+                        f"ascending, but {_number(values[i])} follows {_number(values[i - 1])}",
+                    )
                     break
 
     def value(self, expr: ast.Expr, type_: str):
@@ -217,10 +239,13 @@ class Lowering:
             if value.func == "prm" and "m" not in verifiers[name]:
                 verifiers[name]["m"] = self.default_model()
             if value.func == "prm" and self.graph.graph["models"][verifiers[name]["m"]]["kind"] == "openai":
-                self.error(value.span, f"verifier `{name}` reads hidden states, which a served openai(...) "
-                                       f"model `{verifiers[name]['m']}` cannot give",
-                           "give the head a local model: prm(\"head.safetensors\", m=local) with "
-                           "`model local = llama(...)`, or use self_verify(...) or check(...)")
+                self.error(
+                    value.span,
+                    f"verifier `{name}` reads hidden states, which a served openai(...) "
+                    f"model `{verifiers[name]['m']}` cannot give",
+                    'give the head a local model: prm("head.safetensors", m=local) with '
+                    "`model local = llama(...)`, or use self_verify(...) or check(...)",
+                )
         return name
 
     def default_prm(self) -> dict:
@@ -261,8 +286,10 @@ def _union_parts(e: ast.Expr) -> list[ast.Expr]:
 
 def _guard(arm: ast.Arm, match: ast.Match, bins: int) -> list[int]:
     """The bins an arm takes; `_` takes every bin that no earlier range names."""
+
     def bins_of(a: ast.Arm) -> list[int]:
         return list(range(a.pattern.lo, a.pattern.hi + 1))
+
     if isinstance(arm.pattern, ast.Range):
         return bins_of(arm)
     taken = {b for a in match.arms if isinstance(a.pattern, ast.Range) for b in bins_of(a)}
@@ -288,10 +315,15 @@ def lower(body: ast.Expr, program: ast.ProgramDecl, checked: Checked, budgets: d
     limit = budgets.get("generations")
     if limit is not None and generations > limit:
         costly = sorted((n for n in g if g.nodes[n]["generations"]), key=lambda n: -g.nodes[n]["generations"])[:3]
-        names = ", ".join(f"{g.nodes[n]['op']} at {g.nodes[n]['span'].line}:{g.nodes[n]['span'].col} "
-                          f"({g.nodes[n]['generations']})" for n in costly)
-        lowering.error(program.name_span, f"program `{program.name}` needs {generations} generations "
-                       f"but its budget is {limit:g}", f"costliest: {names}")
+        names = ", ".join(
+            f"{g.nodes[n]['op']} at {g.nodes[n]['span'].line}:{g.nodes[n]['span'].col} ({g.nodes[n]['generations']})"
+            for n in costly
+        )
+        lowering.error(
+            program.name_span,
+            f"program `{program.name}` needs {generations} generations but its budget is {limit:g}",
+            f"costliest: {names}",
+        )
     if not lowering.errors:  # the estimate needs a well-formed graph
         from .cost import budget_diagnostics
 

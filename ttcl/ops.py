@@ -94,14 +94,25 @@ class NodeContext:
 
     def request(self, attempts: list[str], seed: int, prefix: str = "", **overrides) -> GenerationRequest:
         template = self.prompts.get(self.params["prompt"]) if "prompt" in self.params else None
-        return GenerationRequest(messages=solve_messages(self.run.question, attempts, template),
-                                 prefix=prefix, params=self.sampling(seed, **overrides))
+        return GenerationRequest(
+            messages=solve_messages(self.run.question, attempts, template),
+            prefix=prefix,
+            params=self.sampling(seed, **overrides),
+        )
 
-    def candidate(self, text: str, prompt_tokens: int, generated_tokens: int, seed: int | None,
-                  steps: list[str] | None = None) -> Candidate:
-        c = Candidate(id=self.run.next_id(), node=self.node, text=text.strip(),
-                      steps=steps or split_steps(text, self.delimiter), answer=extract_answer(text),
-                      prompt_tokens=prompt_tokens, generated_tokens=generated_tokens, seed=seed)
+    def candidate(
+        self, text: str, prompt_tokens: int, generated_tokens: int, seed: int | None, steps: list[str] | None = None
+    ) -> Candidate:
+        c = Candidate(
+            id=self.run.next_id(),
+            node=self.node,
+            text=text.strip(),
+            steps=steps or split_steps(text, self.delimiter),
+            answer=extract_answer(text),
+            prompt_tokens=prompt_tokens,
+            generated_tokens=generated_tokens,
+            seed=seed,
+        )
         self.made.append(c)
         return c
 
@@ -127,8 +138,11 @@ def op_revise(ctx: NodeContext):
     """A chain of k attempts, each seeing up to `context` previous ones (input Pool first)."""
     earlier, chain = ctx.context_attempts(), []
     for step in range(ctx.params["k"]):
-        shown = (earlier + [c.text for c in chain])[-ctx.params.get("context", MAX_CONTEXT):] \
-            if ctx.params.get("context", MAX_CONTEXT) else []
+        shown = (
+            (earlier + [c.text for c in chain])[-ctx.params.get("context", MAX_CONTEXT) :]
+            if ctx.params.get("context", MAX_CONTEXT)
+            else []
+        )
         seed = ctx.seed(step)
         (g,) = yield Generate(ctx.model, [ctx.request(shown, seed)], 1)
         chain.append(ctx.from_generation(g, seed))
@@ -216,8 +230,7 @@ def op_weighted_vote(ctx: NodeContext):
 # ---- search against a step-level verifier ---------------------------------------------------
 
 
-def _expand(ctx: NodeContext, parents: list[Partial], per_parent: int, step: int, attempts,
-            counted: bool, **overrides):
+def _expand(ctx: NodeContext, parents: list[Partial], per_parent: int, step: int, attempts, counted: bool, **overrides):
     """Propose the next step of each parent `per_parent` times; returns the children.
     `counted` says whether these requests count as generations (the first round does)."""
     delim = ctx.delimiter
@@ -229,16 +242,23 @@ def _expand(ctx: NodeContext, parents: list[Partial], per_parent: int, step: int
             asks.append(ctx.request(attempts, seed, prefix, stop=(delim,), **overrides))
             meta.append((parent, seed))
     results = yield Generate(ctx.model, asks, len(asks) if counted else 0)
-    return [Partial(parent.steps + ([g.text.strip()] if g.text.strip() else []),
-                    finished=g.finish != "stop" or not g.text.strip(),
-                    prompt_tokens=parent.prompt_tokens + g.prompt_tokens,
-                    generated_tokens=parent.generated_tokens + g.generated_tokens, seed=seed)
-            for (parent, seed), g in zip(meta, results)]
+    return [
+        Partial(
+            parent.steps + ([g.text.strip()] if g.text.strip() else []),
+            finished=g.finish != "stop" or not g.text.strip(),
+            prompt_tokens=parent.prompt_tokens + g.prompt_tokens,
+            generated_tokens=parent.generated_tokens + g.generated_tokens,
+            seed=seed,
+        )
+        for (parent, seed), g in zip(meta, results)
+    ]
 
 
 def _as_candidates(ctx: NodeContext, partials: list[Partial]) -> list[Candidate]:
-    return [ctx.candidate(ctx.delimiter.join(p.steps), p.prompt_tokens, p.generated_tokens, p.seed,
-                          steps=list(p.steps)) for p in partials]
+    return [
+        ctx.candidate(ctx.delimiter.join(p.steps), p.prompt_tokens, p.generated_tokens, p.seed, steps=list(p.steps))
+        for p in partials
+    ]
 
 
 def _scored(ctx: NodeContext, partials: list[Partial], step: int, attempts):
@@ -252,8 +272,16 @@ def _scored(ctx: NodeContext, partials: list[Partial], step: int, attempts):
         nxt = yield from _expand(ctx, live, 1, 1000 + step * 100 + r, attempts, step == 1, temperature=0.0)
         it = iter(nxt)
         rolled = [next(it) if not p.finished else p for p in rolled]
-    views = [Candidate(id=-1, node=ctx.node, text=ctx.delimiter.join(p.steps), steps=list(p.steps),
-                       answer=extract_answer(ctx.delimiter.join(p.steps))) for p in rolled]
+    views = [
+        Candidate(
+            id=-1,
+            node=ctx.node,
+            text=ctx.delimiter.join(p.steps),
+            steps=list(p.steps),
+            answer=extract_answer(ctx.delimiter.join(p.steps)),
+        )
+        for p in rolled
+    ]
     return (yield from ctx.score(views))
 
 
@@ -320,9 +348,18 @@ def op_output(ctx: NodeContext):
 
 
 OPS = {
-    "sample": op_sample, "revise": op_revise, "beam": op_beam, "lookahead": op_lookahead,
-    "dvts": op_dvts, "vote": op_vote, "best": op_best, "weighted_vote": op_weighted_vote,
-    "difficulty": op_difficulty, "union": op_union, "merge": op_merge, "output": op_output,
+    "sample": op_sample,
+    "revise": op_revise,
+    "beam": op_beam,
+    "lookahead": op_lookahead,
+    "dvts": op_dvts,
+    "vote": op_vote,
+    "best": op_best,
+    "weighted_vote": op_weighted_vote,
+    "difficulty": op_difficulty,
+    "union": op_union,
+    "merge": op_merge,
+    "output": op_output,
 }
 
 __all__ = ["OPS", "Generate", "NodeContext", "difficulty_bin", "majority"]

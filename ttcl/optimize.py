@@ -70,7 +70,7 @@ def read_base(text: str, path: str | None, program: str = "main") -> Base:
     at = 0
     for stmt in module.statements:
         if isinstance(stmt, (ast.ProgramDecl, ast.BudgetDecl)):
-            kept.append(text[at:stmt.span.start])
+            kept.append(text[at : stmt.span.start])
             at = stmt.span.end
             if isinstance(stmt, ast.ProgramDecl) and stmt.name == program and isinstance(stmt.body, ast.Match):
                 arms = [" ".join(layout(arm.body, "")).strip() for arm in stmt.body.arms]
@@ -148,8 +148,9 @@ class Choice:
     winners: dict[int, str]  # bin -> candidate
 
 
-def choose(candidates: list[str], results: dict[str, list[Record]], scores: list[float], questions: list[int],
-           bins: int = 5) -> Choice:
+def choose(
+    candidates: list[str], results: dict[str, list[Record]], scores: list[float], questions: list[int], bins: int = 5
+) -> Choice:
     """Fit thresholds on `questions`' scores, then per bin the candidate with the most right
     answers on those questions (ties: fewer FLOPs, then the earlier candidate). An empty bin
     takes the winner over all the questions."""
@@ -170,8 +171,9 @@ def _best(candidates: list[str], results: dict[str, list[Record]], questions: li
     return min(candidates, key=key)
 
 
-def cross_validate(candidates: list[str], results: dict[str, list[Record]], scores: list[float],
-                   probe: list[Record], bins: int = 5) -> tuple[float, float]:
+def cross_validate(
+    candidates: list[str], results: dict[str, list[Record]], scores: list[float], probe: list[Record], bins: int = 5
+) -> tuple[float, float]:
     """Two-fold cross-validated accuracy and mean FLOPs per question (probes included) of
     choosing per bin: each half is answered by the choice made on the other half."""
     n = len(scores)
@@ -204,9 +206,18 @@ def render(base: Base, choice: Choice, verifier: str, probe: int, budget: int, n
     cuts = ", ".join(f"{t:g}" for t in choice.thresholds)
     text = "\n".join(
         [NOTE + line for line in note]
-        + [base.text.rstrip(), "", f"budget {budget} generations", "",
-           "program main =",
-           f"  match difficulty({verifier}, probe={probe}, thresholds=[{cuts}]) {{", *arms, "  }", ""])
+        + [
+            base.text.rstrip(),
+            "",
+            f"budget {budget} generations",
+            "",
+            "program main =",
+            f"  match difficulty({verifier}, probe={probe}, thresholds=[{cuts}]) {{",
+            *arms,
+            "  }",
+            "",
+        ]
+    )
     return format_source(text, base.path)
 
 
@@ -217,8 +228,9 @@ def arm_budget(budget: int, probe: int) -> int:
     return budget - probe
 
 
-def run_all(ev: Eval, base: Base, candidates: list[str], verifier: str, probe: int,
-            on_start=lambda label: None) -> dict[str, list[Record]] | None:
+def run_all(
+    ev: Eval, base: Base, candidates: list[str], verifier: str, probe: int, on_start=lambda label: None
+) -> dict[str, list[Record]] | None:
     """Run the probe program and every candidate through `ev`; their records by label, in
     question order, or None if interrupted."""
     # an arm must take the question: a one-token sample, so the record is the probes' cost
@@ -264,4 +276,3 @@ def fit_parameter(program: Program, param: str, unit: str, amount: float, calibr
     while fits(low) is not True:  # the last fit may be an invalid value: step down to a valid one
         low -= 1
     return low
-

@@ -16,8 +16,8 @@ finished questions are reported as they finish, unfinished ones as interrupted.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Callable
 
 import networkx as nx
 
@@ -31,9 +31,16 @@ def concurrent_backends(backends: list) -> bool:
     return bool(backends) and all(getattr(b, "concurrent", False) for b in backends)
 
 
-def run_concurrently(graph: nx.DiGraph, backends: Callable[[str], object], questions: list[tuple[str, str | None]],
-                     seed: int, limits: Limits, workers: int, thresholds: list[float] | None = None,
-                     on_result: Callable[[int, Result], None] | None = None) -> list[Result]:
+def run_concurrently(
+    graph: nx.DiGraph,
+    backends: Callable[[str], object],
+    questions: list[tuple[str, str | None]],
+    seed: int,
+    limits: Limits,
+    workers: int,
+    thresholds: list[float] | None = None,
+    on_result: Callable[[int, Result], None] | None = None,
+) -> list[Result]:
     """Run each question through its own `Executor`, `workers` at a time; results in order,
     each reported to `on_result` (from one thread at a time) as it finishes."""
     cancel = threading.Event()

@@ -62,8 +62,15 @@ def _parse(text: str, path: str | None) -> ast.Module:
 
 def _span(path: str | None, m) -> Span:
     """The span of a Lark token or rule (both carry the same position attributes)."""
-    return Span(path=path, line=m.line, col=m.column, end_line=m.end_line,
-                end_col=m.end_column, start=m.start_pos, end=m.end_pos)
+    return Span(
+        path=path,
+        line=m.line,
+        col=m.column,
+        end_line=m.end_line,
+        end_col=m.end_column,
+        start=m.start_pos,
+        end=m.end_pos,
+    )
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"'}
@@ -82,7 +89,11 @@ class _ToAST(Transformer):
 
     # statements
     def start(self, meta, *statements):
-        span = self.sp(meta) if not meta.empty else Span(path=self.path, line=1, col=1, end_line=1, end_col=1, start=0, end=0)
+        span = (
+            self.sp(meta)
+            if not meta.empty
+            else Span(path=self.path, line=1, col=1, end_line=1, end_col=1, start=0, end=0)
+        )
         return ast.Module(span=span, path=self.path, statements=statements)
 
     def import_stmt(self, meta, path):
@@ -117,6 +128,7 @@ class _ToAST(Transformer):
     def _binop(op):  # noqa: N805 - a factory evaluated in the class body
         def build(self, meta, left, right):
             return ast.BinOp(span=self.sp(meta), op=op, left=left, right=right)
+
         return build
 
     pipe, add, sub = _binop("|>"), _binop("+"), _binop("-")
@@ -153,6 +165,7 @@ class _ToAST(Transformer):
             if m.group(1) not in _ESCAPES:
                 raise ParseError(f"unknown escape \\{m.group(1)} in string; use \\\\ for a backslash", span)
             return _ESCAPES[m.group(1)]
+
         return re.sub(r"\\(.)", replace, raw, flags=re.S)
 
     def list(self, meta, *items):
@@ -211,8 +224,18 @@ def _describe(terminal: str) -> str:
     return f"`{pattern.value}`" if pattern.type == "str" else terminal.lower()
 
 
-_EXPRESSION_START = {"a name", "an integer", "a number", "a string", "`(`", "`[`", "`-`", "`true`", "`false`",
-                     "`match`"}
+_EXPRESSION_START = {
+    "a name",
+    "an integer",
+    "a number",
+    "a string",
+    "`(`",
+    "`[`",
+    "`-`",
+    "`true`",
+    "`false`",
+    "`match`",
+}
 
 
 def _expected(names) -> str:
@@ -239,8 +262,7 @@ def _point(text: str, path: str | None, pos: int, length: int = 1) -> Span:
     end = min(pos + length, len(text))
     if "\n" in text[pos:end]:
         end = text.index("\n", pos)
-    return Span(path=path, line=line, col=col, end_line=line, end_col=col + max(end - pos, 0),
-                start=pos, end=end)
+    return Span(path=path, line=line, col=col, end_line=line, end_col=col + max(end - pos, 0), start=pos, end=end)
 
 
 def _syntax_error(e: UnexpectedInput, text: str, path: str | None) -> ParseError:
@@ -250,13 +272,17 @@ def _syntax_error(e: UnexpectedInput, text: str, path: str | None) -> ParseError
             return ParseError("unterminated string", _point(text, path, e.pos_in_stream))
         return ParseError(f"unexpected character {char!r}", _point(text, path, e.pos_in_stream))
     if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
-        return ParseError(f"unexpected end of file; expected {_expected(e.expected)}",
-                          _point(text, path, len(text.rstrip()), 0))
+        return ParseError(
+            f"unexpected end of file; expected {_expected(e.expected)}", _point(text, path, len(text.rstrip()), 0)
+        )
     assert isinstance(e, UnexpectedToken)
     tok = e.token
     notes = ()
     if tok.type == "NAME" and "PROGRAM" in e.expected:
         close = difflib.get_close_matches(tok.value, _STATEMENT_KEYWORDS, n=1)
         notes = (f"did you mean `{close[0]}`?",) if close else ()
-    return ParseError(f"unexpected `{tok.value}`; expected {_expected(e.expected)}",
-                      _point(text, path, tok.start_pos, len(tok.value)), notes)
+    return ParseError(
+        f"unexpected `{tok.value}`; expected {_expected(e.expected)}",
+        _point(text, path, tok.start_pos, len(tok.value)),
+        notes,
+    )

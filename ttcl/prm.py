@@ -76,15 +76,18 @@ class Head:
         """Write the head as safetensors, its facts in the file's metadata."""
         from safetensors.numpy import save_file
 
-        save_file({k: v.astype("float32") for k, v in self.tensors.items()}, str(path),
-                  metadata={k: str(v) for k, v in self.meta.items()})
+        save_file(
+            {k: v.astype("float32") for k, v in self.tensors.items()},
+            str(path),
+            metadata={k: str(v) for k, v in self.meta.items()},
+        )
 
 
 def _gelu(x: Any) -> Any:
     import numpy as np
 
     # the tanh form, as torch.nn.GELU(approximate="tanh") computes it in training
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 @functools.lru_cache(maxsize=16)
@@ -110,8 +113,10 @@ def check_fits(head: Head, width: int, model: str, path: str) -> None:
     """A clear error where a head was trained on a model of another width."""
     if head.d_model != width:
         base = head.meta.get("base_model", "another model")
-        raise PRMError(f"the PRM head {path} was trained on {base} (hidden size {head.d_model}); "
-                       f"model `{model}` has hidden size {width}")
+        raise PRMError(
+            f"the PRM head {path} was trained on {base} (hidden size {head.d_model}); "
+            f"model `{model}` has hidden size {width}"
+        )
 
 
 def step_prefixes(steps: list[str], every_step: bool, delimiter: str = DEFAULT_DELIMITER) -> list[tuple[int, str]]:
@@ -132,8 +137,10 @@ class HFPRM:
             import torch  # noqa: F401
             import transformers
         except ImportError:
-            raise PRMError("hf_prm needs torch and transformers: pip install 'ttcl[torch]' "
-                           "(on a machine without a GPU, pip install torch==2.13.0 first)") from None
+            raise PRMError(
+                "hf_prm needs torch and transformers: pip install 'ttcl[torch]' "
+                "(on a machine without a GPU, pip install torch==2.13.0 first)"
+            ) from None
         directory = Path(path).expanduser()
         if not (directory / "config.json").is_file():
             raise PRMError(f"hf_prm: {path} is not a transformers checkpoint (no config.json there)")
@@ -152,8 +159,10 @@ class HFPRM:
             loader, self.kind = transformers.AutoModelForCausalLM, "tagged"
             self.tag, self.good, self.bad = step_tag, self._token(good), self._token(bad)
         else:
-            raise PRMError(f"hf_prm: {path} is a {arch or 'model of unknown architecture'}; a PRM is a "
-                           "...ForTokenClassification or a ...ForCausalLM read at step tags")
+            raise PRMError(
+                f"hf_prm: {path} is a {arch or 'model of unknown architecture'}; a PRM is a "
+                "...ForTokenClassification or a ...ForCausalLM read at step tags"
+            )
         self.model = loader.from_pretrained(directory, local_files_only=True).to(device).eval()
         self.device = device
         if self.kind == "token" and self.model.config.num_labels not in (1, 2):
@@ -171,8 +180,9 @@ class HFPRM:
         import torch
 
         texts, ends = zip(*(self._layout(question, steps) for steps in solutions))
-        enc = self.tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False,
-                             return_offsets_mapping=True)
+        enc = self.tokenizer(
+            list(texts), return_tensors="pt", padding=True, add_special_tokens=False, return_offsets_mapping=True
+        )
         offsets = enc.pop("offset_mapping")
         with torch.no_grad():
             out = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits.float()

@@ -52,22 +52,36 @@ class Program:
     def bind(self, **params: Any) -> Program:
         """The same program compiled with some parameters changed: `prog.bind(budget=64)`."""
         if self.checked is None:
-            raise UsageError("a program loaded from a compiled artifact has fixed parameters; "
-                             "compile it from source to change them")
+            raise UsageError(
+                "a program loaded from a compiled artifact has fixed parameters; compile it from source to change them"
+            )
         return build(self.checked, self.name, {**self.params, **params})
 
     # ---- running ------------------------------------------------------------------------
 
-    def run(self, question: str, seed: int = 0, backend=None, answer: str | None = None,
-            time_limit: float | None = None, thresholds: list[float] | None = None) -> Result:
+    def run(
+        self,
+        question: str,
+        seed: int = 0,
+        backend=None,
+        answer: str | None = None,
+        time_limit: float | None = None,
+        thresholds: list[float] | None = None,
+    ) -> Result:
         """Run the program on one question. `backend` is a Backend for every model, a dict
         from model name to Backend, or None for the declared models (llama.cpp or torch). `answer` is
         the ground truth, needed only by the `oracle` verifier."""
-        return self.run_many([{"question": question, "answer": answer}], seed, backend,
-                             time_limit, thresholds)[0]
+        return self.run_many([{"question": question, "answer": answer}], seed, backend, time_limit, thresholds)[0]
 
-    def run_many(self, questions: list, seed: int = 0, backend=None, time_limit: float | None = None,
-                 thresholds: list[float] | None = None, on_result=None) -> list[Result]:
+    def run_many(
+        self,
+        questions: list,
+        seed: int = 0,
+        backend=None,
+        time_limit: float | None = None,
+        thresholds: list[float] | None = None,
+        on_result=None,
+    ) -> list[Result]:
         """Run many questions together, batching their requests; `questions` are strings or
         dicts with "question" (and optionally "answer"). `on_result(index, result)` is called
         as each question finishes, so callers can save results as they come."""
@@ -96,9 +110,11 @@ class Program:
 
             specs = [name for name, decl in self.ir.models.items() if decl.get("kind") == "spec"]
             if specs:
-                raise UsageError(f"model `{specs[0]}` is a spec(...): numbers for costing, with no weights "
-                                 "to run; `ttcl cost` prices it, running needs a llama(...) or torch(...) "
-                                 "model or a backend")
+                raise UsageError(
+                    f"model `{specs[0]}` is a spec(...): numbers for costing, with no weights "
+                    "to run; `ttcl cost` prices it, running needs a llama(...) or torch(...) "
+                    "model or a backend"
+                )
             return lambda name: backend_for(self.ir.models[name])
         if isinstance(backend, dict):
             missing = set(self.ir.models) - set(backend)
@@ -109,8 +125,14 @@ class Program:
 
     # ---- costing ------------------------------------------------------------------------
 
-    def cost(self, model: str | None = None, calibration=None, vs_params: float | None = None,
-             ratio: float | None = None, flops: bool = True):
+    def cost(
+        self,
+        model: str | None = None,
+        calibration=None,
+        vs_params: float | None = None,
+        ratio: float | None = None,
+        flops: bool = True,
+    ):
         """The static cost estimate (a pydantic `CostReport`): tokens and FLOPs per node and in
         total, expected and worst case. `model` prices every model as another one: a model
         declared in the file (a `spec(...)` for what-if questions), a known name such as
@@ -149,8 +171,9 @@ class Program:
         return f"<Program {self.name}: {len(self._graph)} nodes, {self.ir.generations} generations>"
 
 
-def compile(text: str, path: str | None = None, program: str | None = None,
-            params: dict[str, Any] | None = None) -> Program:
+def compile(
+    text: str, path: str | None = None, program: str | None = None, params: dict[str, Any] | None = None
+) -> Program:
     """Compile source text into a `Program` (`main`, or the only program, unless named).
 
     Raises `TTCLError` (with spans) for any mistake in the text or the parameters.
@@ -204,8 +227,10 @@ def choose_program(checked: Checked, name: str | None) -> str:
         return "main" if "main" in names else names[0]
     if not names:
         raise UsageError("this file defines no program (only definitions to import)")
-    raise UsageError(f"this file defines several programs ({', '.join(names)}); choose one "
-                     "(--program NAME, or program=... in Python)")
+    raise UsageError(
+        f"this file defines several programs ({', '.join(names)}); choose one "
+        "(--program NAME, or program=... in Python)"
+    )
 
 
 def build(checked: Checked, name: str, params: dict[str, Any]) -> Program:
@@ -229,8 +254,9 @@ def bind_params(decl: ast.ProgramDecl, given: dict[str, Any]) -> dict[str, Any]:
     declared = {p.name: p for p in decl.params or ()}
     unknown = [k for k in given if k not in declared]
     if unknown:
-        raise UsageError(f"program `{decl.name}` has no parameter `{unknown[0]}`; "
-                         f"its parameters: {', '.join(declared) or 'none'}")
+        raise UsageError(
+            f"program `{decl.name}` has no parameter `{unknown[0]}`; its parameters: {', '.join(declared) or 'none'}"
+        )
     values = {}
     for p in declared.values():
         if p.name in given:

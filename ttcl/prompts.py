@@ -8,17 +8,13 @@ from __future__ import annotations
 
 from .backends.base import Message
 
-SOLVE = (
-    "{question}\n\nSolve it step by step, one short step per paragraph. "
-    "Finish with \"The answer is N.\""
-)
+SOLVE = '{question}\n\nSolve it step by step, one short step per paragraph. Finish with "The answer is N."'
 REVISE = (
     "{question}\n\nHere are earlier attempts, which may contain mistakes:\n\n{attempts}\n\n"
-    "Write a new, correct solution step by step. Finish with \"The answer is N.\""
+    'Write a new, correct solution step by step. Finish with "The answer is N."'
 )
 VERIFY = (
-    "Question: {question}\n\nPartial solution:\n{steps}\n\n"
-    "Is the last step of this solution correct? Answer Yes or No."
+    "Question: {question}\n\nPartial solution:\n{steps}\n\nIs the last step of this solution correct? Answer Yes or No."
 )
 DEFAULT_DELIMITER = "\n\n"
 

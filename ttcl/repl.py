@@ -21,7 +21,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from prompt_toolkit.completion import Completer as BaseCompleter, Completion, PathCompleter
+from prompt_toolkit.completion import Completer as BaseCompleter
+from prompt_toolkit.completion import Completion, PathCompleter
 from prompt_toolkit.document import Document
 from rich.console import Console
 from rich.live import Live
@@ -43,15 +44,30 @@ COMMANDS = {
     "cost": ("", "the current program's estimated cost per node (what `ttcl cost` prints)"),
     "graph": ("[text|dot|mermaid]", "the current program's DAG"),
     "load": ("FILE", "replace the session's declarations with a file's"),
-    "model": ("[NAME|PATH]", "show the models, or switch the policy to a declared model, a "
-              "known name (smollm2-135m) or a GGUF file"),
+    "model": (
+        "[NAME|PATH]",
+        "show the models, or switch the policy to a declared model, a known name (smollm2-135m) or a GGUF file",
+    ),
     "help": ("", "this list"),
     "quit": ("", "end the session (so does Ctrl-D)"),
 }
-WORDS = sorted(set(_STATEMENT_KEYWORDS) | {"match", "true", "false", "difficulty"}
-               | set(STAGES) | set(MODELS) | set(VERIFIERS) | set(BUILTIN_VERIFIERS))
-_KINDS = {"ModelDecl": "model", "VerifierDecl": "verifier", "PromptDecl": "prompt",
-          "StrategyDecl": "strategy", "ProgramDecl": "program", "BudgetDecl": "budget", "Import": "import"}
+WORDS = sorted(
+    set(_STATEMENT_KEYWORDS)
+    | {"match", "true", "false", "difficulty"}
+    | set(STAGES)
+    | set(MODELS)
+    | set(VERIFIERS)
+    | set(BUILTIN_VERIFIERS)
+)
+_KINDS = {
+    "ModelDecl": "model",
+    "VerifierDecl": "verifier",
+    "PromptDecl": "prompt",
+    "StrategyDecl": "strategy",
+    "ProgramDecl": "program",
+    "BudgetDecl": "budget",
+    "Import": "import",
+}
 
 
 class Repl:
@@ -94,8 +110,10 @@ class Repl:
         if outcome.kind == "pipeline":
             self.out.print(f"[bold]type:[/] {outcome.stage}")
             if outcome.program is None:
-                self.out.print("[dim]not a program: a program takes the question to an answer; "
-                               "end it with a selector such as `|> vote`[/]")
+                self.out.print(
+                    "[dim]not a program: a program takes the question to an answer; "
+                    "end it with a selector such as `|> vote`[/]"
+                )
             else:
                 self.summary(outcome.program)
             return
@@ -118,9 +136,11 @@ class Repl:
             report = program.cost(flops=False)
         t = report.expected
         flops = f", ~{_short(t.flops)} FLOPs" if t.flops is not None else ""
-        self.out.print(f"[bold]estimated cost:[/] {_short(t.generations)} generations, "
-                       f"~{_short(t.tokens)} tokens{flops} per question  [dim](:cost for the table, "
-                       f":run QUESTION to run it)[/]")
+        self.out.print(
+            f"[bold]estimated cost:[/] {_short(t.generations)} generations, "
+            f"~{_short(t.tokens)} tokens{flops} per question  [dim](:cost for the table, "
+            f":run QUESTION to run it)[/]"
+        )
 
     # ---- commands --------------------------------------------------------------------------
 
@@ -178,8 +198,9 @@ class Repl:
                 self.session.replace(models[0] if models else None, _model_text(models[0] if models else None, arg))
             models = self.session.models()
         if not models:
-            self.out.print('model policy = llama("smollm2-135m")  [dim](the default policy; '
-                           ":model NAME|PATH to change it)[/]")
+            self.out.print(
+                'model policy = llama("smollm2-135m")  [dim](the default policy; :model NAME|PATH to change it)[/]'
+            )
         for i, entry in enumerate(models):
             policy = ("  (the policy)", "dim") if i == 0 else ""
             self.out.print(Text.assemble(" ".join(entry.text.split()), policy))
@@ -188,9 +209,11 @@ class Repl:
         table = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
         for name, (args, doc) in COMMANDS.items():
             table.add_row(f":{name} {args}".rstrip(), doc)
-        self.out.print("Type a declaration (model, verifier, prompt, strategy, program, import, budget) "
-                       "or a pipeline such as `sample(4) |> vote`; an unfinished one continues on the next "
-                       "line (a blank line ends it). Tab completes.")
+        self.out.print(
+            "Type a declaration (model, verifier, prompt, strategy, program, import, budget) "
+            "or a pipeline such as `sample(4) |> vote`; an unfinished one continues on the next "
+            "line (a blank line ends it). Tab completes."
+        )
         self.out.print(table)
 
     def cmd_quit(self, arg: str) -> bool:
@@ -213,13 +236,14 @@ def _model_text(old: Entry | None, path: str) -> str:
     from .backends.llama import KNOWN_MODELS
 
     if path not in KNOWN_MODELS and not Path(path).exists():
-        raise UsageError(f"no model `{path}`: not a declared model, a known name "
-                         f"({', '.join(KNOWN_MODELS)}) nor a file")
+        raise UsageError(
+            f"no model `{path}`: not a declared model, a known name ({', '.join(KNOWN_MODELS)}) nor a file"
+        )
     if old is None:
         return f"model policy = llama({json.dumps(path)})"
     call = old.stmt.value
     kind = call.func if call.func in ("llama", "torch") else "llama"
-    rest = [old.source[a.span.start:a.span.end] for a in (*call.args[1:], *call.kwargs)] if kind == call.func else []
+    rest = [old.source[a.span.start : a.span.end] for a in (*call.args[1:], *call.kwargs)] if kind == call.func else []
     return f"model {old.key[1]} = {kind}({', '.join([json.dumps(path), *rest])})"
 
 
@@ -244,9 +268,11 @@ class Progress:
             for n, b in self.backends.items():
                 for key in ("batches", "prompt_tokens", "generated_tokens"):
                     spent[key] += getattr(b.counters, key) - getattr(self.before[n], key)
-            self.spinner.update(text=f"running {self.name}: batch {spent['batches']}, "
-                                     f"{spent['prompt_tokens']} prompt and {spent['generated_tokens']} generated "
-                                     f"tokens, {time.perf_counter() - self.began:.1f} s  (Ctrl-C stops it)")
+            self.spinner.update(
+                text=f"running {self.name}: batch {spent['batches']}, "
+                f"{spent['prompt_tokens']} prompt and {spent['generated_tokens']} generated "
+                f"tokens, {time.perf_counter() - self.began:.1f} s  (Ctrl-C stops it)"
+            )
         return self.spinner
 
 
@@ -281,7 +307,7 @@ def search_tree(result: Result) -> Tree:
 
 def _short_text(text: str, limit: int = 70) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---- the terminal -------------------------------------------------------------------------
@@ -337,9 +363,14 @@ def interactive(repl: Repl) -> None:
     from . import __version__
 
     repl.out.print(f"TTCL {__version__}: declarations, pipelines and :commands (:help lists them); Ctrl-D quits")
-    prompt = PromptSession(history=history, completer=Completer(repl.session), multiline=True,
-                           key_bindings=_keys(), complete_while_typing=False,
-                           prompt_continuation=lambda width, line, soft: "...".rjust(width - 1) + " ")
+    prompt = PromptSession(
+        history=history,
+        completer=Completer(repl.session),
+        multiline=True,
+        key_bindings=_keys(),
+        complete_while_typing=False,
+        prompt_continuation=lambda width, line, soft: "...".rjust(width - 1) + " ",
+    )
     while True:
         try:
             text = prompt.prompt("ttcl> ")
@@ -364,6 +395,7 @@ def _keys():
             buffer.validate_and_handle()
         else:
             buffer.insert_text("\n")
+
     return keys
 
 
@@ -385,6 +417,6 @@ class Completer(BaseCompleter):
         word = command.group(1) if command else document.get_word_before_cursor()
         if not command and not re.fullmatch(r"\w*", word):
             return
-        for choice in (COMMANDS if command else sorted(set(WORDS) | set(self.session.names))):
+        for choice in COMMANDS if command else sorted(set(WORDS) | set(self.session.names)):
             if choice.startswith(word) and choice != word:
                 yield Completion(choice, start_position=-len(word))

@@ -45,13 +45,22 @@ def run_file(args, program: Program, err: Console) -> list[Result]:
     questions = read_jsonl(args.questions, strict=True, need_answers=False).questions
     sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     done: dict[int, Result] = {}
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err, transient=True)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
 
     def on_result(index: int, result: Result) -> None:
         done[index] = result
-        line = {"index": index, "answer_expected": questions[index]["answer"],
-                **result.model_dump(exclude={"trace", "candidates"})}
+        line = {
+            "index": index,
+            "answer_expected": questions[index]["answer"],
+            **result.model_dump(exclude={"trace", "candidates"}),
+        }
         sink.write(json.dumps(line) + "\n")
         sink.flush()
         progress.advance(task)
@@ -86,16 +95,24 @@ def show(result: Result, out: Console, estimate=None) -> None:
     for c in result.candidates:
         score = "" if c.score is None else f"{c.score:.3f}"
         text = " ".join(c.text.split())
-        table.add_row(str(c.id), str(c.node), str(c.answer), score,
-                      str(c.prompt_tokens + c.generated_tokens), text[:60] + ("..." if len(text) > 60 else ""))
+        table.add_row(
+            str(c.id),
+            str(c.node),
+            str(c.answer),
+            score,
+            str(c.prompt_tokens + c.generated_tokens),
+            text[:60] + ("..." if len(text) > 60 else ""),
+        )
     out.print(table)
     cost = result.cost
     # the figures stay whole in a pipe too, where rich would assume 80 columns
     Console(file=out.file, width=max(out.width, 110), highlight=False).print(cost_table(result, estimate))
     flops = "unknown" if cost.flops is None else f"{cost.flops:.3g}"
-    out.print(f"generations {cost.generations}, prompt tokens {cost.prompt_tokens}, generated tokens "
-              f"{cost.generated_tokens}, verifier tokens {cost.verifier_prompt_tokens}, FLOPs {flops}, "
-              f"{result.elapsed_s:.1f} s" + (f", difficulty bin {result.bin}" if result.bin else ""))
+    out.print(
+        f"generations {cost.generations}, prompt tokens {cost.prompt_tokens}, generated tokens "
+        f"{cost.generated_tokens}, verifier tokens {cost.verifier_prompt_tokens}, FLOPs {flops}, "
+        f"{result.elapsed_s:.1f} s" + (f", difficulty bin {result.bin}" if result.bin else "")
+    )
 
 
 def cost_table(result: Result, estimate=None) -> Table:
@@ -107,8 +124,17 @@ def cost_table(result: Result, estimate=None) -> Table:
 
     def row(name: str, op: str, c, guess: float | None) -> list[str]:
         error = f"{(guess - c.flops) / c.flops:+.0%}" if guess and c.flops else ""
-        return [name, op, str(c.generations), str(c.prompt_tokens), str(c.generated_tokens),
-                str(c.verifier_prompt_tokens), _flops(c.flops), _flops(guess), error]
+        return [
+            name,
+            op,
+            str(c.generations),
+            str(c.prompt_tokens),
+            str(c.generated_tokens),
+            str(c.verifier_prompt_tokens),
+            _flops(c.flops),
+            _flops(guess),
+            error,
+        ]
 
     for node, c in sorted(result.cost.per_node.items()):
         guess = estimated[node].flops if node in estimated else None

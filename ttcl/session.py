@@ -51,7 +51,7 @@ class Entry:
 
     @property
     def text(self) -> str:
-        return self.header + self.source[self.start:self.end]
+        return self.header + self.source[self.start : self.end]
 
     @property
     def key(self) -> tuple[str, str]:
@@ -87,7 +87,7 @@ class SessionError(TTCLError):
 
 def is_statement(text: str) -> bool:
     """Whether an input declares something (begins with a keyword) rather than being a pipeline."""
-    rest = text[_LEADING.match(text).end():]
+    rest = text[_LEADING.match(text).end() :]
     word = re.match(r"[A-Za-z_]\w*", rest)
     return not rest or (word is not None and word.group() in _STATEMENT_KEYWORDS)
 
@@ -161,8 +161,9 @@ class Session:
         check_programs(checked)
         self.entries = [Entry.of(s, text, path) for s in checked.workspace.main.statements]
         self.path, self.checked, self.current = path, checked, None
-        programs = {e.key[1]: e for e in self.entries if isinstance(e.stmt, ast.ProgramDecl)
-                    and not needs_params(e.stmt)}
+        programs = {
+            e.key[1]: e for e in self.entries if isinstance(e.stmt, ast.ProgramDecl) and not needs_params(e.stmt)
+        }
         if programs:
             self.current = programs.get("main") or list(programs.values())[-1]
         return Outcome("defined", self.entries)
@@ -170,8 +171,7 @@ class Session:
     def program(self) -> Program:
         """The current program, compiled afresh with the declarations as they are now."""
         if self.current is None:
-            raise UsageError("no program yet: type a pipeline such as `sample(4) |> vote`, "
-                             "or declare a `program`")
+            raise UsageError("no program yet: type a pipeline such as `sample(4) |> vote`, or declare a `program`")
         extra = [self.current] if self.current.header else []
         return self._compile(self.entries + extra, self.current.key[1])
 

@@ -7,8 +7,9 @@ docs all read it, so a new primitive is one entry here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 # ---- types -------------------------------------------------------------------------------
 
@@ -113,128 +114,237 @@ _WIDTH = Param("width", "int", 4, minimum=1, maximum=MAX_COUNT, doc="proposals p
 _DEPTH = Param("depth", "int", 40, minimum=1, maximum=1000, doc="maximum steps")
 
 _STAGES = (
-    Signature("sample", "generator", (_N,) + GENERATOR_OPTIONS,
-              "n independent samples, one batched call with the prompt prefilled once",
-              generations=lambda a: a["n"]),
-    Signature("revise", "generator",
-              (Param("k", "int", minimum=1, maximum=MAX_COUNT, doc="attempts in the chain"),
-               Param("context", "int", 4, minimum=0, maximum=4, doc="previous attempts in context"))
-              + GENERATOR_OPTIONS,
-              "a chain of k sequential attempts, each conditioned on up to 4 previous ones",
-              generations=lambda a: a["k"]),
-    Signature("beam", "generator", (_N, _STEP_V, _WIDTH, _DEPTH) + GENERATOR_OPTIONS,
-              "PRM beam search: keep the top n/width partial solutions by step score, "
-              "expand each with width proposals, until every beam ends or depth steps",
-              generations=lambda a: a["n"], rule=_multiple_of_width),
-    Signature("lookahead", "generator",
-              (_N, _STEP_V, _WIDTH, Param("k", "int", 2, minimum=1, maximum=100, doc="rollout steps"),
-               _DEPTH) + GENERATOR_OPTIONS,
-              "beam search scored at the end of a greedy k-step rollout; costs about n(k+1)",
-              generations=lambda a: a["n"] * (a["k"] + 1), rule=_multiple_of_width),
-    Signature("dvts", "generator", (_N, _STEP_V, _WIDTH, _DEPTH) + GENERATOR_OPTIONS,
-              "diverse verifier tree search: n/width independent subtrees, each searched "
-              "greedily by the verifier", generations=lambda a: a["n"], rule=_multiple_of_width),
-    Signature("vote", "selector", (), "majority over the extracted final answers",
-              accepts=frozenset({POOL}), returns=ANSWER),
-    Signature("best", "selector", (_V,), "the candidate with the highest verifier score",
-              accepts=frozenset({POOL}), returns=ANSWER),
-    Signature("weighted_vote", "selector", (_V,),
-              "best-of-N weighted: sum the scores of candidates sharing an answer, take the largest",
-              accepts=frozenset({POOL}), returns=ANSWER),
+    Signature(
+        "sample",
+        "generator",
+        (_N,) + GENERATOR_OPTIONS,
+        "n independent samples, one batched call with the prompt prefilled once",
+        generations=lambda a: a["n"],
+    ),
+    Signature(
+        "revise",
+        "generator",
+        (
+            Param("k", "int", minimum=1, maximum=MAX_COUNT, doc="attempts in the chain"),
+            Param("context", "int", 4, minimum=0, maximum=4, doc="previous attempts in context"),
+        )
+        + GENERATOR_OPTIONS,
+        "a chain of k sequential attempts, each conditioned on up to 4 previous ones",
+        generations=lambda a: a["k"],
+    ),
+    Signature(
+        "beam",
+        "generator",
+        (_N, _STEP_V, _WIDTH, _DEPTH) + GENERATOR_OPTIONS,
+        "PRM beam search: keep the top n/width partial solutions by step score, "
+        "expand each with width proposals, until every beam ends or depth steps",
+        generations=lambda a: a["n"],
+        rule=_multiple_of_width,
+    ),
+    Signature(
+        "lookahead",
+        "generator",
+        (_N, _STEP_V, _WIDTH, Param("k", "int", 2, minimum=1, maximum=100, doc="rollout steps"), _DEPTH)
+        + GENERATOR_OPTIONS,
+        "beam search scored at the end of a greedy k-step rollout; costs about n(k+1)",
+        generations=lambda a: a["n"] * (a["k"] + 1),
+        rule=_multiple_of_width,
+    ),
+    Signature(
+        "dvts",
+        "generator",
+        (_N, _STEP_V, _WIDTH, _DEPTH) + GENERATOR_OPTIONS,
+        "diverse verifier tree search: n/width independent subtrees, each searched greedily by the verifier",
+        generations=lambda a: a["n"],
+        rule=_multiple_of_width,
+    ),
+    Signature(
+        "vote", "selector", (), "majority over the extracted final answers", accepts=frozenset({POOL}), returns=ANSWER
+    ),
+    Signature(
+        "best",
+        "selector",
+        (_V,),
+        "the candidate with the highest verifier score",
+        accepts=frozenset({POOL}),
+        returns=ANSWER,
+    ),
+    Signature(
+        "weighted_vote",
+        "selector",
+        (_V,),
+        "best-of-N weighted: sum the scores of candidates sharing an answer, take the largest",
+        accepts=frozenset({POOL}),
+        returns=ANSWER,
+    ),
 )
 STAGES: dict[str, Signature] = {s.name: s for s in _STAGES}
 
 MAX_BINS = 20
 DIFFICULTY = Signature(
-    "difficulty", "difficulty",
-    (_V, Param("probe", "int", 4, minimum=1, maximum=1024, doc="probe samples (kept as candidates)"),
-     Param("bins", "int", 5, minimum=2, maximum=MAX_BINS,
-           doc="quantile bins (default: one more than the thresholds, else 5)"),
-     Param("thresholds", "list[float]", None, minimum=0.0, maximum=1.0, ascending=True,
-           doc="bins - 1 fitted cut points of the mean score; a score >= t is in an easier "
-               "bin than t (default: the run's thresholds, else equal widths)")),
+    "difficulty",
+    "difficulty",
+    (
+        _V,
+        Param("probe", "int", 4, minimum=1, maximum=1024, doc="probe samples (kept as candidates)"),
+        Param(
+            "bins",
+            "int",
+            5,
+            minimum=2,
+            maximum=MAX_BINS,
+            doc="quantile bins (default: one more than the thresholds, else 5)",
+        ),
+        Param(
+            "thresholds",
+            "list[float]",
+            None,
+            minimum=0.0,
+            maximum=1.0,
+            ascending=True,
+            doc="bins - 1 fitted cut points of the mean score; a score >= t is in an easier "
+            "bin than t (default: the run's thresholds, else equal widths)",
+        ),
+    ),
     "bin the question by the mean verifier score of a few probe samples",
-    accepts=frozenset({QUESTION}), returns=QUESTION,
+    accepts=frozenset({QUESTION}),
+    returns=QUESTION,
     generations=lambda a: a["probe"],
 )
 
 _AGG = Param("agg", "str", "last", choices=("last", "min", "prod"), doc="step score aggregation")
 
-MODELS: dict[str, Signature] = {s.name: s for s in (
-    Signature("llama", "model", (
-        Param("path", "str", doc='a GGUF file, or a known name such as "smollm2-135m"'),
-        Param("temperature", "float", 0.8, minimum=0.0, maximum=10.0),
-        Param("top_p", "float", 1.0, minimum=0.0, maximum=1.0),
-        Param("top_k", "int", 0, minimum=0),
-        Param("max_tokens", "int", 256, minimum=1, maximum=1_000_000),
-        Param("n_ctx", "int", 4096, minimum=16, maximum=1_048_576),
-        Param("n_gpu_layers", "int", 0, minimum=-1),
-        Param("threads", "int", 0, minimum=0, doc="0: one per core"),
-    ), "a GGUF model run by llama.cpp"),
-    Signature("torch", "model", (
-        Param("path", "str", doc='a transformers model directory, a GGUF file, or a known name such as "smollm2-135m"'),
-        Param("device", "str", "cpu", choices=("cpu", "cuda")),
-        Param("dtype", "str", "float32", choices=("float32", "bfloat16", "float16")),
-        Param("temperature", "float", 0.8, minimum=0.0, maximum=10.0),
-        Param("top_p", "float", 1.0, minimum=0.0, maximum=1.0),
-        Param("top_k", "int", 0, minimum=0),
-        Param("max_tokens", "int", 256, minimum=1, maximum=1_000_000),
-        Param("n_ctx", "int", 4096, minimum=16, maximum=1_048_576),
-        Param("threads", "int", 0, minimum=0, doc="0: torch's default (OMP_NUM_THREADS, else one per core)"),
-    ), "a transformers causal LM run by torch (needs the torch extra)"),
-    Signature("openai", "model", (
-        Param("url", "str", doc='the server\'s OpenAI-compatible API, e.g. "http://127.0.0.1:8000/v1"'),
-        Param("model", "str", doc="the model name the server serves"),
-        Param("concurrency", "int", 32, minimum=1, maximum=4096, doc="HTTP requests in flight at once"),
-        Param("config", "str", "", doc="the served model's files here (a known name, GGUF or transformers "
-                                       "directory): prompts rendered locally, FLOPs priced"),
-        Param("api_key_env", "str", "OPENAI_API_KEY", doc="the environment variable holding the API key"),
-        Param("timeout", "float", 600.0, minimum=1.0, doc="seconds to wait for one reply"),
-        Param("retries", "int", 5, minimum=0, maximum=100, doc="retries on timeouts, lost connections and 5xx"),
-        Param("temperature", "float", 0.8, minimum=0.0, maximum=10.0),
-        Param("top_p", "float", 1.0, minimum=0.0, maximum=1.0),
-        Param("top_k", "int", 0, minimum=0),
-        Param("max_tokens", "int", 256, minimum=1, maximum=1_000_000),
-    ), "a model behind an OpenAI-compatible server (vLLM, SGLang, llama.cpp's server)"),
-    Signature("spec", "model", (
-        Param("params", "float", minimum=1, doc="every parameter, embeddings included"),
-        Param("layers", "int", 0, minimum=0, doc="0: unknown (no attention term)"),
-        Param("d_model", "int", 0, minimum=0, doc="the residual width; 0: unknown"),
-        Param("heads", "int", 0, minimum=0, doc="attention heads (head_dim = d_model / heads)"),
-        Param("vocab", "int", 0, minimum=0, doc="vocabulary size; 0: unknown (no logits term)"),
-        Param("non_embedding", "float", 0.0, minimum=0, doc="0: params less the embeddings"),
-        Param("tied", "bool", True, doc="whether the output projection reuses the embedding"),
-        Param("n_ctx", "int", 4096, minimum=16, maximum=1_048_576, doc="the training context"),
-        Param("temperature", "float", 0.8, minimum=0.0, maximum=10.0),
-        Param("max_tokens", "int", 256, minimum=1, maximum=1_000_000),
-    ), "a model described by numbers alone, for costing what-if questions (it cannot run)"),
-)}
+MODELS: dict[str, Signature] = {
+    s.name: s
+    for s in (
+        Signature(
+            "llama",
+            "model",
+            (
+                Param("path", "str", doc='a GGUF file, or a known name such as "smollm2-135m"'),
+                Param("temperature", "float", 0.8, minimum=0.0, maximum=10.0),
+                Param("top_p", "float", 1.0, minimum=0.0, maximum=1.0),
+                Param("top_k", "int", 0, minimum=0),
+                Param("max_tokens", "int", 256, minimum=1, maximum=1_000_000),
+                Param("n_ctx", "int", 4096, minimum=16, maximum=1_048_576),
+                Param("n_gpu_layers", "int", 0, minimum=-1),
+                Param("threads", "int", 0, minimum=0, doc="0: one per core"),
+            ),
+            "a GGUF model run by llama.cpp",
+        ),
+        Signature(
+            "torch",
+            "model",
+            (
+                Param(
+                    "path",
+                    "str",
+                    doc='a transformers model directory, a GGUF file, or a known name such as "smollm2-135m"',
+                ),
+                Param("device", "str", "cpu", choices=("cpu", "cuda")),
+                Param("dtype", "str", "float32", choices=("float32", "bfloat16", "float16")),
+                Param("temperature", "float", 0.8, minimum=0.0, maximum=10.0),
+                Param("top_p", "float", 1.0, minimum=0.0, maximum=1.0),
+                Param("top_k", "int", 0, minimum=0),
+                Param("max_tokens", "int", 256, minimum=1, maximum=1_000_000),
+                Param("n_ctx", "int", 4096, minimum=16, maximum=1_048_576),
+                Param("threads", "int", 0, minimum=0, doc="0: torch's default (OMP_NUM_THREADS, else one per core)"),
+            ),
+            "a transformers causal LM run by torch (needs the torch extra)",
+        ),
+        Signature(
+            "openai",
+            "model",
+            (
+                Param("url", "str", doc='the server\'s OpenAI-compatible API, e.g. "http://127.0.0.1:8000/v1"'),
+                Param("model", "str", doc="the model name the server serves"),
+                Param("concurrency", "int", 32, minimum=1, maximum=4096, doc="HTTP requests in flight at once"),
+                Param(
+                    "config",
+                    "str",
+                    "",
+                    doc="the served model's files here (a known name, GGUF or transformers "
+                    "directory): prompts rendered locally, FLOPs priced",
+                ),
+                Param("api_key_env", "str", "OPENAI_API_KEY", doc="the environment variable holding the API key"),
+                Param("timeout", "float", 600.0, minimum=1.0, doc="seconds to wait for one reply"),
+                Param("retries", "int", 5, minimum=0, maximum=100, doc="retries on timeouts, lost connections and 5xx"),
+                Param("temperature", "float", 0.8, minimum=0.0, maximum=10.0),
+                Param("top_p", "float", 1.0, minimum=0.0, maximum=1.0),
+                Param("top_k", "int", 0, minimum=0),
+                Param("max_tokens", "int", 256, minimum=1, maximum=1_000_000),
+            ),
+            "a model behind an OpenAI-compatible server (vLLM, SGLang, llama.cpp's server)",
+        ),
+        Signature(
+            "spec",
+            "model",
+            (
+                Param("params", "float", minimum=1, doc="every parameter, embeddings included"),
+                Param("layers", "int", 0, minimum=0, doc="0: unknown (no attention term)"),
+                Param("d_model", "int", 0, minimum=0, doc="the residual width; 0: unknown"),
+                Param("heads", "int", 0, minimum=0, doc="attention heads (head_dim = d_model / heads)"),
+                Param("vocab", "int", 0, minimum=0, doc="vocabulary size; 0: unknown (no logits term)"),
+                Param("non_embedding", "float", 0.0, minimum=0, doc="0: params less the embeddings"),
+                Param("tied", "bool", True, doc="whether the output projection reuses the embedding"),
+                Param("n_ctx", "int", 4096, minimum=16, maximum=1_048_576, doc="the training context"),
+                Param("temperature", "float", 0.8, minimum=0.0, maximum=10.0),
+                Param("max_tokens", "int", 256, minimum=1, maximum=1_000_000),
+            ),
+            "a model described by numbers alone, for costing what-if questions (it cannot run)",
+        ),
+    )
+}
 
-VERIFIERS: dict[str, Signature] = {s.name: s for s in (
-    Signature("self_verify", "verifier", (Param("m", "model"), _AGG),
-              "the model's own P(Yes) to 'is this step correct?', per step"),
-    Signature("check", "verifier", (Param("name", "str", choices=("arith",)), _AGG),
-              "a programmatic checker: `arith` checks each `a op b = c` in a step"),
-    Signature("prm", "verifier",
-              (Param("path", "str", doc="a head trained by `ttcl train-prm` (safetensors)"),
-               Param("m", "model", None, doc="the model whose hidden states it scores (default: the policy)"),
-               _AGG),
-              "a trained PRM head on the policy model's hidden state at the end of each step"),
-    Signature("hf_prm", "verifier",
-              (Param("path", "str", doc="a local transformers PRM checkpoint directory"),
-               Param("device", "str", "cpu", choices=("cpu", "cuda")), _AGG),
-              "a transformers PRM checkpoint (token classification, or Math-Shepherd step tags), on torch"),
-    Signature("registered", "verifier",
-              (Param("name", "str"), Param("steps", "bool", True), _AGG),
-              "a Python callable registered through the API (ttcl.register_verifier)"),
-)}
+VERIFIERS: dict[str, Signature] = {
+    s.name: s
+    for s in (
+        Signature(
+            "self_verify",
+            "verifier",
+            (Param("m", "model"), _AGG),
+            "the model's own P(Yes) to 'is this step correct?', per step",
+        ),
+        Signature(
+            "check",
+            "verifier",
+            (Param("name", "str", choices=("arith",)), _AGG),
+            "a programmatic checker: `arith` checks each `a op b = c` in a step",
+        ),
+        Signature(
+            "prm",
+            "verifier",
+            (
+                Param("path", "str", doc="a head trained by `ttcl train-prm` (safetensors)"),
+                Param("m", "model", None, doc="the model whose hidden states it scores (default: the policy)"),
+                _AGG,
+            ),
+            "a trained PRM head on the policy model's hidden state at the end of each step",
+        ),
+        Signature(
+            "hf_prm",
+            "verifier",
+            (
+                Param("path", "str", doc="a local transformers PRM checkpoint directory"),
+                Param("device", "str", "cpu", choices=("cpu", "cuda")),
+                _AGG,
+            ),
+            "a transformers PRM checkpoint (token classification, or Math-Shepherd step tags), on torch",
+        ),
+        Signature(
+            "registered",
+            "verifier",
+            (Param("name", "str"), Param("steps", "bool", True), _AGG),
+            "a Python callable registered through the API (ttcl.register_verifier)",
+        ),
+    )
+}
 
 # Verifiers that exist without a declaration. `oracle` grades against the ground truth, so it
 # scores whole answers only and serves evaluation and oracle difficulty.
 # `prm`, when a program uses it without declaring it, is the shipped head trained on SmolLM2
 # (for a SmolLM2 policy) or the policy's self-verification (see `lower.default_prm`).
-BUILTIN_VERIFIERS = {"oracle": {"kind": "oracle", "agg": "last", "steps": False},
-                     "prm": {"kind": "prm", "agg": "last"}}
+BUILTIN_VERIFIERS = {"oracle": {"kind": "oracle", "agg": "last", "steps": False}, "prm": {"kind": "prm", "agg": "last"}}
 
 DEFAULT_MODEL = {"kind": "llama", "path": "smollm2-135m"}
 DEFAULT_MODEL_NAME = "policy"

@@ -49,8 +49,7 @@ def read_source(path: str | Path, max_bytes: int = MAX_SOURCE_BYTES, kind: str =
         size = p.stat().st_size
         if size > max_bytes:
             raise SourceError(
-                f"{p}: file is {size / 1e6:.1f} MB; {kind} are limited to "
-                f"{max_bytes // 1_000_000} MB",
+                f"{p}: file is {size / 1e6:.1f} MB; {kind} are limited to {max_bytes // 1_000_000} MB",
                 usage=False,
             )
         data = p.read_bytes()
@@ -66,9 +65,7 @@ def decode_source(data: bytes, name: str) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise SourceError(
-            f"{name}: is not UTF-8 text (invalid byte at offset {e.start})", usage=False
-        ) from None
+        raise SourceError(f"{name}: is not UTF-8 text (invalid byte at offset {e.start})", usage=False) from None
     if not text.strip():
         raise SourceError(f"{name}: file is empty", usage=False)
     return text.removeprefix("\ufeff")

@@ -25,9 +25,10 @@ import base64
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .answers import extract_answer, same_answer
 from .backends.base import GenerationRequest, SamplingParams
@@ -75,30 +76,40 @@ def _request(question: str, prefix: str, params: SamplingParams) -> GenerationRe
 
 def _steps(text: str, most: int) -> list[str]:
     steps = split_steps(text)
-    return steps[: most - 1] + [DEFAULT_DELIMITER.join(steps[most - 1:])] if len(steps) > most else steps
+    return steps[: most - 1] + [DEFAULT_DELIMITER.join(steps[most - 1 :])] if len(steps) > most else steps
 
 
 def label_batch(backend, questions: list[tuple[int, dict]], s: Settings) -> list[dict]:
     """Sample solutions to `questions` ((index, question) pairs), label every step by
     rollouts, and read each step's features: one record per question."""
+
     def params(*key: int) -> SamplingParams:
-        return SamplingParams(temperature=s.temperature, max_tokens=s.max_tokens,
-                              seed=hash((s.seed,) + key) & 0x7FFFFFFF)
+        return SamplingParams(
+            temperature=s.temperature, max_tokens=s.max_tokens, seed=hash((s.seed,) + key) & 0x7FFFFFFF
+        )
 
     keys = [(i, q, k) for i, q in questions for k in range(s.samples)]
     firsts = backend.generate([_request(q["question"], "", params(i, k)) for i, q, k in keys])
     solutions = [(i, q, _steps(g.text, s.max_steps), g.text) for (i, q, _), g in zip(keys, firsts)]
     # every step but the last: rollouts from just after it
-    asks = [(n, j, prefix) for n, (_, _, steps, _) in enumerate(solutions)
-            for j, prefix in step_prefixes(steps, True)[:-1]]
-    rolled = backend.generate([_request(solutions[n][1]["question"], prefix + DEFAULT_DELIMITER, params(n, j, r, 7))
-                               for n, j, prefix in asks for r in range(s.rollouts)])
+    asks = [
+        (n, j, prefix) for n, (_, _, steps, _) in enumerate(solutions) for j, prefix in step_prefixes(steps, True)[:-1]
+    ]
+    rolled = backend.generate(
+        [
+            _request(solutions[n][1]["question"], prefix + DEFAULT_DELIMITER, params(n, j, r, 7))
+            for n, j, prefix in asks
+            for r in range(s.rollouts)
+        ]
+    )
     labels = [[0.0] * len(steps) for _, _, steps, _ in solutions]
     for a, (n, j, prefix) in enumerate(asks):
-        runs = rolled[a * s.rollouts:(a + 1) * s.rollouts]
-        right = [same_answer(extract_answer(prefix + DEFAULT_DELIMITER + g.text), solutions[n][1]["answer"]) for g in runs]
+        runs = rolled[a * s.rollouts : (a + 1) * s.rollouts]
+        right = [
+            same_answer(extract_answer(prefix + DEFAULT_DELIMITER + g.text), solutions[n][1]["answer"]) for g in runs
+        ]
         labels[n][j] = sum(right) / len(right)
-    for n, (_, q, steps, text) in enumerate(solutions):
+    for n, (_, q, _, text) in enumerate(solutions):
         labels[n][-1] = float(same_answer(extract_answer(text), q["answer"]))
     return _records(backend, solutions, labels)
 
@@ -106,27 +117,39 @@ def label_batch(backend, questions: list[tuple[int, dict]], s: Settings) -> list
 def _records(backend, solutions: list, labels: list[list[float]]) -> list[dict]:
     """Features and the policy's self-verification for every step, grouped by question."""
     at = [(n, j, prefix) for n, (_, _, steps, _) in enumerate(solutions) for j, prefix in step_prefixes(steps, True)]
-    features = backend.hidden_states([_request(solutions[n][1]["question"], prefix, SamplingParams())
-                                      for n, _, prefix in at])
-    verify = backend.next_token_probs([GenerationRequest(messages=verify_messages(solutions[n][1]["question"],
-                                                                                 solutions[n][2][: j + 1]))
-                                       for n, j, _ in at], ["Yes", "No"])
+    features = backend.hidden_states(
+        [_request(solutions[n][1]["question"], prefix, SamplingParams()) for n, _, prefix in at]
+    )
+    verify = backend.next_token_probs(
+        [
+            GenerationRequest(messages=verify_messages(solutions[n][1]["question"], solutions[n][2][: j + 1]))
+            for n, j, _ in at
+        ],
+        ["Yes", "No"],
+    )
     records: dict[int, dict] = {}
     for (n, j, _), row, (yes, no) in zip(at, features, verify):
         i, q, steps, text = solutions[n]
-        rec = records.setdefault(i, {"index": i, "question": q["question"], "answer": q["answer"],
-                                     "level": q.get("level"), "solutions": []})
+        rec = records.setdefault(
+            i, {"index": i, "question": q["question"], "answer": q["answer"], "level": q.get("level"), "solutions": []}
+        )
         if j == 0:
-            rec["solutions"].append({"text": text, "steps": steps, "labels": labels[n], "features": [],
-                                     "self_verify": []})
+            rec["solutions"].append(
+                {"text": text, "steps": steps, "labels": labels[n], "features": [], "self_verify": []}
+            )
         sol = rec["solutions"][-1]
         sol["features"].append(_encode(row))
         sol["self_verify"].append(yes / (yes + no) if yes + no > 0 else 0.5)
     return list(records.values())
 
 
-def collect(backend, questions: list[dict], path: Path, s: Settings,
-            progress: Callable[[int, int], None] = lambda done, total: None) -> list[dict]:
+def collect(
+    backend,
+    questions: list[dict],
+    path: Path,
+    s: Settings,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> list[dict]:
     """Label every question not yet in the data file, appending each batch's records as it
     finishes; returns all records. Ctrl-C keeps what was written."""
     records = read_data(path)
@@ -134,7 +157,7 @@ def collect(backend, questions: list[dict], path: Path, s: Settings,
     todo = [(i, q) for i, q in enumerate(questions) if i not in done]
     with open(path, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), s.batch_questions):
-            for rec in label_batch(backend, todo[start:start + s.batch_questions], s):
+            for rec in label_batch(backend, todo[start : start + s.batch_questions], s):
                 f.write(json.dumps(rec) + "\n")
                 records.append(rec)
             f.flush()
@@ -172,8 +195,7 @@ def arrays(records: list[dict]) -> tuple[Any, Any, Any, Any, Any]:
                 verify.append(v)
                 index.append(rec["index"])
                 last.append(j == len(sol["labels"]) - 1)
-    return (np.stack(rows), np.array(labels, np.float32), np.array(verify, np.float32),
-            np.array(index), np.array(last))
+    return (np.stack(rows), np.array(labels, np.float32), np.array(verify, np.float32), np.array(index), np.array(last))
 
 
 # --------------------------------------------------------------------------- training
@@ -214,8 +236,9 @@ def fit(x: Any, y: Any, s: Settings, checkpoint: Path | None, log: Callable[[str
     mean, std = x.mean(0), x.std(0) + 1e-4
     xt = torch.tensor((x - mean) / std)
     yt = torch.tensor(y)
-    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], s.hidden), torch.nn.GELU(approximate="tanh"),
-                              torch.nn.Linear(s.hidden, 1))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(x.shape[1], s.hidden), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(s.hidden, 1)
+    )
     opt = torch.optim.AdamW(net.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     key = f"{len(y)}:{float(y.sum()):.4f}:{s.hidden}:{s.lr}:{s.weight_decay}:{s.seed}"
     start = 0
@@ -236,8 +259,14 @@ def fit(x: Any, y: Any, s: Settings, checkpoint: Path | None, log: Callable[[str
             torch.save({"key": key, "net": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1}, checkpoint)
             log(f"epoch {epoch + 1}: loss {loss.item():.4f}")
     w = {k: v.detach().numpy() for k, v in net.state_dict().items()}
-    tensors = {"w1": w["0.weight"], "b1": w["0.bias"], "w2": w["2.weight"], "b2": w["2.bias"],
-               "mean": mean.astype(np.float32), "std": std.astype(np.float32)}
+    tensors = {
+        "w1": w["0.weight"],
+        "b1": w["0.bias"],
+        "w2": w["2.weight"],
+        "b2": w["2.bias"],
+        "mean": mean.astype(np.float32),
+        "std": std.astype(np.float32),
+    }
     return Head(tensors, {})
 
 
@@ -288,16 +317,26 @@ def card(records: list[dict], y: Any, held: Any, s: Settings, figures: dict, bas
         "solutions_correct": round(float(np.mean([sol["labels"][-1] for r in records for sol in r["solutions"]])), 4),
         "steps": int(len(y)),
         "train_steps": int((~held).sum()),
-        "labels": {"mean": round(float(y.mean()), 4), "good_fraction": round(float((y >= 0.5).mean()), 4),
-                   "histogram_0_to_1_in_fifths": hist.tolist()},
+        "labels": {
+            "mean": round(float(y.mean()), 4),
+            "good_fraction": round(float((y >= 0.5).mean()), 4),
+            "histogram_0_to_1_in_fifths": hist.tolist(),
+        },
         "settings": asdict(s),
         "held_out": figures,
         "seconds": round(seconds, 1),
     }
 
 
-def train(backend, questions: list[dict], out: Path, s: Settings, base: dict, resume: bool = False,
-          log: Callable[[str], None] = print) -> dict:
+def train(
+    backend,
+    questions: list[dict],
+    out: Path,
+    s: Settings,
+    base: dict,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
     """The whole of `ttcl train-prm`: collect (or resume) the data, fit, evaluate, write the
     head and its card; returns the card."""
     data, checkpoint = out.with_suffix(".steps.jsonl"), out.with_suffix(".ckpt.pt")
@@ -314,8 +353,14 @@ def train(backend, questions: list[dict], out: Path, s: Settings, base: dict, re
     head = fit(x[~held], y[~held], s, checkpoint, log)
     figures = held_out_figures(head, x, y, verify, held, last)
     info = card(records, y, held, s, figures, base, time.perf_counter() - started)
-    head = Head(head.tensors, {"base_model": base.get("base_model", ""), "hidden_size": str(x.shape[1]),
-                               "card": out.with_suffix(".json").name})
+    head = Head(
+        head.tensors,
+        {
+            "base_model": base.get("base_model", ""),
+            "hidden_size": str(x.shape[1]),
+            "card": out.with_suffix(".json").name,
+        },
+    )
     head.save(out)
     out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
@@ -331,23 +376,43 @@ def train_prm_command(args, out, err) -> int:
 
     if not args.out.endswith(".safetensors"):
         raise UsageError(f"--out names a .safetensors file, not {args.out}")
-    settings = Settings(samples=args.samples, rollouts=args.rollouts, temperature=args.temperature,
-                        max_tokens=args.max_tokens, seed=args.seed)
+    settings = Settings(
+        samples=args.samples,
+        rollouts=args.rollouts,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+    )
     data = load(args.dataset, args.limit, args.seed, args.strict)
     for line in data.skipped:
         err.print(f"[yellow]skipped[/] {line}")
     backend = backend_for({"kind": args.backend, "path": args.model, "n_ctx": 2048})
-    base = {"base_model": args.model, "backend": args.backend, "dataset": args.dataset,
-            "model_file": os.path.basename(getattr(backend, "path", args.model))}
+    base = {
+        "base_model": args.model,
+        "backend": args.backend,
+        "dataset": args.dataset,
+        "model_file": os.path.basename(getattr(backend, "path", args.model)),
+    }
     try:
-        info = train(backend, data.questions, Path(args.out), settings, base, args.resume,
-                     log=lambda text: err.print(f"[dim]{text}[/]"))
+        info = train(
+            backend,
+            data.questions,
+            Path(args.out),
+            settings,
+            base,
+            args.resume,
+            log=lambda text: err.print(f"[dim]{text}[/]"),
+        )
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: the labelled questions are saved; run again with --resume")
         return 130
     h = info["held_out"]
-    out.print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}: {info['steps']} steps from "
-              f"{info['questions']} questions, {h['steps']} held out")
-    out.print(f"held-out step accuracy {h['accuracy']} (majority class {h['majority_class_accuracy']}), "
-              f"AUROC {h['auroc']} against self-verification's {h['self_verify_auroc']}")
+    out.print(
+        f"wrote {args.out} and {Path(args.out).with_suffix('.json')}: {info['steps']} steps from "
+        f"{info['questions']} questions, {h['steps']} held out"
+    )
+    out.print(
+        f"held-out step accuracy {h['accuracy']} (majority class {h['majority_class_accuracy']}), "
+        f"AUROC {h['auroc']} against self-verification's {h['self_verify_auroc']}"
+    )
     return 0

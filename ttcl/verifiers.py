@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable, Generator
+from collections.abc import Callable, Generator
 
 from .answers import same_answer
 from .backends.base import GenerationRequest
@@ -57,8 +57,9 @@ def aggregate(scores: list[float], how: str) -> float:
     return scores[-1]
 
 
-def score(question: str, candidates: list[Candidate], name: str, verifier: dict,
-          truth: str | None = None) -> Generator[Probs, list, list[float]]:
+def score(
+    question: str, candidates: list[Candidate], name: str, verifier: dict, truth: str | None = None
+) -> Generator[Probs, list, list[float]]:
     """Score each candidate (cached per verifier name) and return the aggregated scores."""
     todo = [c for c in candidates if name not in c.scores]
     if todo:
@@ -74,8 +75,11 @@ def score(question: str, candidates: list[Candidate], name: str, verifier: dict,
 def _self_verify(question, candidates, verifier, truth):
     # With `last` only the final step's score is needed: one forward pass per candidate.
     last_only = verifier.get("agg", "last") == "last"
-    prefixes = [(i, c.steps[: j + 1]) for i, c in enumerate(candidates)
-                for j in ([len(c.steps) - 1] if last_only else range(len(c.steps)))]
+    prefixes = [
+        (i, c.steps[: j + 1])
+        for i, c in enumerate(candidates)
+        for j in ([len(c.steps) - 1] if last_only else range(len(c.steps)))
+    ]
     requests = [GenerationRequest(messages=verify_messages(question, steps)) for _, steps in prefixes]
     probs = yield Probs(verifier["m"], requests, ["Yes", "No"])
     out: list[list[float]] = [[] for _ in candidates]
@@ -91,8 +95,14 @@ def check_arith_step(step: str) -> float:
     """Score one step by its arithmetic: (correct + 0.5) / (equations + 1), so a step with no
     equation is neutral (0.5), correct work raises the score and a wrong equation lowers it."""
     found = _EQUATION.findall(step.replace(",", ""))
-    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
-           "x": lambda a, b: a * b, "×": lambda a, b: a * b, "/": lambda a, b: a / b if b else math.nan}
+    ops = {
+        "+": lambda a, b: a + b,
+        "-": lambda a, b: a - b,
+        "*": lambda a, b: a * b,
+        "x": lambda a, b: a * b,
+        "×": lambda a, b: a * b,
+        "/": lambda a, b: a / b if b else math.nan,
+    }
     correct = sum(abs(ops[op](float(a), float(b)) - float(c)) < 1e-6 for a, op, b, c in found)
     return (correct + 0.5) / (len(found) + 1)
 
@@ -105,16 +115,16 @@ def _check(question, candidates, verifier, truth):
 def _registered(question, candidates, verifier, truth):
     fn = REGISTERED.get(verifier["name"])
     if fn is None:
-        raise TTCLError(f"no verifier registered as {verifier['name']!r}; call "
-                        "ttcl.register_verifier(name, fn) before running")
+        raise TTCLError(
+            f"no verifier registered as {verifier['name']!r}; call ttcl.register_verifier(name, fn) before running"
+        )
     out = []
     for c in candidates:
         try:
             s = fn(question, list(c.steps))
             out.append([float(x) for x in s] if isinstance(s, (list, tuple)) else [float(s)])
         except Exception as e:  # user code: report it as a program error, not a traceback
-            raise TTCLError(f"registered verifier {verifier['name']!r} failed: "
-                            f"{type(e).__name__}: {e}") from e
+            raise TTCLError(f"registered verifier {verifier['name']!r} failed: {type(e).__name__}: {e}") from e
     return out
     yield
 
@@ -154,4 +164,11 @@ def _hf_prm(question, candidates, verifier, truth):
     yield  # scored in-process by torch, not by a backend of the program
 
 
-_SCORERS = {"self_verify": _self_verify, "prm": _prm, "hf_prm": _hf_prm, "check": _check, "registered": _registered, "oracle": _oracle}
+_SCORERS = {
+    "self_verify": _self_verify,
+    "prm": _prm,
+    "hf_prm": _hf_prm,
+    "check": _check,
+    "registered": _registered,
+    "oracle": _oracle,
+}

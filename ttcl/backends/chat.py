@@ -10,7 +10,8 @@ agree, the same prompt tokens.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .base import BackendError, GenerationRequest
 
@@ -29,8 +30,9 @@ def compile_template(source: str) -> Any:
     return env.from_string(source)
 
 
-def render_chat(template: str | None, request: GenerationRequest, name: str,
-                bos_token: str = "", eos_token: str = "") -> str:
+def render_chat(
+    template: str | None, request: GenerationRequest, name: str, bos_token: str = "", eos_token: str = ""
+) -> str:
     """The prompt text for a request: the chat `template` applied to its messages with the
     generation prompt (`bos_token` and `eos_token` are the texts the template may write), then
     the prefix. A model without a template (a base model) gets plain "role: content" lines.
@@ -48,8 +50,7 @@ def render_chat(template: str | None, request: GenerationRequest, name: str,
     return text + request.prefix
 
 
-def prompt_tokens(tokenize: Callable[[str, bool], list[int]], text: str, room: int, n_ctx: int,
-                  name: str) -> list[int]:
+def prompt_tokens(tokenize: Callable[[str, bool], list[int]], text: str, room: int, n_ctx: int, name: str) -> list[int]:
     """A rendered prompt's tokens (control tokens parsed), checked against `n_ctx` with room
     for `room` generated tokens: the same errors on every backend."""
     tokens = tokenize(text, True)

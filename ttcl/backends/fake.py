@@ -9,7 +9,7 @@ be trained and scored on them in tests).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .base import Counters, Generation, GenerationRequest
 
@@ -24,9 +24,13 @@ class ScriptedBackend:
 
     n_params = 1_000_000  # a made-up size, so FLOPs are defined
 
-    def __init__(self, script: Callable[[GenerationRequest], str],
-                 probs: Callable[[GenerationRequest, list[str]], list[float]] | None = None,
-                 name: str = "scripted", hidden: Callable[[GenerationRequest], list[float]] | None = None):
+    def __init__(
+        self,
+        script: Callable[[GenerationRequest], str],
+        probs: Callable[[GenerationRequest, list[str]], list[float]] | None = None,
+        name: str = "scripted",
+        hidden: Callable[[GenerationRequest], list[float]] | None = None,
+    ):
         self.script = script
         self.probs = probs or (lambda request, options: [1.0 / len(options)] * len(options))
         self.hidden = hidden or text_features
@@ -88,5 +92,13 @@ def text_features(request: GenerationRequest) -> list[float]:
     from ("wrong", "correct"), so tests can train a head that must really separate them."""
     text = request.prefix.lower()
     words = text.split()
-    return [len(words) / 10, sum(ch.isdigit() for ch in text) / 10, text.count("wrong"), text.count("correct"),
-            text.count("answer"), float(bool(words)), len(text) % 7 / 7, 1.0]
+    return [
+        len(words) / 10,
+        sum(ch.isdigit() for ch in text) / 10,
+        text.count("wrong"),
+        text.count("correct"),
+        text.count("answer"),
+        float(bool(words)),
+        len(text) % 7 / 7,
+        1.0,
+    ]

@@ -218,9 +218,19 @@ class TorchBackend:
     benchmarks). `batch_invariant`: on the CPU in float32, a request gives the same result
     alone as in any batch."""
 
-    def __init__(self, path: str, device: str = "cpu", dtype: str = "float32", n_ctx: int = 4096,
-                 threads: int = 0, n_seq_max: int = 64, name: str | None = None, *,
-                 kv_tokens: int = 0, ignore_eos: bool = False):
+    def __init__(
+        self,
+        path: str,
+        device: str = "cpu",
+        dtype: str = "float32",
+        n_ctx: int = 4096,
+        threads: int = 0,
+        n_seq_max: int = 64,
+        name: str | None = None,
+        *,
+        kv_tokens: int = 0,
+        ignore_eos: bool = False,
+    ):
         self.name = name or path
         self.n_ctx, self.threads, self.n_seq_max, self.ignore_eos = n_ctx, threads, n_seq_max, ignore_eos
         self.counters = Counters()
@@ -228,8 +238,10 @@ class TorchBackend:
         self._lock = threading.Lock()
         try:
             if device not in DEVICES or dtype not in DTYPES:
-                raise BackendError(f"device must be one of {', '.join(DEVICES)} and dtype one of "
-                                   f"{', '.join(DTYPES)}, got {device!r} and {dtype!r}")
+                raise BackendError(
+                    f"device must be one of {', '.join(DEVICES)} and dtype one of "
+                    f"{', '.join(DTYPES)}, got {device!r} and {dtype!r}"
+                )
             if n_ctx < 1 or n_seq_max < 1:
                 raise BackendError("n_ctx and n_seq_max must be positive")
             self.path = resolve_model_path(path)
@@ -346,8 +358,13 @@ class TorchBackend:
         device = self.model.device
         token = LAYOUT.set(layout)
         try:
-            out = self.model.base(input_ids=ids.to(device), position_ids=positions.to(device),
-                                  attention_mask=mask.to(device), use_cache=True, **{self.model.cache_kw: cache})
+            out = self.model.base(
+                input_ids=ids.to(device),
+                position_ids=positions.to(device),
+                attention_mask=mask.to(device),
+                use_cache=True,
+                **{self.model.cache_kw: cache},
+            )
         finally:
             LAYOUT.reset(token)
         self.counters.decode_calls += 1
@@ -438,10 +455,10 @@ class TorchBackend:
             return torch.cat([torch.arange(past - f, past), torch.arange(past + width - s, past + width)])
 
         for i, (prompt, f, s) in enumerate(zip(prompts, lengths, suffixes)):
-            ids[i, width - s:] = torch.tensor(prompt[f:])
-            positions[i, width - s:] = torch.arange(f, f + s)
-            mask[i, past - f: past] = 1
-            mask[i, past + width - s:] = 1
+            ids[i, width - s :] = torch.tensor(prompt[f:])
+            positions[i, width - s :] = torch.arange(f, f + s)
+            mask[i, past - f : past] = 1
+            mask[i, past + width - s :] = 1
         keys = list(zip(lengths, suffixes))
         layout = group_rows(keys, lambda key: (columns(key).to(self.model.device), slice(width - key[1], None)))
         cache = _cache(self._past(forks, past))
@@ -468,8 +485,8 @@ class TorchBackend:
             for i, prefix in enumerate(prefixes):
                 if prefix is not None:
                     k, v = prefix[layer]
-                    keys[i, :, width - k.shape[1]:] = k
-                    values[i, :, width - v.shape[1]:] = v
+                    keys[i, :, width - k.shape[1] :] = k
+                    values[i, :, width - v.shape[1] :] = v
             layers.append((keys, values))
         return layers
 
@@ -509,7 +526,7 @@ class TorchBackend:
         """Whether a stop string has appeared; if so, `seq.text` is the text before the first.
         A new stop string ends in the newest text, so only a tail is decoded at each step."""
         stops = seq.request.params.stop
-        tail = self.model.detokenize(seq.sampled[-(max(map(len, stops)) + 8):])
+        tail = self.model.detokenize(seq.sampled[-(max(map(len, stops)) + 8) :])
         if not any(s in tail for s in stops):
             return False
         text = self.model.detokenize(seq.sampled)
@@ -558,8 +575,8 @@ class _Decode:
             values = v0.new_zeros((len(done), v0.shape[0], self.width, v0.shape[2]))
             for block in blocks:
                 k, v = done[block.rows.start].kv[layer]
-                keys[block.rows, :, self.width - k.shape[1]:] = k
-                values[block.rows, :, self.width - v.shape[1]:] = v
+                keys[block.rows, :, self.width - k.shape[1] :] = k
+                values[block.rows, :, self.width - v.shape[1] :] = v
             layers.append((keys, values))
         return _cache(layers)
 
@@ -592,8 +609,9 @@ class _Decode:
         layers = _layers(self.cache)
         for i in done:
             seq, start = self.seqs[i], self.starts[i]
-            self.b.store.add(seq.prompt + seq.sampled[:-1], [(k[i, :, start:].clone(), v[i, :, start:].clone())
-                                                              for k, v in layers])
+            self.b.store.add(
+                seq.prompt + seq.sampled[:-1], [(k[i, :, start:].clone(), v[i, :, start:].clone()) for k, v in layers]
+            )
         live = [i for i, s in enumerate(self.seqs) if s.finish is None]
         self.seqs = [self.seqs[i] for i in live]
         self.starts = [self.starts[i] for i in live]
@@ -610,15 +628,23 @@ class _Decode:
 # --------------------------------------------------------------------------- shared backends
 
 
-@functools.lru_cache(maxsize=None)
-def _shared_backend(path: str, device: str, dtype: str, n_ctx: int, threads: int, n_seq_max: int,
-                    kv_tokens: int) -> TorchBackend:
+@functools.cache
+def _shared_backend(
+    path: str, device: str, dtype: str, n_ctx: int, threads: int, n_seq_max: int, kv_tokens: int
+) -> TorchBackend:
     name = os.path.basename(path.rstrip(os.sep))  # one backend serves every name the model goes by
     return TorchBackend(path, device, dtype, n_ctx, threads, n_seq_max, name, kv_tokens=kv_tokens)
 
 
-def load_backend(path: str, device: str = "cpu", dtype: str = "float32", n_ctx: int = 4096, threads: int = 0,
-                 n_seq_max: int = 64, kv_tokens: int = 0) -> TorchBackend:
+def load_backend(
+    path: str,
+    device: str = "cpu",
+    dtype: str = "float32",
+    n_ctx: int = 4096,
+    threads: int = 0,
+    n_seq_max: int = 64,
+    kv_tokens: int = 0,
+) -> TorchBackend:
     """The shared backend for a model and settings: the same model (by name or by path) and
     settings give the same object, so one loaded model, one store of kept sequences and one set
     of counters serve every model declaration and verifier that uses them."""

@@ -55,12 +55,22 @@ from .llama import GGUF_MAGIC, file_magic
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")
-INSTALL = ("the torch backend needs torch and transformers: pip install 'ttcl[torch]' "
-           "(install torch first where you want a particular build, e.g. the CPU one: "
-           "pip install torch==2.13.0; an unpinned torch pulls the CUDA packages)")
+INSTALL = (
+    "the torch backend needs torch and transformers: pip install 'ttcl[torch]' "
+    "(install torch first where you want a particular build, e.g. the CPU one: "
+    "pip install torch==2.13.0; an unpinned torch pulls the CUDA packages)"
+)
 # end-of-generation markers that tokenizers keep as special tokens (llama.cpp stops at these too)
-EOG_TEXTS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>",
-             "<end_of_turn>", "<|end|>", "</s>")
+EOG_TEXTS = (
+    "<|endoftext|>",
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end_of_text|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "</s>",
+)
 # Exact attention (`_exact_attention`): at most 2**KEY_BITS keys per query; softmax weights on a
 # grid of 2**-WEIGHT_BITS so that their sum over that many keys stays below 2**53; A·V's
 # rescaled weights and values share the other bits of a float64 mantissa.
@@ -125,8 +135,10 @@ def _check_architecture(directory: str, transformers: Any) -> None:
     kind = config.get("model_type") if isinstance(config, dict) else None
     known = transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     if kind not in known:
-        raise BackendError(f"unsupported architecture {kind!r} in {directory}: transformers "
-                           f"{transformers.__version__} has no causal language model of that type")
+        raise BackendError(
+            f"unsupported architecture {kind!r} in {directory}: transformers "
+            f"{transformers.__version__} has no causal language model of that type"
+        )
 
 
 def _from_pretrained(directory: str, gguf: str | None) -> tuple[Any, Any]:
@@ -188,8 +200,9 @@ class Model:
         self.model, self.tokenizer = _load_gguf(path) if gguf else _from_pretrained(directory, None)
         self.device = torch.device(device)
         self.model.to(device=self.device, dtype=getattr(torch, dtype)).eval()
-        self.config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") \
-            else self.model.config
+        self.config = (
+            self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        )
         self.base = self.model.base_model  # the decoder: its last hidden state is after the final norm
         self.head = self.model.get_output_embeddings()
         self.softcap = getattr(self.config, "final_logit_softcapping", None)
@@ -200,9 +213,13 @@ class Model:
         self.cache_kw = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
         # bfloat16 and float16 go through the same kernels (faster where the CPU has AMX),
         # but their decode steps still vary with the batch: invariance is float32's
-        self.batch_invariant = (_grouped(self.model) and device == "cpu" and dtype == "float32"
-                                and getattr(self.config, "attn_logit_softcapping", None) is None
-                                and not any(hasattr(m, "sinks") for m in self.model.modules()))
+        self.batch_invariant = (
+            _grouped(self.model)
+            and device == "cpu"
+            and dtype == "float32"
+            and getattr(self.config, "attn_logit_softcapping", None) is None
+            and not any(hasattr(m, "sinks") for m in self.model.modules())
+        )
         if device == "cpu" and dtype == "float32":
             _exact_cpu_kernels(self.model, torch)
         self._set_tokens()
@@ -249,7 +266,7 @@ class Model:
         return out.cpu()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_model(path: str, device: str, dtype: str) -> Model:
     """One loaded model per (file, device, dtype): backends with other settings share weights."""
     return Model(path, device, dtype)
@@ -387,8 +404,9 @@ def _inner_attention(module: Any, query: Any, kwargs: dict) -> Any:
     return eager  # the model's own (soft caps, sinks, bfloat16): not batch invariant
 
 
-def _exact_attention(module: Any, query: Any, key: Any, value: Any, mask: Any, scaling: float,
-                     dropout: float = 0.0, **kwargs: Any) -> tuple:
+def _exact_attention(
+    module: Any, query: Any, key: Any, value: Any, mask: Any, scaling: float, dropout: float = 0.0, **kwargs: Any
+) -> tuple:
     """Softmax attention whose every sum is exact, so a query's result depends only on its own
     keys, not on how many queries share the pass nor how many masked columns follow:
     - Q·K^T multiplies fixed-point rows (`_fixed`) whose products sum exactly over the head
@@ -420,7 +438,7 @@ def _exact_attention(module: Any, query: Any, key: Any, value: Any, mask: Any, s
         allowed = (mask > torch.finfo(mask.dtype).min / 2)[:, :, None].expand_as(rows)
     scores, allowed = rows.reshape(scores.shape), allowed.reshape(scores.shape)
     top = scores.masked_fill(~allowed, -math.inf).amax(-1, keepdim=True)
-    weights = torch.floor(torch.exp(scores - top).masked_fill(~allowed, 0.0) * 2.0 ** WEIGHT_BITS)
+    weights = torch.floor(torch.exp(scores - top).masked_fill(~allowed, 0.0) * 2.0**WEIGHT_BITS)
     total = weights.sum(-1, keepdim=True).clamp_min(1.0)
     vi, ve = _fixed(value.to(torch.float64), VALUE_BITS)
     ve = ve.transpose(2, 3)  # (B, H_kv, 1, kv): each key's value exponent

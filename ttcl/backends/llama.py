@@ -40,8 +40,9 @@ import importlib.util
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .base import BackendError, Counters, Generation, GenerationRequest, SamplingParams
 from .chat import first_token, prompt_tokens, render_chat
@@ -200,7 +201,7 @@ class _Model:
         return [t for t in range(self.n_vocab) if self.is_eog(t)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_model(path: str, n_gpu_layers: int) -> _Model:
     """One loaded model per (file, offload): backends with different contexts share weights."""
     return _Model(path, n_gpu_layers)
@@ -445,7 +446,9 @@ class LlamaBackend:
         params.n_threads = params.n_threads_batch = self.threads
         params.kv_unified = True  # one cache: a shared prefix lives once, for all its sequences
         # flash attention on the CPU is what skips other sequences' cells (see above)
-        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.batch_invariant else lib.LLAMA_FLASH_ATTN_TYPE_AUTO
+        params.flash_attn_type = (
+            lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.batch_invariant else lib.LLAMA_FLASH_ATTN_TYPE_AUTO
+        )
         params.no_perf = True
         ctx = lib.llama_init_from_model(self.model.ptr, params)
         if not ctx:
@@ -530,7 +533,9 @@ class LlamaBackend:
 
     def _prompt(self, request: GenerationRequest, room: int) -> list[int]:
         """The request's prompt tokens, checked against n_ctx with room for its answer."""
-        return prompt_tokens(self.model.tokenize, render_prompt(self.model, request, self.name), room, self.n_ctx, self.name)
+        return prompt_tokens(
+            self.model.tokenize, render_prompt(self.model, request, self.name), room, self.n_ctx, self.name
+        )
 
     def _first_token(self, option: str) -> int:
         return first_token(self.model.tokenize, option, self.name)
@@ -656,7 +661,9 @@ class _Run:
     rest of the prompts (shared parts once), then generate. Request i is sequence `ids[i]`.
     The sequences stay cached when the run ends; if it fails, the cache is cleared."""
 
-    def __init__(self, backend: LlamaBackend, requests: list[GenerationRequest], prompts: list[list[int]], room: list[int]):
+    def __init__(
+        self, backend: LlamaBackend, requests: list[GenerationRequest], prompts: list[list[int]], room: list[int]
+    ):
         self.b = backend
         self.requests = requests
         self.prompts = prompts
@@ -731,7 +738,7 @@ class _Run:
                     entries = [(seqs[s].pending, seqs[s].pos, [self.ids[s]], True) for s in live]
                     for s in live:
                         seqs[s].pos += 1
-                    b._decode(entries, lambda k, index: self.sample(seqs[live[k]], index))
+                    b._decode(entries, lambda k, index, live=live: self.sample(seqs[live[k]], index))
                     live = [s for s in live if seqs[s].finish is None]
         finally:
             for seq in seqs:
@@ -806,8 +813,10 @@ def _logprob(logits: Any, token: int) -> float:
 # --------------------------------------------------------------------------- shared backends
 
 
-@functools.lru_cache(maxsize=None)
-def _shared_backend(path: str, n_ctx: int, n_gpu_layers: int, threads: int, n_seq_max: int, kv_cells: int) -> LlamaBackend:
+@functools.cache
+def _shared_backend(
+    path: str, n_ctx: int, n_gpu_layers: int, threads: int, n_seq_max: int, kv_cells: int
+) -> LlamaBackend:
     name = os.path.basename(path)  # the file: one backend serves every name the file goes by
     return LlamaBackend(path, n_ctx, n_gpu_layers, threads, n_seq_max, name, kv_cells=kv_cells)
 

@@ -31,9 +31,10 @@ import math
 import os
 import threading
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .base import BackendError, Counters, Generation, GenerationRequest, SamplingParams, split_in_proportion
 from .chat import render_chat
@@ -73,8 +74,16 @@ class OpenAIBackend:
 
     concurrent = True  # questions may run in threads of their own; the server batches them
 
-    def __init__(self, url: str, model: str, concurrency: int = 32, config: str = "",
-                 api_key_env: str = "OPENAI_API_KEY", timeout: float = 600.0, retries: int = 5):
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        concurrency: int = 32,
+        config: str = "",
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 600.0,
+        retries: int = 5,
+    ):
         try:
             import openai
         except ImportError:
@@ -85,8 +94,9 @@ class OpenAIBackend:
         self.supports_n: bool | None = None  # learned from the first reply to an n > 1 request
         self.says_stop_reason = False  # vLLM's replies say which stop string (if any) ended a choice
         self.facts, self.template = _read_config(config) if config else (None, None)
-        self.client = openai.OpenAI(base_url=self.url, api_key=os.environ.get(api_key_env) or "none",
-                                    timeout=timeout, max_retries=retries)
+        self.client = openai.OpenAI(
+            base_url=self.url, api_key=os.environ.get(api_key_env) or "none", timeout=timeout, max_retries=retries
+        )
         self.retries = retries
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ttcl-http")
         self._lock = threading.Lock()
@@ -113,9 +123,11 @@ class OpenAIBackend:
         return self._next_token_probs(requests, options, [self.counters], None)
 
     def hidden_states(self, requests: list[GenerationRequest]) -> Any:
-        raise BackendError(f"model {self.name}: a server gives no hidden states, so a prm(...) head cannot "
-                           "score it; give the prm a local model (prm(\"head.safetensors\", m=local)) or use "
-                           "self_verify, check or hf_prm")
+        raise BackendError(
+            f"model {self.name}: a server gives no hidden states, so a prm(...) head cannot "
+            'score it; give the prm a local model (prm("head.safetensors", m=local)) or use '
+            "self_verify, check or hf_prm"
+        )
 
     def count_tokens(self, text: str) -> int:
         """Tokens by the server's tokenizer: vLLM's and SGLang's /tokenize, or llama.cpp's
@@ -130,8 +142,9 @@ class OpenAIBackend:
 
     # ---- batches ---------------------------------------------------------------------------
 
-    def _generate(self, requests: list[GenerationRequest], counters: list[Counters],
-                  cancel: threading.Event | None) -> list[Generation]:
+    def _generate(
+        self, requests: list[GenerationRequest], counters: list[Counters], cancel: threading.Event | None
+    ) -> list[Generation]:
         calls = _group(requests)
         self._count(counters, 0, [], batches=1)
         results: list[Generation | None] = [None] * len(requests)
@@ -151,12 +164,17 @@ class OpenAIBackend:
         got = self._send(call.request, call.seeds[0], len(call.seeds), counters)
         if len(call.seeds) > 1 and self.supports_n is None:
             self.supports_n = len(got) == len(call.seeds)
-        for seed in call.seeds[len(got):]:
+        for seed in call.seeds[len(got) :]:
             got += self._send(call.request, seed, 1, counters)
         return got
 
-    def _next_token_probs(self, requests: list[GenerationRequest], options: list[str],
-                          counters: list[Counters], cancel: threading.Event | None) -> list[list[float]]:
+    def _next_token_probs(
+        self,
+        requests: list[GenerationRequest],
+        options: list[str],
+        counters: list[Counters],
+        cancel: threading.Event | None,
+    ) -> list[list[float]]:
         def probs(call: Call) -> list[float]:
             top = self._top_logprobs(call.request, counters)
             return [_option_probability(top, option) for option in options]
@@ -218,9 +236,16 @@ class OpenAIBackend:
         parsed = [self._parse_choice(c, p) for c in choices]
         prompt, generated = _usage(reply, [n if n is not None else len(text) + 1 for text, _, _, n in parsed])
         self._count(counters, prompt, generated)
-        return [Generation(text=text, prompt_tokens=prompt if i == 0 else 0, generated_tokens=g,
-                           finish=finish, logprobs=logprobs if p.logprobs else None)
-                for i, ((text, finish, logprobs, _), g) in enumerate(zip(parsed, generated))]
+        return [
+            Generation(
+                text=text,
+                prompt_tokens=prompt if i == 0 else 0,
+                generated_tokens=g,
+                finish=finish,
+                logprobs=logprobs if p.logprobs else None,
+            )
+            for i, ((text, finish, logprobs, _), g) in enumerate(zip(parsed, generated))
+        ]
 
     def _top_logprobs(self, request: GenerationRequest, counters: list[Counters]) -> dict[str, float]:
         """The next token's top log-probabilities after the request's prompt, token text -> logprob."""
@@ -229,8 +254,10 @@ class OpenAIBackend:
         choices = reply.get("choices") or [{}]
         top = _first_top(choices[0], chat=self.template is None)
         if not top:
-            raise BackendError(f"model {self.name}: the server returns no log-probabilities, so self_verify "
-                               f"cannot run on it; verifiers that can: {WORKING_VERIFIERS}")
+            raise BackendError(
+                f"model {self.name}: the server returns no log-probabilities, so self_verify "
+                f"cannot run on it; verifiers that can: {WORKING_VERIFIERS}"
+            )
         prompt, _ = _usage(reply, [1])
         self._count(counters, prompt, [0], logits=1)
         return top
@@ -245,14 +272,17 @@ class OpenAIBackend:
             with self._in_flight:
                 reply = self._post(request, body, extra)
         except openai.APITimeoutError:
-            raise BackendError(f"model {self.name}: the server did not answer in time "
-                               f"(after {self.retries} retries)") from None
+            raise BackendError(
+                f"model {self.name}: the server did not answer in time (after {self.retries} retries)"
+            ) from None
         except openai.APIConnectionError as e:
-            raise BackendError(f"model {self.name}: cannot reach the server (after {self.retries} retries): "
-                               f"{e.__cause__ or e}") from None
+            raise BackendError(
+                f"model {self.name}: cannot reach the server (after {self.retries} retries): {e.__cause__ or e}"
+            ) from None
         except openai.APIStatusError as e:
-            raise BackendError(f"model {self.name}: the server refused the request "
-                               f"(HTTP {e.status_code}): {_message(e)}") from None
+            raise BackendError(
+                f"model {self.name}: the server refused the request (HTTP {e.status_code}): {_message(e)}"
+            ) from None
         except openai.OpenAIError as e:
             raise BackendError(f"model {self.name}: {e}") from None
         return reply.model_dump()
@@ -271,7 +301,9 @@ class OpenAIBackend:
             body["top_logprobs"] = extra.pop("top_logprobs")
         return self.client.chat.completions.create(model=self.model, messages=messages, extra_body=extra, **body)
 
-    def _parse_choice(self, choice: dict, params: SamplingParams) -> tuple[str, str, tuple[float, ...] | None, int | None]:
+    def _parse_choice(
+        self, choice: dict, params: SamplingParams
+    ) -> tuple[str, str, tuple[float, ...] | None, int | None]:
         """(text, finish, logprobs, generated tokens) of a choice; the last two where the server
         reports the generated tokens."""
         logprobs = choice.get("logprobs") or {}
@@ -286,8 +318,9 @@ class OpenAIBackend:
         finish = _finish(choice, text, tokens, params.stop)
         return text, finish, tuple(v or 0.0 for v in values) if values else None, len(tokens) if tokens else None
 
-    def _count(self, counters: list[Counters], prompt: int, generated: list[int], logits: int | None = None,
-               batches: int = 0) -> None:
+    def _count(
+        self, counters: list[Counters], prompt: int, generated: list[int], logits: int | None = None, batches: int = 0
+    ) -> None:
         """Add a reply's tokens to every counter. Positions follow the prompt-then-samples layout
         of one request: the prompt once, each sample after it."""
         attended = prompt * (prompt + 1) // 2 + sum(g * prompt + g * (g + 1) // 2 for g in generated)
@@ -356,7 +389,7 @@ def _usage(reply: dict, weights: list[int]) -> tuple[int, list[int]]:
 
 
 def _finish(choice: dict, text: str, tokens: list[str] | None, stop: tuple[str, ...]) -> str:
-    """"length", "stop" (a stop string ended it) or "eos". OpenAI's "stop" covers both of the
+    """ "length", "stop" (a stop string ended it) or "eos". OpenAI's "stop" covers both of the
     last two: vLLM says which in `stop_reason`; otherwise the generated tokens, which run past
     the text by the stop string when one matched."""
     if choice.get("finish_reason") == "length":
@@ -366,7 +399,7 @@ def _finish(choice: dict, text: str, tokens: list[str] | None, stop: tuple[str, 
     if "stop_reason" in choice:  # vLLM's: the stop string, or None (EOS) or a stop token id
         return "stop" if isinstance(choice["stop_reason"], str) else "eos"
     if tokens is not None:
-        rest = "".join(tokens)[len(text):]
+        rest = "".join(tokens)[len(text) :]
         return "stop" if any(s in rest or rest and s.startswith(rest) for s in stop) else "eos"
     return "stop"
 
@@ -419,8 +452,7 @@ def _read_config(config: str) -> tuple[Any, Template]:
     facts = facts_from_path(config)
     path = config if os.path.exists(os.path.expanduser(config)) else resolve_model_path(config)
     path = os.path.expanduser(path)
-    return facts, (_directory_template(path) if os.path.isdir(path) or path.endswith(".json")
-                   else _gguf_template(path))
+    return facts, (_directory_template(path) if os.path.isdir(path) or path.endswith(".json") else _gguf_template(path))
 
 
 @functools.lru_cache(maxsize=16)
@@ -457,12 +489,15 @@ def _directory_template(path: str) -> Template:
     def text(token: Any) -> str:
         return token.get("content", "") if isinstance(token, dict) else str(token or "")
 
-    return Template(source if isinstance(source, str) else None, text(config.get("bos_token")), text(config.get("eos_token")))
+    return Template(
+        source if isinstance(source, str) else None, text(config.get("bos_token")), text(config.get("eos_token"))
+    )
 
 
-@functools.lru_cache(maxsize=None)
-def _shared(url: str, model: str, concurrency: int, config: str, api_key_env: str, timeout: float,
-            retries: int) -> OpenAIBackend:
+@functools.cache
+def _shared(
+    url: str, model: str, concurrency: int, config: str, api_key_env: str, timeout: float, retries: int
+) -> OpenAIBackend:
     return OpenAIBackend(url, model, concurrency, config, api_key_env, timeout, retries)
 
 
@@ -471,9 +506,19 @@ def backend_for(decl: dict) -> OpenAIBackend:
     "http://127.0.0.1:8000/v1", "model": "smol", "concurrency": 32}."""
     url, model = str(decl.get("url", "")), str(decl.get("model", ""))
     if not url.startswith(("http://", "https://")):
-        raise BackendError(f"an openai(...) model needs the server's http(s) URL, e.g. \"http://host:8000/v1\"; got {url!r}")
+        raise BackendError(
+            f'an openai(...) model needs the server\'s http(s) URL, e.g. "http://host:8000/v1"; got {url!r}'
+        )
     if not model:
-        raise BackendError(f"openai({url!r}) needs model=\"...\": the name the server serves (GET {url}/models lists them)")
-    return _shared(url, model, int(decl.get("concurrency", 32)), str(decl.get("config", "")),
-                   str(decl.get("api_key_env", "OPENAI_API_KEY")), float(decl.get("timeout", 600.0)),
-                   int(decl.get("retries", 5)))
+        raise BackendError(
+            f'openai({url!r}) needs model="...": the name the server serves (GET {url}/models lists them)'
+        )
+    return _shared(
+        url,
+        model,
+        int(decl.get("concurrency", 32)),
+        str(decl.get("config", "")),
+        str(decl.get("api_key_env", "OPENAI_API_KEY")),
+        float(decl.get("timeout", 600.0)),
+        int(decl.get("retries", 5)),
+    )
