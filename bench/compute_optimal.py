@@ -28,9 +28,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import ttcl  # noqa: E402
-from ttcl import optimize as opt  # noqa: E402
-from ttcl.datasets import arith, load  # noqa: E402
-from ttcl.evaluate import Eval, Summary, plot, summarize  # noqa: E402
+from ttcl.eval import optimize as opt  # noqa: E402
+from ttcl.eval.datasets import arith, load  # noqa: E402
+from ttcl.eval.evaluate import Eval, Summary, plot, summarize  # noqa: E402
 
 BASE = """model policy = llama("smollm2-135m", temperature=0.6, max_tokens=64)
 verifier prm = self_verify(policy)

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ttcl  # noqa: E402
 from ttcl.backends.llama import backend_for  # noqa: E402
-from ttcl.calibration import Calibration  # noqa: E402
-from ttcl.datasets import arith  # noqa: E402
+from ttcl.cost.calibration import Calibration  # noqa: E402
+from ttcl.eval.datasets import arith  # noqa: E402
 
 STRATEGIES = {
     "majority": ("parallel", "majority(4)"),

@@ -24,9 +24,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import ttcl  # noqa: E402
-from ttcl.datasets import load  # noqa: E402
-from ttcl.evaluate import Eval, summarize  # noqa: E402
-from ttcl.prm import read_card, resolve_head_path  # noqa: E402
+from ttcl.eval.datasets import load  # noqa: E402
+from ttcl.eval.evaluate import Eval, summarize  # noqa: E402
+from ttcl.runtime.prm import read_card, resolve_head_path  # noqa: E402
 
 POLICY = 'model policy = llama("smollm2-135m", temperature=0.8, max_tokens=96)\n'
 PROGRAMS = {

@@ -28,9 +28,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from llama_server import MODEL_ALIAS, Server  # noqa: E402
 
 import ttcl  # noqa: E402
-from ttcl.answers import same_answer  # noqa: E402
 from ttcl.backends import backend_for  # noqa: E402
-from ttcl.datasets import load  # noqa: E402
+from ttcl.eval.datasets import load  # noqa: E402
+from ttcl.runtime.answers import same_answer  # noqa: E402
 
 
 def program(model: str, samples: int) -> ttcl.Program:

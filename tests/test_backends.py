@@ -218,7 +218,7 @@ def test_hidden_states_are_one_row_per_request_and_batch_independent(backend):
 
 @pytest.mark.slow
 def test_trace_token_counts_and_flops_equal_the_backend_counters(backend):
-    from ttcl.facts import counted_flops
+    from ttcl.cost.facts import counted_flops
 
     prog = ttcl.compile(
         'model policy = llama("smollm2-135m", temperature=0.8, max_tokens=24)\n'

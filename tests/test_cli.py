@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from ttcl.cli import main
+from ttcl.cli.app import main
 
 
 def run(capsys, *argv):

@@ -9,8 +9,8 @@ import pytest
 import ttcl
 from ttcl.backends.fake import ScriptedBackend
 from ttcl.backends.llama import resolve_model_path
-from ttcl.cli import main
-from ttcl.cost import (
+from ttcl.cli.app import main
+from ttcl.cost.estimator import (
     Calibration,
     ModelFactsError,
     Priors,

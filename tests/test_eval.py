@@ -7,10 +7,10 @@ import pytest
 
 import ttcl
 from ttcl.backends.fake import ScriptedBackend
-from ttcl.cli import main
-from ttcl.datasets import LEVELS, arith, load, read_jsonl
+from ttcl.cli.app import main
 from ttcl.errors import UsageError
-from ttcl.evaluate import Eval, budget_param, markdown, plot, read_records, summarize, summarize_by, wilson
+from ttcl.eval.datasets import LEVELS, arith, load, read_jsonl
+from ttcl.eval.evaluate import Eval, budget_param, markdown, plot, read_records, summarize, summarize_by, wilson
 
 SEARCH = """
 model policy = llama("smollm2-135m", max_tokens=64)

@@ -8,8 +8,8 @@ import pytest
 import ttcl
 from ttcl.backends.fake import ScriptedBackend
 from ttcl.errors import UsageError
-from ttcl.evaluate import Eval
-from ttcl.optimize import (
+from ttcl.eval.evaluate import Eval
+from ttcl.eval.optimize import (
     PROBE_LABEL,
     arm_budget,
     choose,
@@ -133,7 +133,7 @@ def test_the_written_program_compiles_routes_by_its_thresholds_and_is_a_fixed_po
     ],
 )
 def test_fit_parameter_finds_the_largest_n_within_a_budget(body, unit, amount):
-    from ttcl.optimize import fit_parameter
+    from ttcl.eval.optimize import fit_parameter
 
     prog = ttcl.compile(read_base(BASE, "b.ttcl").text + f"program main(n: int = 4) = {body}\n")
     n = fit_parameter(prog, "n", unit, amount)

@@ -15,8 +15,8 @@ from conftest import check_text
 import ttcl
 from ttcl.backends.fake import ScriptedBackend
 from ttcl.errors import TTCLError
-from ttcl.prm import Head, load_head, read_card, resolve_head_path
-from ttcl.train_prm import Settings, auroc, collect, read_data, train
+from ttcl.eval.train_prm import Settings, auroc, collect, read_data, train
+from ttcl.runtime.prm import Head, load_head, read_card, resolve_head_path
 
 GOOD = "First I add the numbers, which is correct.\n\nThe answer is 5."
 BAD = "First I add the numbers, which is wrong.\n\nThe answer is 7."
@@ -266,7 +266,7 @@ def test_hf_prm_without_a_checkpoint_is_a_clear_error(tmp_path):
     ],
 )
 def test_train_prm_command_errors_are_one_clear_line(capsys, tmp_path, argv, message):
-    from ttcl.cli import main
+    from ttcl.cli.app import main
 
     argv = [a if not a.startswith("h") else str(tmp_path / a) for a in argv]
     code = main(["train-prm", *argv])

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 
 from ttcl import TTCLError
-from ttcl.session import Session, is_complete
+from ttcl.cli.session import Session, is_complete
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[=>]|\x1b\][^\x07]*\x07|\r")
 UP = "\x1b[A"

@@ -6,10 +6,10 @@ import re
 import pytest
 
 import ttcl
-from ttcl.answers import extract_answer, normalize
 from ttcl.backends.fake import ScriptedBackend
-from ttcl.ops import difficulty_bin
-from ttcl.verifiers import check_arith_step, register_verifier
+from ttcl.runtime.answers import extract_answer, normalize
+from ttcl.runtime.ops import difficulty_bin
+from ttcl.runtime.verifiers import check_arith_step, register_verifier
 
 
 def answers_by_seed(table):
@@ -176,7 +176,7 @@ def test_check_arith_scores_equations():
 def test_token_budget_stops_with_the_best_so_far():
     # A declared budget this small is refused by the checker (its estimate cannot fit), so the
     # runtime's own guard is tested with the limit given to the executor directly.
-    from ttcl.executor import Executor, Limits
+    from ttcl.runtime.executor import Executor, Limits
 
     backend = ScriptedBackend(lambda r: "one two three four five. The answer is 4.")
     graph = ttcl.compile("program main = revise(20) |> vote").graph

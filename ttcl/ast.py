@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from .source import Span
+from ttcl.source import Span
 
 
 class Node(BaseModel):

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from . import ast
-from .errors import CheckError, Diagnostic
-from .loader import Workspace
-from .signatures import (
+from ttcl import ast
+from ttcl.errors import CheckError, Diagnostic
+from ttcl.loader import Workspace
+from ttcl.signatures import (
     ANSWER,
     BUILTIN_VERIFIERS,
     DIFFICULTY,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .source import Span
+    from ttcl.source import Span
 
 
 @dataclass(frozen=True)

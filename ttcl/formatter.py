@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import ast
-from .parser import _lark, parse
+from ttcl import ast
+from ttcl.parser import _lark, parse
 
 WIDTH = 88
 INDENT = "  "

@@ -14,9 +14,9 @@ from typing import Any, Literal
 import networkx as nx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import ArtifactError
-from .signatures import ANSWER, POOL, QUESTION, STAGES
-from .source import Span
+from ttcl.errors import ArtifactError
+from ttcl.signatures import ANSWER, POOL, QUESTION, STAGES
+from ttcl.source import Span
 
 FORMAT = "ttcl-ir"
 VERSION = 1  # bump when the document's meaning changes; older artifacts are then refused
@@ -68,7 +68,7 @@ class IRDocument(BaseModel):
 
 def to_document(graph: nx.DiGraph, params: dict[str, Any]) -> IRDocument:
     """The serializable document of a lowered graph."""
-    from . import __version__
+    from ttcl import __version__
 
     g = graph.graph
     nodes = [IRNode(id=n, **attrs) for n, attrs in graph.nodes(data=True)]

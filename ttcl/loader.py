@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from . import ast
-from .errors import Diagnostic, SourceError, TTCLError
-from .parser import parse, resource_dir
-from .source import read_source
+from ttcl import ast
+from ttcl.errors import Diagnostic, SourceError, TTCLError
+from ttcl.parser import parse, resource_dir
+from ttcl.source import read_source
 
 
 @dataclass

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from . import ast
-from .checker import Checked, bind_arguments
-from .errors import CheckError, Diagnostic
-from .formatter import format_expr
-from .signatures import (
+from ttcl import ast
+from ttcl.checker import Checked, bind_arguments
+from ttcl.errors import CheckError, Diagnostic
+from ttcl.formatter import format_expr
+from ttcl.signatures import (
     ANSWER,
     BUILTIN_VERIFIERS,
     DEFAULT_MODEL,
@@ -251,7 +251,7 @@ class Lowering:
     def default_prm(self) -> dict:
         """The undeclared `prm`: the shipped head where the policy is the SmolLM2 it was
         trained on, else the policy's own self-verification."""
-        from .prm import DEFAULT_HEAD, DEFAULT_HEAD_MODELS
+        from ttcl.runtime.prm import DEFAULT_HEAD, DEFAULT_HEAD_MODELS
 
         model = self.default_model()
         decl = self.graph.graph["models"][model]
@@ -325,7 +325,7 @@ def lower(body: ast.Expr, program: ast.ProgramDecl, checked: Checked, budgets: d
             f"costliest: {names}",
         )
     if not lowering.errors:  # the estimate needs a well-formed graph
-        from .cost import budget_diagnostics
+        from ttcl.cost.estimator import budget_diagnostics
 
         lowering.errors += budget_diagnostics(g, budgets, program.name_span)
     if lowering.errors:

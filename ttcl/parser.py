@@ -16,9 +16,9 @@ from lark.exceptions import (
     VisitError,
 )
 
-from . import ast
-from .errors import ParseError
-from .source import Span
+from ttcl import ast
+from ttcl.errors import ParseError
+from ttcl.source import Span
 
 
 def resource_dir(name: str) -> Path:

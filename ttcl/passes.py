@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from . import ast
-from .checker import bind_arguments, strategy_signature
-from .errors import CheckError
+from ttcl import ast
+from ttcl.checker import bind_arguments, strategy_signature
+from ttcl.errors import CheckError
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,14 @@ from typing import Any
 
 import networkx as nx
 
-from . import ast, ir
-from .checker import Checked, check
-from .errors import CheckError, Diagnostic, TTCLError, UsageError
-from .loader import load as load_workspace
-from .lower import lower
-from .passes import PassContext, fold_constants, run_passes
-from .results import Result
-from .source import MAX_ARTIFACT_BYTES, read_source
+from ttcl import ast, ir
+from ttcl.checker import Checked, check
+from ttcl.errors import CheckError, Diagnostic, TTCLError, UsageError
+from ttcl.loader import load as load_workspace
+from ttcl.lower import lower
+from ttcl.passes import PassContext, fold_constants, run_passes
+from ttcl.results import Result
+from ttcl.source import MAX_ARTIFACT_BYTES, read_source
 
 
 class Program:
@@ -85,8 +85,8 @@ class Program:
         """Run many questions together, batching their requests; `questions` are strings or
         dicts with "question" (and optionally "answer"). `on_result(index, result)` is called
         as each question finishes, so callers can save results as they come."""
-        from .executor import Executor, Limits
-        from .parallel import concurrent_backends, run_concurrently
+        from ttcl.runtime.executor import Executor, Limits
+        from ttcl.runtime.parallel import concurrent_backends, run_concurrently
 
         pairs = [(q, None) if isinstance(q, str) else (q["question"], q.get("answer")) for q in questions]
         budgets = self.ir.budgets
@@ -106,7 +106,7 @@ class Program:
 
     def _backend_lookup(self, backend):
         if backend is None:
-            from .backends import backend_for
+            from ttcl.backends import backend_for
 
             specs = [name for name, decl in self.ir.models.items() if decl.get("kind") == "spec"]
             if specs:
@@ -139,7 +139,7 @@ class Program:
         "smollm2-135m", a GGUF file or a transformers config directory. `calibration` is a
         `Calibration` or the path of a calibration file. With `vs_params` and `ratio`, the report
         holds the paper's exchange against a model of that many parameters."""
-        from .cost import Calibration, estimate, with_exchange
+        from ttcl.cost.estimator import Calibration, estimate, with_exchange
 
         if isinstance(calibration, (str, Path)):
             calibration = Calibration.load(calibration)
@@ -153,7 +153,7 @@ class Program:
         return report
 
     def _model_facts(self, model: str):
-        from .cost import facts_for, facts_from_path
+        from ttcl.cost.estimator import facts_for, facts_from_path
 
         decl = self.ir.models.get(model)
         if decl is None and self.checked is not None and isinstance(self.checked.definitions.get(model), ast.ModelDecl):
@@ -292,7 +292,7 @@ def _literal(value: Any, span) -> ast.Expr:
 
 def declared_model(checked: Checked, name: str) -> dict:
     """A model declaration's values, as the IR would hold them, though no stage uses it."""
-    from .lower import Lowering
+    from ttcl.lower import Lowering
 
     lowering = Lowering(checked, checked.programs[0] if checked.programs else None)
     lowering.graph.graph.update(models={}, verifiers={}, prompts={})

@@ -6,7 +6,7 @@ question and `{attempts}` the previous attempts (revisions, or a Pool fed to a g
 
 from __future__ import annotations
 
-from .backends.base import Message
+from ttcl.backends.base import Message
 
 SOLVE = '{question}\n\nSolve it step by step, one short step per paragraph. Finish with "The answer is N."'
 REVISE = (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import SourceError, UsageError
+from ttcl.errors import SourceError, UsageError
 
 MAX_SOURCE_BYTES = 1_000_000  # a TTCL program is a few kilobytes; refuse what cannot be one
 MAX_ARTIFACT_BYTES = 64_000_000  # a compiled program of the largest allowed graph fits well

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .base import BackendError
+from ttcl.backends.base import BackendError
 
 MODULES = {"llama": ".llama", "torch": ".hf", "openai": ".remote"}  # model kind -> the module with its backend_for
 

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import TTCLError
+from ttcl.errors import TTCLError
 
 
 class SamplingParams(BaseModel):

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from .base import BackendError, GenerationRequest
+from ttcl.backends.base import BackendError, GenerationRequest
 
 
 @functools.lru_cache(maxsize=32)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .base import Counters, Generation, GenerationRequest
+from ttcl.backends.base import Counters, Generation, GenerationRequest
 
 
 def render(request: GenerationRequest) -> str:

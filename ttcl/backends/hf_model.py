@@ -49,9 +49,9 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .base import BackendError, GenerationRequest
-from .chat import render_chat
-from .llama import GGUF_MAGIC, file_magic
+from ttcl.backends.base import BackendError, GenerationRequest
+from ttcl.backends.chat import render_chat
+from ttcl.backends.llama import GGUF_MAGIC, file_magic
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")

@@ -44,8 +44,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import BackendError, Counters, Generation, GenerationRequest, SamplingParams
-from .chat import first_token, prompt_tokens, render_chat
+from ttcl.backends.base import BackendError, Counters, Generation, GenerationRequest, SamplingParams
+from ttcl.backends.chat import first_token, prompt_tokens, render_chat
 
 GGUF_MAGIC = b"GGUF"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -464,7 +464,7 @@ class LlamaBackend:
     @functools.cached_property
     def facts(self) -> Any:
         """The model's `ttcl.facts.ModelFacts` (parameters, layers, widths), for FLOPs."""
-        from ..facts import facts_from_gguf
+        from ttcl.cost.facts import facts_from_gguf
 
         return facts_from_gguf(self.path)
 

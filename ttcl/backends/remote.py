@@ -36,8 +36,15 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from .base import BackendError, Counters, Generation, GenerationRequest, SamplingParams, split_in_proportion
-from .chat import render_chat
+from ttcl.backends.base import (
+    BackendError,
+    Counters,
+    Generation,
+    GenerationRequest,
+    SamplingParams,
+    split_in_proportion,
+)
+from ttcl.backends.chat import render_chat
 
 TOP_LOGPROBS = 20  # what next_token_probs asks for: vLLM's default ceiling
 # llama.cpp's server samples with top_k 40, min_p 0.05 and a 1.1 repeat penalty unless told
@@ -446,8 +453,8 @@ def _read_config(config: str) -> tuple[Any, Template]:
     """The served model's facts and chat template from its files on this machine: a known
     model name or a GGUF file (its metadata), or a transformers directory (config.json and
     tokenizer_config.json or chat_template.jinja)."""
-    from ..facts import facts_from_path
-    from .llama import resolve_model_path
+    from ttcl.backends.llama import resolve_model_path
+    from ttcl.cost.facts import facts_from_path
 
     facts = facts_from_path(config)
     path = config if os.path.exists(os.path.expanduser(config)) else resolve_model_path(config)

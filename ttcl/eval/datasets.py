@@ -27,8 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .answers import normalize
-from .errors import UsageError
+from ttcl.errors import UsageError
+from ttcl.runtime.answers import normalize
 
 LEVELS = (1, 2, 3, 4, 5)
 _GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$")

@@ -22,13 +22,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from . import ast
-from .errors import UsageError
-from .evaluate import Eval, Record
-from .formatter import format_source, layout
-from .ops import difficulty_bin
-from .parser import parse
-from .program import Program, compile
+from ttcl import ast
+from ttcl.errors import UsageError
+from ttcl.eval.evaluate import Eval, Record
+from ttcl.formatter import format_source, layout
+from ttcl.parser import parse
+from ttcl.program import Program, compile
+from ttcl.runtime.ops import difficulty_bin
 
 IMPORTS = ('import "parallel"', 'import "search"', 'import "revision"')
 PROBE_LABEL = "probe"
@@ -252,7 +252,7 @@ def fit_parameter(program: Program, param: str, unit: str, amount: float, calibr
     (expected, with `calibration`'s priors if given) fits `amount` of `unit`: n fitted to a
     FLOPs, tokens or generations budget. Values the program rejects (say, a beam count that
     its width does not divide) are skipped."""
-    from .errors import TTCLError
+    from ttcl.errors import TTCLError
 
     def fits(n: int) -> bool | None:  # None: not a valid value
         try:

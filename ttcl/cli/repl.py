@@ -31,11 +31,11 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from .errors import TTCLError, UsageError
-from .parser import _STATEMENT_KEYWORDS
-from .results import Result
-from .session import Entry, Outcome, Session, is_complete, needs_params
-from .signatures import BUILTIN_VERIFIERS, MODELS, STAGES, VERIFIERS
+from ttcl.cli.session import Entry, Outcome, Session, is_complete, needs_params
+from ttcl.errors import TTCLError, UsageError
+from ttcl.parser import _STATEMENT_KEYWORDS
+from ttcl.results import Result
+from ttcl.signatures import BUILTIN_VERIFIERS, MODELS, STAGES, VERIFIERS
 
 # name -> (arguments, what it does); each is a `cmd_<name>` method of `Repl`
 COMMANDS = {
@@ -81,7 +81,7 @@ class Repl:
 
     def handle(self, text: str) -> bool:
         """Do what one input says; False when the session should end."""
-        from .cli import _report
+        from ttcl.cli.app import _report
 
         if not text.strip():
             return True
@@ -124,9 +124,9 @@ class Repl:
 
     def summary(self, program) -> None:
         """The DAG with each node's estimated cost, and the estimate's totals in a line."""
-        from .cli import _node_costs
-        from .cost import _short
-        from .draw import to_text
+        from ttcl.cli.app import _node_costs
+        from ttcl.cost.estimator import _short
+        from ttcl.draw import to_text
 
         graph = self.session.located(program.graph)
         self.out.print(Text(to_text(graph, _node_costs(program)).rstrip()))
@@ -145,7 +145,7 @@ class Repl:
     # ---- commands --------------------------------------------------------------------------
 
     def cmd_run(self, question: str) -> None:
-        from .runner import _estimate, show
+        from ttcl.cli.run import _estimate, show
 
         if not question:
             raise UsageError("usage: :run QUESTION")
@@ -164,12 +164,12 @@ class Repl:
         self.out.print(search_tree(self.last))
 
     def cmd_cost(self, arg: str) -> None:
-        from .costview import show
+        from ttcl.cli.cost import show
 
         show(self.session.program().cost(), self.out)
 
     def cmd_graph(self, arg: str) -> None:
-        from .draw import FORMATS
+        from ttcl.draw import FORMATS
 
         program = self.session.program()
         if arg not in ("", *FORMATS):
@@ -233,7 +233,7 @@ def _described(entry: Entry, strategy_types: dict) -> str:
 def _model_text(old: Entry | None, path: str) -> str:
     """A model declaration like `old` (the same name, kind and options) for another file or
     known name; a new `model policy = llama(...)` where there is none."""
-    from .backends.llama import KNOWN_MODELS
+    from ttcl.backends.llama import KNOWN_MODELS
 
     if path not in KNOWN_MODELS and not Path(path).exists():
         raise UsageError(
@@ -360,7 +360,7 @@ def interactive(repl: Repl) -> None:
     except OSError as e:
         repl.err.print(f"history not saved: {path}: {e.strerror or e}")
         history = InMemoryHistory()
-    from . import __version__
+    from ttcl import __version__
 
     repl.out.print(f"TTCL {__version__}: declarations, pipelines and :commands (:help lists them); Ctrl-D quits")
     prompt = PromptSession(

@@ -11,11 +11,11 @@ import math
 import re
 from collections.abc import Callable, Generator
 
-from .answers import same_answer
-from .backends.base import GenerationRequest
-from .errors import TTCLError
-from .prompts import solve_messages, verify_messages
-from .results import Candidate
+from ttcl.backends.base import GenerationRequest
+from ttcl.errors import TTCLError
+from ttcl.prompts import solve_messages, verify_messages
+from ttcl.results import Candidate
+from ttcl.runtime.answers import same_answer
 
 # Python callables registered through the API: name -> fn(question, steps) -> per-step scores
 REGISTERED: dict[str, Callable[[str, list[str]], list[float] | float]] = {}
@@ -139,7 +139,7 @@ def _oracle(question, candidates, verifier, truth):
 def _prm(question, candidates, verifier, truth):
     """A trained head on the policy's hidden state at the end of each step, in the context
     the policy solved the question in (see `ttcl.prm`)."""
-    from .prm import check_fits, load_head, step_prefixes
+    from ttcl.runtime.prm import check_fits, load_head, step_prefixes
 
     head = load_head(verifier["path"])
     every = verifier.get("agg", "last") != "last"
@@ -155,7 +155,7 @@ def _prm(question, candidates, verifier, truth):
 
 
 def _hf_prm(question, candidates, verifier, truth):
-    from .prm import load_hf_prm
+    from ttcl.runtime.prm import load_hf_prm
 
     prm = load_hf_prm(verifier["path"], verifier.get("device", "cpu"))
     every = verifier.get("agg", "last") != "last"

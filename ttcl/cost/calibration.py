@@ -21,9 +21,9 @@ from typing import Literal
 import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import UsageError
-from .results import Result
-from .source import write_text
+from ttcl.errors import UsageError
+from ttcl.results import Result
+from ttcl.source import write_text
 
 FORMAT = "ttcl-calibration"
 WHOLE = ("sample", "revise", "difficulty")  # ops whose candidates are whole answers
@@ -117,7 +117,7 @@ class Calibration(BaseModel):
     def with_factors(self, graph: nx.DiGraph, results: list[Result]) -> Calibration:
         """This calibration with each model's `factors`: per op and component, the tokens the
         runs measured over what the estimate with these priors expects, over all results."""
-        from .cost import estimate
+        from ttcl.cost.estimator import estimate
 
         plain = {key: p.model_copy(update={"factors": {}}) for key, p in self.models.items()}
         report = estimate(graph, self.model_copy(update={"models": plain}), with_flops=False)

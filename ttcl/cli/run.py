@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .datasets import read_jsonl
-from .program import Program
-from .results import Result
+from ttcl.eval.datasets import read_jsonl
+from ttcl.program import Program
+from ttcl.results import Result
 
 
 def run_command(args, program: Program, out: Console, err: Console) -> int:
@@ -30,7 +30,7 @@ def run_command(args, program: Program, out: Console, err: Console) -> int:
     else:
         results = run_file(args, program, err)
     if args.calibration_out:
-        from .calibration import Calibration
+        from ttcl.cost.calibration import Calibration
 
         Calibration.from_results(program.graph, results).save(args.calibration_out)
     if args.trace:
@@ -76,7 +76,7 @@ def run_file(args, program: Program, err: Console) -> list[Result]:
 def _estimate(program: Program):
     """The program's static estimate, to show beside what the run measured (None where the
     program cannot be priced, e.g. a model file without readable facts)."""
-    from .errors import TTCLError
+    from ttcl.errors import TTCLError
 
     try:
         return program.cost()

@@ -18,11 +18,11 @@ from typing import Any
 
 import networkx as nx
 
-from .backends.base import Backend, BackendError, split_in_proportion
-from .facts import counted_flops
-from .ops import OPS, Generate, NodeContext, majority
-from .results import Candidate, Cost, NodeCost, Result, TraceEvent
-from .verifiers import Hidden, Probs
+from ttcl.backends.base import Backend, BackendError, split_in_proportion
+from ttcl.cost.facts import counted_flops
+from ttcl.results import Candidate, Cost, NodeCost, Result, TraceEvent
+from ttcl.runtime.ops import OPS, Generate, NodeContext, majority
+from ttcl.runtime.verifiers import Hidden, Probs
 
 Value = Any  # a question (str), a Pool (list of candidates) or an Answer (a candidate or None)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
-from .errors import TTCLError, UsageError
+from ttcl.errors import TTCLError, UsageError
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -43,7 +43,7 @@ def _report(e: TTCLError) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ttcl import __version__
 
     p = argparse.ArgumentParser(prog="ttcl", description="Test-time compute programs for LLMs.")
     p.add_argument("--version", action="version", version=f"ttcl {__version__}")
@@ -239,7 +239,7 @@ def _params(args) -> dict[str, str]:
 
 
 def _load(args):
-    from .program import load
+    from ttcl.program import load
 
     return load(args.file, args.program, _params(args))
 
@@ -248,8 +248,8 @@ def _load(args):
 
 
 def cmd_check(args) -> int:
-    from .program import check_programs, check_source
-    from .source import read_source
+    from ttcl.program import check_programs, check_source
+    from ttcl.source import read_source
 
     status = 0
     for path in args.files:
@@ -265,8 +265,8 @@ def cmd_check(args) -> int:
 
 
 def cmd_fmt(args) -> int:
-    from .formatter import format_source
-    from .source import read_source
+    from ttcl.formatter import format_source
+    from ttcl.source import read_source
 
     status = 0
     for path in args.files:
@@ -291,7 +291,7 @@ def cmd_fmt(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from .draw import FORMATS, to_text
+    from ttcl.draw import FORMATS, to_text
 
     program = _load(args)
     if args.format != "text":
@@ -304,7 +304,7 @@ def cmd_graph(args) -> int:
 def _node_costs(program) -> dict[int, str]:
     """Each node's estimated cost for `graph`: FLOPs where the model's facts can be read,
     else tokens."""
-    from .cost import _short
+    from ttcl.cost.estimator import _short
 
     try:
         report = program.cost()
@@ -318,7 +318,7 @@ def _node_costs(program) -> dict[int, str]:
 
 
 def cmd_cost(args) -> int:
-    from .costview import cost_command
+    from ttcl.cli.cost import cost_command
 
     return cost_command(args, _load(args), out)
 
@@ -327,9 +327,9 @@ def cmd_parse(args) -> int:
     if args.emit == "ir":
         sys.stdout.write(_load(args).ir.model_dump_json(indent=1) + "\n")
         return 0
-    from .ast import to_data
-    from .parser import parse
-    from .source import read_source
+    from ttcl.ast import to_data
+    from ttcl.parser import parse
+    from ttcl.source import read_source
 
     module = parse(read_source(args.file), args.file)
     sys.stdout.write(json.dumps(to_data(module), indent=1) + "\n")
@@ -349,30 +349,30 @@ def cmd_compile(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evalview import eval_command
+    from ttcl.cli.evaluate import eval_command
 
     return eval_command(args, out, err)
 
 
 def cmd_optimize(args) -> int:
-    from .evalview import optimize_command
+    from ttcl.cli.evaluate import optimize_command
 
     return optimize_command(args, out, err)
 
 
 def cmd_train_prm(args) -> int:
-    from .train_prm import train_prm_command
+    from ttcl.eval.train_prm import train_prm_command
 
     return train_prm_command(args, out, err)
 
 
 def cmd_run(args) -> int:
-    from .runner import run_command
+    from ttcl.cli.run import run_command
 
     return run_command(args, _load(args), out, err)
 
 
 def cmd_repl(args) -> int:
-    from .repl import repl_command
+    from ttcl.cli.repl import repl_command
 
     return repl_command(args, out, err)

@@ -12,9 +12,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .cost import UNITS, CostReport, _short
-from .errors import UsageError
-from .program import Program
+from ttcl.cost.estimator import UNITS, CostReport, _short
+from ttcl.errors import UsageError
+from ttcl.program import Program
 
 _BUDGET = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)\s*([a-z]*)\s*$")
 
@@ -45,7 +45,7 @@ def cost_command(args, program: Program, out: Console) -> int:
 
 def fit_command(args, program: Program, out: Console) -> int:
     """`--fit NAME --budget AMOUNT[UNIT]`: the largest value of a parameter that fits."""
-    from .optimize import fit_parameter
+    from ttcl.eval.optimize import fit_parameter
 
     if len(args.budget) != 1:
         raise UsageError("--fit needs exactly one --budget to fit the parameter to")

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field, replace
 import networkx as nx
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
 
-from . import ast
-from .checker import Checked
-from .errors import Diagnostic, TTCLError, UsageError
-from .parser import _STATEMENT_KEYWORDS, _lark, parse
-from .program import Program, build, check_programs, check_source
-from .signatures import ANSWER, QUESTION, Stage
-from .source import Span, read_source
+from ttcl import ast
+from ttcl.checker import Checked
+from ttcl.errors import Diagnostic, TTCLError, UsageError
+from ttcl.parser import _STATEMENT_KEYWORDS, _lark, parse
+from ttcl.program import Program, build, check_programs, check_source
+from ttcl.signatures import ANSWER, QUESTION, Stage
+from ttcl.source import Span, read_source
 
 _STAGE = "_it"  # the strategy a bare pipeline is checked as, to learn its type
 _LEADING = re.compile(r"(?:\s+|#[^\n]*)*")  # whitespace and comments before the first word

@@ -13,15 +13,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .datasets import load as load_dataset
-from .errors import UsageError
-from .evaluate import Eval, Summary, budget_param, dump_json, markdown, plot, summarize, summarize_by
-from .source import write_text
+from ttcl.errors import UsageError
+from ttcl.eval.datasets import load as load_dataset
+from ttcl.eval.evaluate import Eval, Summary, budget_param, dump_json, markdown, plot, summarize, summarize_by
+from ttcl.source import write_text
 
 
 def eval_command(args, out: Console, err: Console) -> int:
-    from .cli import _params
-    from .program import load
+    from ttcl.cli.app import _params
+    from ttcl.program import load
 
     data = load_dataset(args.dataset, args.limit, strict=args.strict)
     for problem in data.skipped:
@@ -112,8 +112,8 @@ def _default_output(files: list[str], dataset: str) -> str:
 
 
 def optimize_command(args, out: Console, err: Console) -> int:
-    from . import optimize as opt
-    from .source import read_source
+    from ttcl.eval import optimize as opt
+    from ttcl.source import read_source
 
     text = read_source(args.file)
     base = opt.read_base(text, args.file, args.program or "main")
@@ -182,7 +182,7 @@ def optimize_command(args, out: Console, err: Console) -> int:
 
 def _choice_rows(choice, candidates, results, scores) -> list[list[str]]:
     """Per bin: its number, score range, questions, each candidate's accuracy and the winner."""
-    from .optimize import predicted_bin
+    from ttcl.eval.optimize import predicted_bin
 
     cuts = [1.0] + choice.thresholds[::-1] + [0.0]
     rows = []

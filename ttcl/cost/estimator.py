@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field
 
-from .calibration import Calibration, Priors, model_key  # noqa: F401  (re-exported)
-from .errors import Diagnostic
-from .facts import (  # noqa: F401  (re-exported: the cost analyzer's public face)
+from ttcl.cost.calibration import Calibration, Priors, model_key  # noqa: F401  (re-exported)
+from ttcl.cost.facts import (  # noqa: F401  (re-exported: the cost analyzer's public face)
     Exchange,
     ModelFacts,
     ModelFactsError,
@@ -38,7 +37,8 @@ from .facts import (  # noqa: F401  (re-exported: the cost analyzer's public fac
     matching_size,
     pretraining_flops,
 )
-from .prompts import REVISE, SOLVE, VERIFY
+from ttcl.errors import Diagnostic
+from ttcl.prompts import REVISE, SOLVE, VERIFY
 
 CHARS_PER_TOKEN = 4  # English in a BPE vocabulary, a rule of thumb (priors only)
 CHAT_TOKENS = 24  # a chat template's wrapping: SmolLM2's default system line and role markers
@@ -581,7 +581,7 @@ def budget_diagnostics(graph: nx.DiGraph, budgets: dict[str, float], span) -> li
     try:
         report = estimate(graph, floor, with_flops="flops" in units)
     except Exception as e:  # a model file that cannot be read: say why the budget is unchecked
-        from .errors import TTCLError
+        from ttcl.errors import TTCLError
 
         if not isinstance(e, TTCLError):
             raise

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .answers import same_answer
-from .errors import UsageError
-from .program import Program
-from .results import Result
+from ttcl.errors import UsageError
+from ttcl.program import Program
+from ttcl.results import Result
+from ttcl.runtime.answers import same_answer
 
 
 class Record(BaseModel):

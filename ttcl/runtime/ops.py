@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .answers import extract_answer
-from .backends.base import Generation, GenerationRequest, SamplingParams
-from .prompts import DEFAULT_DELIMITER, solve_messages, split_steps
-from .results import Candidate
-from .verifiers import score
+from ttcl.backends.base import Generation, GenerationRequest, SamplingParams
+from ttcl.prompts import DEFAULT_DELIMITER, solve_messages, split_steps
+from ttcl.results import Candidate
+from ttcl.runtime.answers import extract_answer
+from ttcl.runtime.verifiers import score
 
 MAX_CONTEXT = 4  # previous attempts in a prompt, as in the paper
 

@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import networkx as nx
 
-from .errors import TTCLError
-from .executor import Executor, Limits
-from .results import Result
+from ttcl.errors import TTCLError
+from ttcl.results import Result
+from ttcl.runtime.executor import Executor, Limits
 
 
 def concurrent_backends(backends: list) -> bool:

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import TTCLError
-from .parser import resource_dir
-from .prompts import DEFAULT_DELIMITER
+from ttcl.errors import TTCLError
+from ttcl.parser import resource_dir
+from ttcl.prompts import DEFAULT_DELIMITER
 
 HEADS_DIR = resource_dir("heads")  # the heads shipped with the package
 DEFAULT_HEAD = "arith.safetensors"

@@ -30,11 +30,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .answers import extract_answer, same_answer
-from .backends.base import GenerationRequest, SamplingParams
-from .errors import UsageError
-from .prm import Head, step_prefixes
-from .prompts import DEFAULT_DELIMITER, solve_messages, split_steps, verify_messages
+from ttcl.backends.base import GenerationRequest, SamplingParams
+from ttcl.errors import UsageError
+from ttcl.prompts import DEFAULT_DELIMITER, solve_messages, split_steps, verify_messages
+from ttcl.runtime.answers import extract_answer, same_answer
+from ttcl.runtime.prm import Head, step_prefixes
 
 CHECKPOINT_EVERY = 50
 HELD_OUT_EVERY = 5  # question i is held out when i % 5 == 4
@@ -371,8 +371,8 @@ def train(
 
 def train_prm_command(args, out, err) -> int:
     """`ttcl train-prm --model M --dataset D --out HEAD`: label, train, write head and card."""
-    from .backends import backend_for
-    from .datasets import load
+    from ttcl.backends import backend_for
+    from ttcl.eval.datasets import load
 
     if not args.out.endswith(".safetensors"):
         raise UsageError(f"--out names a .safetensors file, not {args.out}")

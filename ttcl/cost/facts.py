@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import TTCLError
+from ttcl.errors import TTCLError
 
 
 class ModelFactsError(TTCLError):
@@ -388,7 +388,7 @@ def facts_for(decl: dict, name: str = "") -> ModelFacts:
 def facts_from_path(name_or_path: str) -> ModelFacts:
     """Facts for a known model name ("smollm2-135m"), a GGUF file, or a transformers model
     directory (or its config.json)."""
-    from .backends.llama import resolve_model_path  # imports llama_cpp only when a model loads
+    from ttcl.backends.llama import resolve_model_path  # imports llama_cpp only when a model loads
 
     path = (
         os.path.expanduser(name_or_path)
