@@ -8,7 +8,7 @@ verifier, and prints per strategy the measured FLOPs per question (from the back
 counters: every decoded token at its position, `ttcl.facts.counted_flops`) beside
   - the estimate before calibration, from the program alone (every answer as long as its
     max_tokens, prompts from their templates), and
-  - the estimate once calibrated on the same questions (`Calibration.from_results`: token
+  - the estimate once calibrated on the same questions (`ttcl.cost.fit.calibrate`: token
     lengths, and measured over estimated tokens per op and component): how well the cost
     model's structure fits, and
   - the estimate calibrated by 2-fold cross-validation: calibrated on one half of the
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ttcl  # noqa: E402
 from ttcl.backends.llama import backend_for  # noqa: E402
-from ttcl.cost.calibration import Calibration  # noqa: E402
+from ttcl.cost.fit import calibrate  # noqa: E402
 from ttcl.eval.datasets import arith  # noqa: E402
 
 STRATEGIES = {
@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> None:
         measured = [statistics.mean(r.cost.flops for r in fold) for fold in runs]
         overall = statistics.mean(r.cost.flops for r in everything)
         before = prog.cost().expected.flops
-        whole = Calibration.from_results(prog.graph, everything)
+        whole = calibrate(prog.graph, everything)
         same = (prog.cost(calibration=whole).expected.flops - overall) / overall
-        fitted = [Calibration.from_results(prog.graph, fold) for fold in runs]
+        fitted = [calibrate(prog.graph, fold) for fold in runs]
         # fold i is estimated with the calibration of the other fold
         held_out = [(prog.cost(calibration=fitted[1 - i]).expected.flops - m) / m for i, m in enumerate(measured)]
         worst["same"] = max(worst["same"], abs(same))

@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ttcl  # noqa: E402
 from ttcl.backends.base import GenerationRequest, SamplingParams  # noqa: E402
-from ttcl.backends.llama import LlamaBackend, render_prompt, resolve_model_path  # noqa: E402
+from ttcl.backends.llama import LlamaBackend, render_prompt  # noqa: E402
+from ttcl.backends.models import resolve_model_path
 from ttcl.prompts import solve_messages  # noqa: E402
 
 QUESTION = "A farmer has 17 sheep and buys 25 more, then sells 9. How many sheep does he have?"

@@ -40,7 +40,7 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120.0) -> Server:
-        from ttcl.backends.llama import resolve_model_path
+        from ttcl.backends.models import resolve_model_path
 
         command = [
             sys.executable,

@@ -218,7 +218,7 @@ def test_hidden_states_are_one_row_per_request_and_batch_independent(backend):
 
 @pytest.mark.slow
 def test_trace_token_counts_and_flops_equal_the_backend_counters(backend):
-    from ttcl.cost.facts import counted_flops
+    from ttcl.cost.flops import counted_flops
 
     prog = ttcl.compile(
         'model policy = llama("smollm2-135m", temperature=0.8, max_tokens=24)\n'
@@ -384,7 +384,7 @@ def test_sample_and_vote_answers_an_easy_question_on_a_torch_model():
     # one backend per model and settings, whatever the name or the sampling settings; one
     # loaded model for every backend on the same file, device and dtype
     from ttcl.backends.hf import load_backend
-    from ttcl.backends.llama import resolve_model_path
+    from ttcl.backends.models import resolve_model_path
 
     shared = backend_for(prog.ir.models["policy"])
     assert shared is backend_for({"kind": "torch", "path": resolve_model_path("smollm2-135m"), "temperature": 0.1})

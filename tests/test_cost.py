@@ -8,19 +8,17 @@ import pytest
 
 import ttcl
 from ttcl.backends.fake import ScriptedBackend
-from ttcl.backends.llama import resolve_model_path
-from ttcl.cli.app import main
-from ttcl.cost.estimator import (
-    Calibration,
+from ttcl.backends.models import (
     ModelFactsError,
-    Priors,
-    exchange,
     facts_from_config,
     facts_from_gguf,
     facts_from_spec,
-    forward_flops,
-    matching_size,
+    resolve_model_path,
 )
+from ttcl.cli.app import main
+from ttcl.cost.calibration import Calibration, Priors
+from ttcl.cost.fit import calibrate, with_factors
+from ttcl.cost.flops import exchange, forward_flops, matching_size
 
 HEADER = """
 import "parallel"
@@ -224,7 +222,7 @@ def test_calibration_from_results():
     prog = ttcl.compile(HEADER + "program main = sample(4) |> best(prm)")
     backend = ScriptedBackend(lambda r: "Step one.\n\nThe answer is 5.")
     results = prog.run_many(["What is 2 + 3?", "What is 1 + 4?"], backend=backend)
-    cal = Calibration.from_results(prog.graph, results)
+    cal = calibrate(prog.graph, results)
     p = cal.models["smollm2-135m"]
     assert p.questions == 2 and p.answer_tokens == 6 and p.answer_steps == 2  # scripted tokens are words
     assert p.prompt_tokens == results[0].candidates[0].prompt_tokens
@@ -246,7 +244,7 @@ def test_calibration_factors_make_the_estimate_match_what_was_measured():
     results = prog.run_many(
         ["What is 2 + 3?", "What is 1 + 4?", "What is 4 + 1?"], backend=ScriptedBackend(script, lambda r, o: [0.6, 0.4])
     )
-    cal = Calibration.from_results(prog.graph, results)
+    cal = calibrate(prog.graph, results)
     factors = cal.models["smollm2-135m"].factors
     assert {"beam.decode", "beam.verifier", "weighted_vote.verifier"} <= factors.keys()
     calibrated = prog.cost(calibration=cal)
@@ -259,7 +257,7 @@ def test_calibration_factors_make_the_estimate_match_what_was_measured():
         ):
             assert estimate == pytest.approx(sum(getattr(m, field) for m in measured) / len(results))
     # factors come from the priors' own estimate: refitting a calibrated one changes nothing
-    assert cal.with_factors(prog.graph, results) == cal
+    assert with_factors(cal, prog.graph, results) == cal
 
 
 def test_what_if_on_a_spec_model():

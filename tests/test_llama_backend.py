@@ -1,26 +1,19 @@
-"""The llama.cpp backend: prompt layout, templates and errors (fast), and the real embedded
-model (SmolLM2-135M, marked slow): batched decoding gives the same texts as one request at a
-time, prefix sharing, stop strings, counters, probabilities."""
+"""The llama.cpp backend: prompt layout, templates and errors (fast), and what only llama has
+on the real embedded model (SmolLM2-135M, marked slow): chunks of more requests than
+sequences, ignore_eos and split-KV padding, exact decode calls, verifier probes forking the
+cache, retiring cells, interrupts, embeddings switched on per call, loading. The behaviour
+both backends share (batch invariance, seeds, stops, max_tokens, counters, prefix sharing,
+probabilities, hidden states) is in test_backends.py, run over llama and torch alike."""
 
 import importlib.util
-import math
 import types
 
 import pytest
 
 from ttcl.backends.base import Backend, BackendError, GenerationRequest, Message, SamplingParams
-from ttcl.backends.llama import (
-    Fork,
-    LlamaBackend,
-    PrefixCache,
-    backend_for,
-    call_sizes,
-    check_model_file,
-    load_backend,
-    plan_prompts,
-    render_prompt,
-    resolve_model_path,
-)
+from ttcl.backends.llama import LlamaBackend, backend_for, call_sizes, load_backend, render_prompt
+from ttcl.backends.models import check_model_file, resolve_model_path
+from ttcl.backends.prefix import Fork, PrefixCache, plan_prompts
 
 STORY = "Name a fruit and say in one sentence why you like it."
 COUNT = "Count from 1 to 20, one number per line."
@@ -168,55 +161,12 @@ def texts(generations):
 
 
 @pytest.mark.slow
-def test_batched_samples_equal_the_same_requests_one_at_a_time(backend):
-    requests = [request(STORY, temperature=0.8, seed=seed, max_tokens=40) for seed in range(8)]
-    batched = backend.generate(requests)
-    alone = [backend.generate([r])[0] for r in requests]
-    assert texts(batched) == texts(alone)
-    assert len(set(texts(batched))) > 1  # the seeds really differ
-    assert [g.generated_tokens for g in batched] == [g.generated_tokens for g in alone]
-
-
-@pytest.mark.slow
-def test_different_prompts_and_prefixes_in_one_batch_equal_one_at_a_time(backend):
-    # what beam search sends: one question, different partial answers, some greedy
-    requests = [
-        request("What is 7 + 5?", prefix=prefix, temperature=t, seed=i, max_tokens=24)
-        for i, (prefix, t) in enumerate([("", 0.8), ("7 + 5", 0.8), ("The answer is", 0.0), ("", 0.0)])
-    ] + [request(STORY, temperature=0.8, seed=9, max_tokens=24)]
-    assert texts(backend.generate(requests)) == [backend.generate([r])[0].text for r in requests]
-
-
-@pytest.mark.slow
-def test_the_same_seed_gives_the_same_text(backend):
-    r = request(STORY, temperature=1.0, seed=3, max_tokens=32)
-    assert backend.generate([r])[0].text == backend.generate([r])[0].text
-
-
-@pytest.mark.slow
 def test_more_requests_than_sequences_run_in_chunks(backend):
     requests = [request(STORY if i % 2 else COUNT, temperature=0.8, seed=i, max_tokens=6) for i in range(20)]
     before = backend.counters.batches
     batched = backend.generate(requests)
     assert backend.counters.batches == before + 1
     assert texts(batched) == [backend.generate([r])[0].text for r in requests]
-
-
-@pytest.mark.slow
-def test_stop_strings_cut_the_text_before_the_stop(backend):
-    full = backend.generate([request(COUNT, temperature=0.0, max_tokens=30)])[0]
-    assert "3" in full.text
-    stop = full.text[full.text.index("3") :][:2]  # "3" and what follows it
-    stopped = backend.generate([request(COUNT, temperature=0.0, max_tokens=30, stop=("zzz", stop))])[0]
-    assert stopped.finish == "stop"
-    assert stopped.text == full.text[: full.text.index(stop)]
-    assert 0 < stopped.generated_tokens < full.generated_tokens  # the stop's tokens count
-
-
-@pytest.mark.slow
-def test_max_tokens_is_respected(backend):
-    g = backend.generate([request(COUNT, temperature=0.0, max_tokens=5)])[0]
-    assert (g.generated_tokens, g.finish) == (5, "length")
 
 
 @pytest.fixture(scope="module")
@@ -243,49 +193,18 @@ def test_a_sequence_left_alone_in_a_long_run_equals_it_run_alone(endless):
 
 
 @pytest.mark.slow
-def test_identical_prompts_are_decoded_once_and_counters_add_up(backend):
+def test_a_prompt_is_decoded_once_in_call_sizes_chunks_then_one_call_per_step(backend):
+    # test_backends checks the counters of both backends (one or two prompt calls); here the
+    # exact llama_decode calls: the rendered prompt's tokens in call_sizes chunks, then one
+    # call per step for all sequences
     backend.reset()  # nothing cached from earlier tests
     prompt_len = len(backend.model.tokenize(render_prompt(backend.model, request(STORY), backend.name), special=True))
     before = backend.counters.model_copy()
     out = backend.generate([request(STORY, temperature=0.8, seed=s, max_tokens=16) for s in range(8)])
     after = backend.counters
-    assert [g.prompt_tokens for g in out] == [prompt_len] + [0] * 7
     assert after.prompt_tokens - before.prompt_tokens == prompt_len
-    assert after.generated_tokens - before.generated_tokens == sum(g.generated_tokens for g in out)
-    assert after.batches - before.batches == 1
-    # one llama_decode per step for all sequences, after the prompt's calls
     steps = max(g.generated_tokens for g in out) - 1
     assert after.decode_calls - before.decode_calls == len(call_sizes(prompt_len)) + steps
-
-
-@pytest.mark.slow
-def test_prompts_sharing_a_prefix_are_charged_for_it_once(backend):
-    a, b = request("What is 2 + 2?", max_tokens=1), request("What is 3 + 3?", max_tokens=1)
-    alone = []
-    for r in (a, b):
-        backend.reset()
-        alone.append(backend.generate([r])[0].prompt_tokens)
-    backend.reset()
-    together = [g.prompt_tokens for g in backend.generate([a, b])]
-    assert together[0] == alone[0] and 0 < together[1] < alone[1]
-
-
-@pytest.mark.slow
-def test_a_later_call_forks_the_cached_prefix_and_gives_what_a_fresh_cache_gives(backend):
-    # a beam's next step: the prompt is the last step's prompt plus the text it generated
-    first = request(COUNT, temperature=0.8, seed=4, max_tokens=12)
-    backend.reset()
-    step = backend.generate([first])[0]
-    nexts = [request(COUNT, prefix=step.text, temperature=0.8, seed=s, max_tokens=12) for s in range(4)]
-    before = backend.counters.prompt_tokens
-    forked = backend.generate(nexts)
-    decoded = backend.counters.prompt_tokens - before
-    backend.reset()
-    fresh = backend.generate(nexts)
-    assert texts(forked) == texts(fresh)
-    # the fresh call decodes the whole prompt once; the forked one only what the cache lacked
-    assert decoded == sum(g.prompt_tokens for g in forked) < sum(g.prompt_tokens for g in fresh)
-    assert decoded <= 3  # re-tokenizing the text may differ from the sampled tokens at the seam
 
 
 @pytest.mark.slow
@@ -339,43 +258,13 @@ def test_an_interrupted_call_clears_the_cache_and_the_next_call_is_unaffected(ba
 
 
 @pytest.mark.slow
-def test_logprobs_match_next_token_probs(backend):
-    r = request(COUNT, temperature=0.0, max_tokens=3, logprobs=True)
-    g = backend.generate([r])[0]
-    assert len(g.logprobs) == g.generated_tokens == 3 and all(lp <= 0 for lp in g.logprobs)
-    first = backend.generate([request(COUNT, temperature=0.0, max_tokens=1)])[0].text
-    [[p]] = backend.next_token_probs([r], [first])
-    assert math.isclose(p, math.exp(g.logprobs[0]), rel_tol=1e-6)
-
-
-@pytest.mark.slow
-def test_next_token_probs_are_probabilities_and_batch_independent(backend):
-    questions = ["Is 2 + 2 = 4? Answer Yes or No.", "Is the sky green? Answer Yes or No."]
-    requests = [request(q) for q in questions]
-    before = backend.counters.prompt_tokens
-    probs = backend.next_token_probs(requests, ["Yes", "No"])
-    assert backend.counters.prompt_tokens > before
-    for yes, no in probs:
-        assert 0 <= yes <= 1 and 0 <= no <= 1
-        # the prompt works: most of the next token's mass is on the two answers' tokens. (This
-        # small model leans to "No" either way, so P(Yes) > P(No) is not asserted.)
-        assert yes + no > 0.3
-    assert probs == [backend.next_token_probs([r], ["Yes", "No"])[0] for r in requests]
-
-
-@pytest.mark.slow
-def test_hidden_states_are_the_last_tokens_final_state_and_batch_independent(backend):
-    np = pytest.importorskip("numpy")
+def test_the_logits_still_work_after_hidden_states(backend):
+    # test_backends checks the states themselves; llama.cpp switches embeddings on for the
+    # hidden_states call only
     probe = backend.next_token_probs([request(COUNT)], ["1", "One"])
-    requests = [request(STORY), request(STORY, prefix="I like apples"), request(COUNT)]
     before = backend.counters.prompt_tokens
-    states = backend.hidden_states(requests)
-    assert states.shape == (3, 576) and states.dtype == np.float32 and np.isfinite(states).all()
+    backend.hidden_states([request(STORY), request(STORY, prefix="I like apples"), request(COUNT)])
     assert backend.counters.prompt_tokens > before
-    assert not np.allclose(states[0], states[1])  # the prefix is part of what is read
-    alone = np.concatenate([backend.hidden_states([r]) for r in requests])
-    assert np.array_equal(states, alone)
-    # the logits still work afterwards: embeddings are switched on for that call only
     assert backend.next_token_probs([request(COUNT)], ["1", "One"]) == probe
 
 

@@ -19,8 +19,9 @@ from llama_server import MODEL_ALIAS, Server, free_port  # noqa: E402
 
 import ttcl  # noqa: E402
 from ttcl.backends.base import BackendError, GenerationRequest, Message, SamplingParams  # noqa: E402
+from ttcl.backends.models import facts_from_path
 from ttcl.backends.remote import OpenAIBackend, _finish, _option_probability, _usage  # noqa: E402
-from ttcl.cost.facts import counted_flops, facts_from_path  # noqa: E402
+from ttcl.cost.flops import counted_flops  # noqa: E402
 
 pytest.importorskip("openai")
 pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[server]")

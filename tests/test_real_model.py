@@ -97,7 +97,7 @@ def test_trace_token_counts_equal_the_backend_counters(backend):
 
 
 def test_measured_flops_are_counted_from_the_backend_per_node(backend):
-    from ttcl.cost.facts import counted_flops
+    from ttcl.cost.flops import counted_flops
 
     prog = ttcl.compile(MODEL + "verifier prm = self_verify(policy)\nprogram main = sample(4) |> weighted_vote(prm)")
     before = backend.counters.model_copy()

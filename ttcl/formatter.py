@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ttcl import ast
-from ttcl.parser import _lark, parse
+from ttcl.parser import grammar_parser, parse
 
 WIDTH = 88
 INDENT = "  "
@@ -31,7 +31,7 @@ def format_source(text: str, path: str | None = None) -> str:
     module = parse(text, path)
     comments = [
         Comment(t.start_pos, t.line, t.value.rstrip())
-        for t in _lark().lex(text, dont_ignore=True)
+        for t in grammar_parser().lex(text, dont_ignore=True)
         if t.type == "COMMENT"
     ]
     out: list[str] = []

@@ -91,7 +91,7 @@ class Program:
         pairs = [(q, None) if isinstance(q, str) else (q["question"], q.get("answer")) for q in questions]
         budgets = self.ir.budgets
         limits = Limits(budgets.get("generations"), budgets.get("tokens"), budgets.get("flops"), time_limit)
-        lookup = self._backend_lookup(backend)
+        lookup = self.backend_lookup(backend)
         served = [lookup(name) for name in self.ir.models] if len(pairs) > 1 else []
         if concurrent_backends(served):  # a server batches for itself: no lockstep batches
             workers = max(getattr(b, "concurrency", 8) for b in served)
@@ -104,7 +104,7 @@ class Program:
 
         return await asyncio.to_thread(self.run, question, **kwargs)
 
-    def _backend_lookup(self, backend):
+    def backend_lookup(self, backend):
         if backend is None:
             from ttcl.backends import backend_for
 
@@ -153,7 +153,7 @@ class Program:
         return report
 
     def _model_facts(self, model: str):
-        from ttcl.cost.estimator import facts_for, facts_from_path
+        from ttcl.backends.models import facts_for, facts_from_path
 
         decl = self.ir.models.get(model)
         if decl is None and self.checked is not None and isinstance(self.checked.definitions.get(model), ast.ModelDecl):

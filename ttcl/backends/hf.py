@@ -43,7 +43,8 @@ from typing import Any
 from ttcl.backends.base import BackendError, Counters, Generation, GenerationRequest, SamplingParams
 from ttcl.backends.chat import first_token, prompt_tokens
 from ttcl.backends.hf_model import DEVICES, DTYPES, LAYOUT, Group, group_rows, load_model, locate
-from ttcl.backends.llama import Fork, PrefixCache, resolve_model_path
+from ttcl.backends.models import resolve_model_path
+from ttcl.backends.prefix import Fork, PrefixCache
 
 SHARE_MIN = 8  # a prefix shared within a call is prefilled on its own when it saves this many tokens
 PREFILL_TOKENS = 8192  # cache columns × rows of one prefill forward pass (bounds its memory)
@@ -260,7 +261,7 @@ class TorchBackend:
     @functools.cached_property
     def facts(self) -> Any:
         """The model's `ttcl.facts.ModelFacts` (parameters, layers, widths), for FLOPs."""
-        from ttcl.cost.facts import facts_from_path
+        from ttcl.backends.models import facts_from_path
 
         return facts_from_path(self.path)
 

@@ -51,7 +51,7 @@ from typing import Any, NamedTuple
 
 from ttcl.backends.base import BackendError, GenerationRequest
 from ttcl.backends.chat import render_chat
-from ttcl.backends.llama import GGUF_MAGIC, file_magic
+from ttcl.backends.models import GGUF_MAGIC, file_magic
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")

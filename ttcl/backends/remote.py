@@ -453,8 +453,7 @@ def _read_config(config: str) -> tuple[Any, Template]:
     """The served model's facts and chat template from its files on this machine: a known
     model name or a GGUF file (its metadata), or a transformers directory (config.json and
     tokenizer_config.json or chat_template.jinja)."""
-    from ttcl.backends.llama import resolve_model_path
-    from ttcl.cost.facts import facts_from_path
+    from ttcl.backends.models import facts_from_path, resolve_model_path
 
     facts = facts_from_path(config)
     path = config if os.path.exists(os.path.expanduser(config)) else resolve_model_path(config)

@@ -11,13 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from rich.console import Console
-from rich.text import Text
-
+from ttcl.cli.present import err, node_costs, out, params_of, report_error
 from ttcl.errors import TTCLError, UsageError
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,20 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except TTCLError as e:
-        _report(e)
+        report_error(e)
         return e.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
     except BrokenPipeError:
         return 0
-
-
-def _report(e: TTCLError) -> None:
-    """Each diagnostic's first line in bold red, then its source excerpt and notes."""
-    for block in e.render().split("\n\n"):
-        first, _, rest = block.partition("\n")
-        err.print(Text(first, style="bold red"), Text("\n" + rest if rest else ""), sep="")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -228,20 +216,10 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its results file")
 
 
-def _params(args) -> dict[str, str]:
-    params = {}
-    for item in args.param:
-        name, eq, value = item.partition("=")
-        if not eq or not name:
-            raise UsageError(f"--param takes NAME=VALUE, got {item!r}")
-        params[name.strip()] = value.strip()
-    return params
-
-
 def _load(args):
     from ttcl.program import load
 
-    return load(args.file, args.program, _params(args))
+    return load(args.file, args.program, params_of(args))
 
 
 # ---- commands ------------------------------------------------------------------------------
@@ -256,7 +234,7 @@ def cmd_check(args) -> int:
         try:
             programs = check_programs(check_source(read_source(path), path))
         except TTCLError as e:
-            _report(e)
+            report_error(e)
             status = max(status, e.exit_code)
             continue
         names = ", ".join(p.name for p in programs) or "no programs"
@@ -274,7 +252,7 @@ def cmd_fmt(args) -> int:
             text = read_source(path)
             formatted = format_source(text, path)
         except TTCLError as e:
-            _report(e)
+            report_error(e)
             status = max(status, e.exit_code)
             continue
         if args.check:
@@ -297,24 +275,8 @@ def cmd_graph(args) -> int:
     if args.format != "text":
         sys.stdout.write(FORMATS[args.format](program.graph))
         return 0
-    sys.stdout.write(to_text(program.graph, _node_costs(program)))
+    sys.stdout.write(to_text(program.graph, node_costs(program)))
     return 0
-
-
-def _node_costs(program) -> dict[int, str]:
-    """Each node's estimated cost for `graph`: FLOPs where the model's facts can be read,
-    else tokens."""
-    from ttcl.cost.estimator import _short
-
-    try:
-        report = program.cost()
-    except TTCLError:
-        report = program.cost(flops=False)
-    return {
-        e.node: f"~{_short(e.flops)} FLOPs" if e.flops is not None else f"~{_short(e.tokens)} tokens"
-        for e in report.nodes
-        if e.tokens
-    }
 
 
 def cmd_cost(args) -> int:

@@ -12,7 +12,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ttcl.cost.estimator import UNITS, CostReport, _short
+from ttcl.cost.estimator import UNITS, CostReport, short_number
 from ttcl.errors import UsageError
 from ttcl.program import Program
 
@@ -54,7 +54,7 @@ def fit_command(args, program: Program, out: Console) -> int:
         raise UsageError(f"program `{program.name}` has no parameter `{args.fit}`")
     n = fit_parameter(program, args.fit, unit, amount, args.calibration)
     out.print(
-        f"{args.fit} = {n}: the largest value whose estimated cost fits {_short(amount)} {unit} "
+        f"{args.fit} = {n}: the largest value whose estimated cost fits {short_number(amount)} {unit} "
         f"per question ({'calibrated' if args.calibration else 'every answer as long as its max_tokens'})"
     )
     return 0
@@ -83,7 +83,7 @@ def show(report: CostReport, out: Console) -> None:
             _n(e.verifier_tokens),
         ]
         if flops:
-            row += [_short(e.flops or 0.0), f"{(e.flops or 0.0) * e.runs / total:.0%}" if total else ""]
+            row += [short_number(e.flops or 0.0), f"{(e.flops or 0.0) * e.runs / total:.0%}" if total else ""]
         table.add_row(*row)
     for name, t in (("expected", report.expected), ("worst case", report.worst)):
         if name == "worst case" and t == report.expected:
@@ -97,7 +97,7 @@ def show(report: CostReport, out: Console) -> None:
             _n(t.prefill_tokens),
             _n(t.decode_tokens),
             _n(t.verifier_tokens),
-            *([f"[bold]{_short(t.flops)}[/]", ""] if flops else []),
+            *([f"[bold]{short_number(t.flops)}[/]", ""] if flops else []),
             end_section=name == "expected",
         )
     # the columns stay whole in a pipe too, where rich would assume 80 columns
@@ -140,14 +140,18 @@ def show(report: CostReport, out: Console) -> None:
 def _budget_line(report: CostReport, unit: str, limit: float, out: Console) -> None:
     amount = report.worst.amount(unit)
     if amount is None:
-        out.print(f"budget {_short(limit)} {unit}: cannot be priced without model facts")
+        out.print(f"budget {short_number(limit)} {unit}: cannot be priced without model facts")
         return
     others = ", ".join(
-        f"≈ {_short(v)} {u}" for u in UNITS if u != unit for v in [report.convert(limit, unit, u)] if v is not None
+        f"≈ {short_number(v)} {u}"
+        for u in UNITS
+        if u != unit
+        for v in [report.convert(limit, unit, u)]
+        if v is not None
     )
     verdict = "[green]fits[/]" if amount <= limit else "[bold red]does not fit[/]"
     out.print(
-        f"budget {_short(limit)} {unit} ({others}): {verdict}, worst case {_short(amount)} ({amount / limit:.0%})"
+        f"budget {short_number(limit)} {unit} ({others}): {verdict}, worst case {short_number(amount)} ({amount / limit:.0%})"
     )
     if amount > limit:
         names = ", ".join(f"n{e.node} {e.op}" for e in report.costliest(unit))
@@ -155,4 +159,4 @@ def _budget_line(report: CostReport, unit: str, limit: float, out: Console) -> N
 
 
 def _n(x: float) -> str:
-    return "" if not x else _short(x)
+    return "" if not x else short_number(x)

@@ -20,13 +20,13 @@ from ttcl.source import write_text
 
 
 def eval_command(args, out: Console, err: Console) -> int:
-    from ttcl.cli.app import _params
+    from ttcl.cli.present import params_of
     from ttcl.program import load
 
     data = load_dataset(args.dataset, args.limit, strict=args.strict)
     for problem in data.skipped:
         err.print(f"[yellow]skipped[/] {problem}")
-    programs = [(_label(f, args.files), load(f, args.program, _params(args))) for f in args.files]
+    programs = [(_label(f, args.files), load(f, args.program, params_of(args))) for f in args.files]
     budgets = _budgets(args.budgets)
     output = args.output or _default_output(args.files, args.dataset)
     runs = [

@@ -33,7 +33,7 @@ from rich.tree import Tree
 
 from ttcl.cli.session import Entry, Outcome, Session, is_complete, needs_params
 from ttcl.errors import TTCLError, UsageError
-from ttcl.parser import _STATEMENT_KEYWORDS
+from ttcl.parser import STATEMENT_KEYWORDS
 from ttcl.results import Result
 from ttcl.signatures import BUILTIN_VERIFIERS, MODELS, STAGES, VERIFIERS
 
@@ -52,7 +52,7 @@ COMMANDS = {
     "quit": ("", "end the session (so does Ctrl-D)"),
 }
 WORDS = sorted(
-    set(_STATEMENT_KEYWORDS)
+    set(STATEMENT_KEYWORDS)
     | {"match", "true", "false", "difficulty"}
     | set(STAGES)
     | set(MODELS)
@@ -81,7 +81,7 @@ class Repl:
 
     def handle(self, text: str) -> bool:
         """Do what one input says; False when the session should end."""
-        from ttcl.cli.app import _report
+        from ttcl.cli.present import report_error
 
         if not text.strip():
             return True
@@ -91,7 +91,7 @@ class Repl:
             self.show(self.session.submit(text))
         except TTCLError as e:
             self.failures += 1
-            _report(e)
+            report_error(e)
         except KeyboardInterrupt:
             self.err.print("interrupted")
         return True
@@ -124,39 +124,40 @@ class Repl:
 
     def summary(self, program) -> None:
         """The DAG with each node's estimated cost, and the estimate's totals in a line."""
-        from ttcl.cli.app import _node_costs
-        from ttcl.cost.estimator import _short
+        from ttcl.cli.present import node_costs
+        from ttcl.cost.estimator import short_number
         from ttcl.draw import to_text
 
         graph = self.session.located(program.graph)
-        self.out.print(Text(to_text(graph, _node_costs(program)).rstrip()))
+        self.out.print(Text(to_text(graph, node_costs(program)).rstrip()))
         try:
             report = program.cost()
         except TTCLError:
             report = program.cost(flops=False)
         t = report.expected
-        flops = f", ~{_short(t.flops)} FLOPs" if t.flops is not None else ""
+        flops = f", ~{short_number(t.flops)} FLOPs" if t.flops is not None else ""
         self.out.print(
-            f"[bold]estimated cost:[/] {_short(t.generations)} generations, "
-            f"~{_short(t.tokens)} tokens{flops} per question  [dim](:cost for the table, "
+            f"[bold]estimated cost:[/] {short_number(t.generations)} generations, "
+            f"~{short_number(t.tokens)} tokens{flops} per question  [dim](:cost for the table, "
             f":run QUESTION to run it)[/]"
         )
 
     # ---- commands --------------------------------------------------------------------------
 
     def cmd_run(self, question: str) -> None:
-        from ttcl.cli.run import _estimate, show
+        from ttcl.cli.present import estimate_or_none
+        from ttcl.cli.run import show
 
         if not question:
             raise UsageError("usage: :run QUESTION")
         program = self.session.program()
-        lookup = program._backend_lookup(None)  # refuses spec(...) models, as `ttcl run` does
+        lookup = program.backend_lookup(None)  # refuses spec(...) models, as `ttcl run` does
         progress = Progress(program.name)
         with Live(progress, console=self.err, transient=True, refresh_per_second=8):
             progress.backends = {name: lookup(name) for name in program.ir.models}
             progress.start()
             self.last = program.run(question, backend=progress.backends)
-        show(self.last, self.out, _estimate(program))
+        show(self.last, self.out, estimate_or_none(program))
 
     def cmd_trace(self, arg: str) -> None:
         if self.last is None:
@@ -233,7 +234,7 @@ def _described(entry: Entry, strategy_types: dict) -> str:
 def _model_text(old: Entry | None, path: str) -> str:
     """A model declaration like `old` (the same name, kind and options) for another file or
     known name; a new `model policy = llama(...)` where there is none."""
-    from ttcl.backends.llama import KNOWN_MODELS
+    from ttcl.backends.models import KNOWN_MODELS
 
     if path not in KNOWN_MODELS and not Path(path).exists():
         raise UsageError(

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ttcl.cli.present import estimate_or_none
 from ttcl.eval.datasets import read_jsonl
 from ttcl.program import Program
 from ttcl.results import Result
@@ -26,13 +27,13 @@ def run_command(args, program: Program, out: Console, err: Console) -> int:
         if args.json:
             sys.stdout.write(result.model_dump_json(exclude={"trace"}, indent=1) + "\n")
         else:
-            show(result, out, _estimate(program))
+            show(result, out, estimate_or_none(program))
     else:
         results = run_file(args, program, err)
     if args.calibration_out:
-        from ttcl.cost.calibration import Calibration
+        from ttcl.cost.fit import calibrate
 
-        Calibration.from_results(program.graph, results).save(args.calibration_out)
+        calibrate(program.graph, results).save(args.calibration_out)
     if args.trace:
         with open(args.trace, "w", encoding="utf-8") as f:
             for i, r in enumerate(results):
@@ -71,17 +72,6 @@ def run_file(args, program: Program, err: Console) -> list[Result]:
     if sink is not sys.stdout:
         sink.close()
     return results
-
-
-def _estimate(program: Program):
-    """The program's static estimate, to show beside what the run measured (None where the
-    program cannot be priced, e.g. a model file without readable facts)."""
-    from ttcl.errors import TTCLError
-
-    try:
-        return program.cost()
-    except TTCLError:
-        return None
 
 
 def show(result: Result, out: Console, estimate=None) -> None:

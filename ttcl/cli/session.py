@@ -23,7 +23,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
 from ttcl import ast
 from ttcl.checker import Checked
 from ttcl.errors import Diagnostic, TTCLError, UsageError
-from ttcl.parser import _STATEMENT_KEYWORDS, _lark, parse
+from ttcl.parser import STATEMENT_KEYWORDS, grammar_parser, parse
 from ttcl.program import Program, build, check_programs, check_source
 from ttcl.signatures import ANSWER, QUESTION, Stage
 from ttcl.source import Span, read_source
@@ -89,7 +89,7 @@ def is_statement(text: str) -> bool:
     """Whether an input declares something (begins with a keyword) rather than being a pipeline."""
     rest = text[_LEADING.match(text).end() :]
     word = re.match(r"[A-Za-z_]\w*", rest)
-    return not rest or (word is not None and word.group() in _STATEMENT_KEYWORDS)
+    return not rest or (word is not None and word.group() in STATEMENT_KEYWORDS)
 
 
 def is_complete(text: str) -> bool:
@@ -100,7 +100,7 @@ def is_complete(text: str) -> bool:
         return True
     wrapped = text if is_statement(text) else f"program main =\n{text}"
     try:
-        _lark().parse(wrapped)
+        grammar_parser().parse(wrapped)
     except UnexpectedEOF:
         return False
     except UnexpectedToken as e:

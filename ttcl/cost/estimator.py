@@ -22,21 +22,9 @@ from dataclasses import dataclass, field
 import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field
 
-from ttcl.cost.calibration import Calibration, Priors, model_key  # noqa: F401  (re-exported)
-from ttcl.cost.facts import (  # noqa: F401  (re-exported: the cost analyzer's public face)
-    Exchange,
-    ModelFacts,
-    ModelFactsError,
-    exchange,
-    facts_for,
-    facts_from_config,
-    facts_from_gguf,
-    facts_from_path,
-    facts_from_spec,
-    forward_flops,
-    matching_size,
-    pretraining_flops,
-)
+from ttcl.backends.models import ModelFacts, facts_for
+from ttcl.cost.calibration import Calibration, Priors, model_key
+from ttcl.cost.flops import Exchange, exchange, forward_flops
 from ttcl.errors import Diagnostic
 from ttcl.prompts import REVISE, SOLVE, VERIFY
 
@@ -589,13 +577,13 @@ def budget_diagnostics(graph: nx.DiGraph, budgets: dict[str, float], span) -> li
     out = []
     for unit, amount, limit in report.over_budget():
         names = ", ".join(
-            f"{e.op} at {_line_col(graph, e.node)} ({_short(e.flops if unit == 'flops' else e.tokens)})"
+            f"{e.op} at {_line_col(graph, e.node)} ({short_number(e.flops if unit == 'flops' else e.tokens)})"
             for e in report.costliest(unit)
         )
         out.append(
             Diagnostic(
-                f"program `{graph.graph['program']}` needs at least about {_short(amount)} {unit} "
-                f"but its budget is {_short(limit)}",
+                f"program `{graph.graph['program']}` needs at least about {short_number(amount)} {unit} "
+                f"but its budget is {short_number(limit)}",
                 span,
                 (
                     f"costliest: {names}",
@@ -611,7 +599,7 @@ def _line_col(graph: nx.DiGraph, node: int) -> str:
     return f"{span.line}:{span.col}"
 
 
-def _short(x: float) -> str:
+def short_number(x: float) -> str:
     """A figure as people write it: 1234 -> 1234, 3.2e9 -> 3.2e9."""
     if abs(x) < 1e6:
         return f"{x:.0f}"

@@ -19,7 +19,7 @@ from typing import Any
 import networkx as nx
 
 from ttcl.backends.base import Backend, BackendError, split_in_proportion
-from ttcl.cost.facts import counted_flops
+from ttcl.cost.flops import counted_flops
 from ttcl.results import Candidate, Cost, NodeCost, Result, TraceEvent
 from ttcl.runtime.ops import OPS, Generate, NodeContext, majority
 from ttcl.runtime.verifiers import Hidden, Probs
