@@ -23,6 +23,8 @@ from ttcl.formatter import format_expr
 from ttcl.signatures import (
     ANSWER,
     BUILTIN_VERIFIERS,
+    DEFAULT_HEAD,
+    DEFAULT_HEAD_MODELS,
     DEFAULT_MODEL,
     DEFAULT_MODEL_NAME,
     DIFFICULTY,
@@ -251,8 +253,6 @@ class Lowering:
     def default_prm(self) -> dict:
         """The undeclared `prm`: the shipped head where the policy is the SmolLM2 it was
         trained on, else the policy's own self-verification."""
-        from ttcl.runtime.prm import DEFAULT_HEAD, DEFAULT_HEAD_MODELS
-
         model = self.default_model()
         decl = self.graph.graph["models"][model]
         trained_on = os.path.basename(str(decl.get("path", ""))) in DEFAULT_HEAD_MODELS
@@ -302,8 +302,8 @@ def _show(expr: ast.Expr) -> str:
 
 def lower(body: ast.Expr, program: ast.ProgramDecl, checked: Checked, budgets: dict[str, float]) -> nx.DiGraph:
     """Lower a rewritten program body to its IR graph; raise `CheckError` on value errors
-    (non-positive counts, a beam without a PRM, a budget the program cannot fit: generations
-    counted, tokens and FLOPs estimated by `cost.py`)."""
+    (non-positive counts, a beam without a PRM, more generations than the budget allows; token
+    and FLOPs budgets are checked against the estimate afterwards, by `program.check_budget`)."""
     lowering = Lowering(checked, program)
     g = lowering.graph
     g.graph.update(program=program.name, models={}, verifiers={}, prompts={})
@@ -324,10 +324,6 @@ def lower(body: ast.Expr, program: ast.ProgramDecl, checked: Checked, budgets: d
             f"program `{program.name}` needs {generations} generations but its budget is {limit:g}",
             f"costliest: {names}",
         )
-    if not lowering.errors:  # the estimate needs a well-formed graph
-        from ttcl.cost.estimator import budget_diagnostics
-
-        lowering.errors += budget_diagnostics(g, budgets, program.name_span)
     if lowering.errors:
         raise CheckError(lowering.errors)
     return g

@@ -242,11 +242,22 @@ def build(checked: Checked, name: str, params: dict[str, Any]) -> Program:
         bindings = {k: _literal(v, decl.span) for k, v in values.items()}
         body = run_passes(decl.body, PassContext(checked.definitions, bindings))
         graph = lower(body, decl, checked, module_budgets(checked, decl))
+        check_budget(graph, decl)
     except RecursionError:
         raise CheckError(f"program `{name}` is nested too deeply", decl.name_span).with_sources(sources) from None
     except TTCLError as e:
         raise e.with_sources(sources) from None
     return Program(ir.to_document(graph, values), checked)
+
+
+def check_budget(graph: nx.DiGraph, decl: ast.ProgramDecl) -> None:
+    """Refuse a program whose estimated tokens or FLOPs exceed its declared budget (the
+    generations budget is counted exactly by `lower`)."""
+    from ttcl.cost.estimator import budget_diagnostics
+
+    errors = budget_diagnostics(graph, graph.graph["budgets"], decl.name_span)
+    if errors:
+        raise CheckError(errors)
 
 
 def bind_params(decl: ast.ProgramDecl, given: dict[str, Any]) -> dict[str, Any]:

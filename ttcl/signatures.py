@@ -357,3 +357,9 @@ RESERVED = (set(STAGES) | set(MODELS) | set(VERIFIERS) | set(BUILTIN_VERIFIERS) 
 def step_level(verifier: dict) -> bool:
     """Whether a resolved verifier declaration scores individual steps (a PRM)."""
     return verifier["kind"] != "oracle" and verifier.get("steps", True)
+
+
+# The undeclared `prm` verifier reads this head, shipped in the package's heads/, where the
+# policy is the model it was trained on (by name or file); elsewhere it is self-verification.
+DEFAULT_HEAD = "arith.safetensors"
+DEFAULT_HEAD_MODELS = ("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf")

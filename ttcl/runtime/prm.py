@@ -30,9 +30,7 @@ from ttcl.parser import resource_dir
 from ttcl.prompts import DEFAULT_DELIMITER
 
 HEADS_DIR = resource_dir("heads")  # the heads shipped with the package
-DEFAULT_HEAD = "arith.safetensors"
 # the names of the model the shipped head was trained on (a declaration's path, by file name)
-DEFAULT_HEAD_MODELS = ("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 class PRMError(TTCLError):
