@@ -10,8 +10,9 @@ from __future__ import annotations
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from timing import repeat
 
 ROOT = Path(__file__).resolve().parent.parent
 REPEATS = 30
@@ -21,31 +22,27 @@ def compile_times() -> list[tuple[str, float]]:
     from ttcl.parser import grammar_parser
     from ttcl.program import check_programs, check_source
 
+    def compile_file(text: str, path: str) -> None:
+        check_programs(check_source(text, path))
+
     grammar_parser()  # the grammar is loaded once per process; the target excludes it
     rows = []
     for path in sorted((ROOT / "stdlib").glob("*.ttcl")) + sorted((ROOT / "programs").glob("*.ttcl")):
         text = path.read_text()
-        check_programs(check_source(text, str(path)))  # warm: imported stdlib modules are cached
-        samples = []
-        for _ in range(REPEATS):
-            start = time.perf_counter()
-            check_programs(check_source(text, str(path)))
-            samples.append(time.perf_counter() - start)
+        # one warm-up call: imported stdlib modules are cached
+        samples = repeat(compile_file, text, str(path), times=REPEATS, warmup=1)
         rows.append((str(path.relative_to(ROOT)), statistics.median(samples)))
     return rows
 
 
 def startup_times(runs: int = 5) -> list[float]:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "ttcl", "check", str(ROOT / "programs/per_difficulty.ttcl")],
-            check=True,
-            capture_output=True,
-        )
-        times.append(time.perf_counter() - start)
-    return times
+    return repeat(
+        subprocess.run,
+        [sys.executable, "-m", "ttcl", "check", str(ROOT / "programs/per_difficulty.ttcl")],
+        check=True,
+        capture_output=True,
+        times=runs,
+    )
 
 
 def main() -> None:

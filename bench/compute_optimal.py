@@ -116,16 +116,12 @@ def main(argv: list[str] | None = None) -> None:
         arm = opt.arm_budget(b, args.probe)
         space = candidates(arm)
         print(f"budget {b}: fitting {len(space)} candidates at {arm} generations ...", flush=True)
-        results = opt.run_all(fit_ev, base, space, "prm", args.probe)
-        if results is None:
+        found = opt.optimize(base, fit_ev, b, "prm", args.probe, space, note=[f"bench budget {b}"])
+        if found is None:
             raise SystemExit("interrupted: run again with --resume")
-        probes = results.pop(opt.PROBE_LABEL)
-        scores = [r.difficulty for r in probes]
-        choice = opt.choose(space, results, scores, list(range(len(scores))))
-        cv, _ = opt.cross_validate(space, results, scores, probes)
+        choice, cv, text = found.choice, found.cv_accuracy, found.text
         chosen[b] = choice
         print(f"  per bin: {choice.winners}, thresholds {choice.thresholds}; 2-fold CV accuracy on fit {cv:.1%}")
-        text = opt.render(base, choice, "prm", args.probe, b, [f"bench budget {b}"])
         programs = {label: base.program(expr) for label, expr in baselines(b).items()}
         programs["(d) compute-optimal"] = ttcl.compile(text, "optimized.ttcl")
         for name, ev in evals.items():

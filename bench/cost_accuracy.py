@@ -28,8 +28,9 @@ import argparse
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
+
+from timing import Stopwatch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -89,12 +90,12 @@ def main(argv: list[str] | None = None) -> None:
         module, call = STRATEGIES[name]
         prog = program(module, call, args.threads)
         backend = backend_for(prog.ir.models["policy"])
-        start = time.perf_counter()
         runs = []
-        for fold in folds:
-            backend.reset()
-            runs.append(prog.run_many(fold, seed=0))
-        seconds = time.perf_counter() - start
+        with Stopwatch() as clock:
+            for fold in folds:
+                backend.reset()
+                runs.append(prog.run_many(fold, seed=0))
+        seconds = clock.seconds
         everything = runs[0] + runs[1]
         measured = [statistics.mean(r.cost.flops for r in fold) for fold in runs]
         overall = statistics.mean(r.cost.flops for r in everything)

@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import Stopwatch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -42,9 +43,9 @@ def measure(name: str, prog: ttcl.Program, questions: list[dict], server: Server
     prog.run(questions[0]["question"], seed=99)
     backend = backend_for(prog.ir.models["m"])
     before, served = backend.counters.generated_tokens, server.completions_served() if server else 0
-    start = time.perf_counter()
-    results = prog.run_many(questions, seed=0)
-    seconds = time.perf_counter() - start
+    with Stopwatch() as clock:
+        results = prog.run_many(questions, seed=0)
+    seconds = clock.seconds
     tokens = backend.counters.generated_tokens - before
     right = sum(same_answer(r.answer, q["answer"]) for r, q in zip(results, questions))
     return {

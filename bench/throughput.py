@@ -27,8 +27,9 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import Stopwatch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -49,9 +50,9 @@ def ttcl_sample16(backend: LlamaBackend, samples: int, tokens: int, threads: int
         f"program main = sample({samples}) |> vote"
     )
     before = backend.counters.generated_tokens
-    start = time.perf_counter()
-    program.run(QUESTION, seed=0, backend=backend)
-    return backend.counters.generated_tokens - before, time.perf_counter() - start
+    with Stopwatch() as clock:
+        program.run(QUESTION, seed=0, backend=backend)
+    return backend.counters.generated_tokens - before, clock.seconds
 
 
 def backend_sample16(backend: LlamaBackend, samples: int, tokens: int) -> tuple[int, float, float]:
@@ -64,9 +65,9 @@ def backend_sample16(backend: LlamaBackend, samples: int, tokens: int) -> tuple[
         )
         for seed in range(samples)
     ]
-    start = time.perf_counter()
-    out = backend.generate(requests)
-    elapsed = time.perf_counter() - start
+    with Stopwatch() as clock:
+        out = backend.generate(requests)
+    elapsed = clock.seconds
     prompt_len = len(prompt_tokens(backend))
     saved = 1 - sum(g.prompt_tokens for g in out) / (samples * prompt_len)
     return sum(g.generated_tokens for g in out), elapsed, saved
@@ -88,11 +89,11 @@ def high_level(path: str, prompt: str, eog: list[int], samples: int, tokens: int
     options = dict(max_tokens=tokens, temperature=TEMPERATURE, top_k=0, top_p=1.0, min_p=0.0, logit_bias=no_eog)
     llm.create_completion(prompt, **{**options, "max_tokens": 4})  # warm up
     generated = 0
-    start = time.perf_counter()
-    for seed in range(samples):
-        out = llm.create_completion(prompt, seed=seed, **options)
-        generated += out["usage"]["completion_tokens"]
-    return generated, time.perf_counter() - start
+    with Stopwatch() as clock:
+        for seed in range(samples):
+            out = llm.create_completion(prompt, seed=seed, **options)
+            generated += out["usage"]["completion_tokens"]
+    return generated, clock.seconds
 
 
 def _high_level_llama(path: str, n_ctx: int, threads: int):
@@ -157,19 +158,19 @@ def raw_batched(
             batch.seq_id[i][j] = s
 
     chains = [chain(seed) for seed in range(samples)]
-    start = time.perf_counter()
-    for i, token in enumerate(prompt):
-        put(i, token, i, range(samples), i == len(prompt) - 1)
-    batch.n_tokens = len(prompt)
-    assert lib.llama_decode(ctx, batch) == 0
-    last = [lib.llama_sampler_sample(c, ctx, len(prompt) - 1) for c in chains]
-    for step in range(tokens - 1):
-        for s in range(samples):
-            put(s, last[s], len(prompt) + step, [s], True)
-        batch.n_tokens = samples
+    with Stopwatch() as clock:
+        for i, token in enumerate(prompt):
+            put(i, token, i, range(samples), i == len(prompt) - 1)
+        batch.n_tokens = len(prompt)
         assert lib.llama_decode(ctx, batch) == 0
-        last = [lib.llama_sampler_sample(c, ctx, s) for s, c in enumerate(chains)]
-    elapsed = time.perf_counter() - start
+        last = [lib.llama_sampler_sample(c, ctx, len(prompt) - 1) for c in chains]
+        for step in range(tokens - 1):
+            for s in range(samples):
+                put(s, last[s], len(prompt) + step, [s], True)
+            batch.n_tokens = samples
+            assert lib.llama_decode(ctx, batch) == 0
+            last = [lib.llama_sampler_sample(c, ctx, s) for s, c in enumerate(chains)]
+    elapsed = clock.seconds
     for c in chains:
         lib.llama_sampler_free(c)
     lib.llama_batch_free(batch)
@@ -264,9 +265,9 @@ def beam_search(threads: int) -> None:
     results = {}
     for label, target in (("prefix cache", backend), ("cleared every call", _Forgetful(backend))):
         backend.reset()
-        start = time.perf_counter()
-        result = program.run(QUESTION, seed=0, backend=target)
-        seconds = time.perf_counter() - start
+        with Stopwatch() as clock:
+            result = program.run(QUESTION, seed=0, backend=target)
+        seconds = clock.seconds
         cost, results[label] = result.cost, result
         print(
             f"beam(16, prm, width=4, depth=6), {label:<18}: {cost.generated_tokens} generated tokens in "

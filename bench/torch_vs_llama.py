@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
+
+from timing import Stopwatch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -50,9 +51,9 @@ def timed(backend, samples: int, tokens: int) -> dict:
     backend.reset()
     batch = requests(samples, tokens)
     before = backend.counters.model_copy()
-    start = time.perf_counter()
-    out = backend.generate(batch)
-    seconds = time.perf_counter() - start
+    with Stopwatch() as clock:
+        out = backend.generate(batch)
+    seconds = clock.seconds
     generated = backend.counters.generated_tokens - before.generated_tokens
     prefilled = sum(g.prompt_tokens for g in out)
     prompt = len(backend._prompt(batch[0], 0))
