@@ -135,31 +135,34 @@ def optimize_command(args, out: Console, err: Console) -> int:
         transient=True,
     )
     ev = Eval(output, data.questions, seed=args.seed, resume=args.resume, on_record=lambda r: progress.advance(bar))
+    note = [
+        f"chosen per difficulty bin on {data.name} ({len(data.questions)} questions, seed {args.seed}), "
+        f"{probe} probes, arms at {args.budget - probe} generations"
+    ]
     with progress:
         bar = progress.add_task("probe", total=(len(candidates) + 1) * len(data.questions))
         progress.advance(bar, len(ev.records))
-        results = opt.run_all(
-            ev, base, candidates, verifier, probe, lambda label: progress.update(bar, description=label)
+        found = opt.optimize(
+            base,
+            ev,
+            args.budget,
+            verifier,
+            probe,
+            candidates,
+            args.bins,
+            note,
+            on_start=lambda label: progress.update(bar, description=label),
         )
-    if results is None:
+    if found is None:
         err.print(f"interrupted: {len(ev.records)} results are in {output}; run again with --resume to finish")
         return 130
-    probes = results.pop(opt.PROBE_LABEL)
-    scores = [r.difficulty for r in probes]
-    everyone = list(range(len(scores)))
-    choice = opt.choose(candidates, results, scores, everyone, args.bins)
-    cv_accuracy, cv_flops = opt.cross_validate(candidates, results, scores, probes, args.bins)
-    rows = _choice_rows(choice, candidates, results, scores)
-    _show_choice(rows, candidates, probes, out)
+    rows = _choice_rows(found.choice, candidates, found.results, found.scores)
+    _show_choice(rows, candidates, found.probes, out)
     out.print(
-        f"per-bin choice, 2-fold cross-validated: accuracy {cv_accuracy:.1%}, "
-        f"{cv_flops:.3g} FLOPs per question (probes included)"
+        f"per-bin choice, 2-fold cross-validated: accuracy {found.cv_accuracy:.1%}, "
+        f"{found.cv_flops:.3g} FLOPs per question (probes included)"
     )
-    note = [
-        f"chosen per difficulty bin on {data.name} ({len(scores)} questions, seed {args.seed}), "
-        f"{probe} probes, arms at {args.budget - probe} generations"
-    ]
-    program = opt.render(base, choice, verifier, probe, args.budget, note)
+    program, cv_accuracy, cv_flops = found.text, found.cv_accuracy, found.cv_flops
     target = args.output or f"{Path(args.file).stem}.optimized.ttcl"
     write_text(target, program)
     if args.report:

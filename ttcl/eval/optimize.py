@@ -247,6 +247,50 @@ def run_all(
     return {label: [rs[i] for i in range(len(ev.questions))] for label, rs in by_label.items()}
 
 
+@dataclass
+class Optimized:
+    """What `optimize` found: every candidate's and the probes' records, the probes' difficulty
+    scores, the choice per bin, its 2-fold cross-validated accuracy and FLOPs per question
+    (probes included), and the program it wrote."""
+
+    candidates: list[str]
+    results: dict[str, list[Record]]
+    probes: list[Record]
+    scores: list[float]
+    choice: Choice
+    cv_accuracy: float
+    cv_flops: float
+    text: str
+
+
+def optimize(
+    base: Base,
+    ev: Eval,
+    budget: int,
+    verifier: str,
+    probe: int,
+    candidates: list[str] | None = None,
+    bins: int = 5,
+    note: list[str] | None = None,
+    on_start=lambda label: None,
+) -> Optimized | None:
+    """The compute-optimal workflow, the one entry point `ttcl optimize` and the benchmark
+    share: run the probes and every candidate (the default search space at the budget less the
+    probes, unless given) on `ev`'s questions, bin the questions by the probes' score, choose
+    the best candidate per bin, cross-validate that choice, and write the per-difficulty
+    program. None if interrupted (what finished is in `ev`'s file, for --resume)."""
+    candidates = candidates or default_space(arm_budget(budget, probe), verifier)
+    results = run_all(ev, base, candidates, verifier, probe, on_start)
+    if results is None:
+        return None
+    probes = results.pop(PROBE_LABEL)
+    scores = [r.difficulty for r in probes]
+    choice = choose(candidates, results, scores, list(range(len(scores))), bins)
+    cv_accuracy, cv_flops = cross_validate(candidates, results, scores, probes, bins)
+    text = render(base, choice, verifier, probe, budget, note or [])
+    return Optimized(candidates, results, probes, scores, choice, cv_accuracy, cv_flops, text)
+
+
 def fit_parameter(program: Program, param: str, unit: str, amount: float, calibration=None, most: int = 1 << 16) -> int:
     """The largest value of the int parameter `param` whose estimated cost per question
     (expected, with `calibration`'s priors if given) fits `amount` of `unit`: n fitted to a
