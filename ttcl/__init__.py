@@ -5,11 +5,10 @@ prog = ttcl.compile('program main = sample(8) |> vote')
 prog.graph          # the compiled DAG (networkx)
 """
 
-__version__ = "0.1.0"
-
-from ttcl.errors import TTCLError  # noqa: E402
-from ttcl.program import Program, compile, load  # noqa: E402
-from ttcl.results import Candidate, Cost, Result  # noqa: E402
-from ttcl.runtime.verifiers import register_verifier  # noqa: E402
+from ttcl.errors import TTCLError
+from ttcl.program import Program, compile, load
+from ttcl.results import Candidate, Cost, Result
+from ttcl.runtime.verifiers import register_verifier
+from ttcl.version import __version__
 
 __all__ = ["Candidate", "Cost", "Program", "Result", "TTCLError", "compile", "load", "register_verifier", "__version__"]

@@ -68,7 +68,7 @@ class IRDocument(BaseModel):
 
 def to_document(graph: nx.DiGraph, params: dict[str, Any]) -> IRDocument:
     """The serializable document of a lowered graph."""
-    from ttcl import __version__
+    from ttcl.version import __version__
 
     g = graph.graph
     nodes = [IRNode(id=n, **attrs) for n, attrs in graph.nodes(data=True)]

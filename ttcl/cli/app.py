@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ttcl import __version__
+    from ttcl.version import __version__
 
     p = argparse.ArgumentParser(prog="ttcl", description="Test-time compute programs for LLMs.")
     p.add_argument("--version", action="version", version=f"ttcl {__version__}")
@@ -323,7 +323,7 @@ def cmd_optimize(args) -> int:
 
 
 def cmd_train_prm(args) -> int:
-    from ttcl.eval.train_prm import train_prm_command
+    from ttcl.cli.train import train_prm_command
 
     return train_prm_command(args, out, err)
 

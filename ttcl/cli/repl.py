@@ -361,7 +361,7 @@ def interactive(repl: Repl) -> None:
     except OSError as e:
         repl.err.print(f"history not saved: {path}: {e.strerror or e}")
         history = InMemoryHistory()
-    from ttcl import __version__
+    from ttcl.version import __version__
 
     repl.out.print(f"TTCL {__version__}: declarations, pipelines and :commands (:help lists them); Ctrl-D quits")
     prompt = PromptSession(

@@ -1,0 +1,58 @@
+"""`ttcl train-prm`: label a dataset's solution steps with the policy, fit a PRM head, and
+write it with its card (the library work is `ttcl.eval.train_prm`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ttcl.backends import backend_for
+from ttcl.errors import UsageError
+from ttcl.eval.datasets import load
+from ttcl.eval.train_prm import Settings, train
+
+
+def train_prm_command(args, out, err) -> int:
+    """`ttcl train-prm --model M --dataset D --out HEAD`: label, train, write head and card."""
+    if not args.out.endswith(".safetensors"):
+        raise UsageError(f"--out names a .safetensors file, not {args.out}")
+    settings = Settings(
+        samples=args.samples,
+        rollouts=args.rollouts,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+    )
+    data = load(args.dataset, args.limit, args.seed, args.strict)
+    for line in data.skipped:
+        err.print(f"[yellow]skipped[/] {line}")
+    backend = backend_for({"kind": args.backend, "path": args.model, "n_ctx": 2048})
+    base = {
+        "base_model": args.model,
+        "backend": args.backend,
+        "dataset": args.dataset,
+        "model_file": os.path.basename(getattr(backend, "path", args.model)),
+    }
+    try:
+        info = train(
+            backend,
+            data.questions,
+            Path(args.out),
+            settings,
+            base,
+            args.resume,
+            log=lambda text: err.print(f"[dim]{text}[/]"),
+        )
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: the labelled questions are saved; run again with --resume")
+        return 130
+    h = info["held_out"]
+    out.print(
+        f"wrote {args.out} and {Path(args.out).with_suffix('.json')}: {info['steps']} steps from "
+        f"{info['questions']} questions, {h['steps']} held out"
+    )
+    out.print(
+        f"held-out step accuracy {h['accuracy']} (majority class {h['majority_class_accuracy']}), "
+        f"AUROC {h['auroc']} against self-verification's {h['self_verify_auroc']}"
+    )
+    return 0
