@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import string
 from dataclasses import dataclass, field
+from typing import cast
 
 import networkx as nx
 
@@ -221,8 +222,8 @@ class Checker:
                 "end it with a selector such as `|> vote` or `|> best(v)`",
             )
 
-    def params_env(self, params: tuple[ast.Param, ...], allowed: tuple[str, ...], what: str) -> dict[str, str]:
-        env: dict[str, str] = {}
+    def params_env(self, params: tuple[ast.Param, ...], allowed: tuple[str, ...], what: str) -> dict[str, str | None]:
+        env: dict[str, str | None] = {}  # None: a parameter of an unknown type (reported)
         for p in params:
             if p.name in env:
                 self.error(p.span, f"duplicate parameter `{p.name}`")
@@ -246,6 +247,7 @@ class Checker:
         if name in self.out.strategy_types or name in self.in_progress:
             return self.out.strategy_types.get(name)
         decl = self.out.definitions[name]
+        assert isinstance(decl, ast.StrategyDecl)  # only strategies are asked for
         self.in_progress.add(name)
         outer, self.current = self.current, name
         self.calls.add_node(name)
@@ -277,7 +279,7 @@ class Checker:
 
     # ---- expressions ---------------------------------------------------------------------
 
-    def infer(self, expr: ast.Expr, env: dict[str, str]) -> Type | None:
+    def infer(self, expr: ast.Expr, env: dict[str, str | None]) -> Type | None:
         return getattr(self, f"infer_{type(expr).__name__}")(expr, env)
 
     def infer_Int(self, e, env):
@@ -344,7 +346,8 @@ class Checker:
             return None
         if e.func in env or decl is not None or e.func in BUILTIN_VERIFIERS:
             t = env.get(e.func) or (_DECL_TYPES.get(type(decl)) if decl else "verifier")
-            self.error(e.span, f"`{e.func}` is {describe(t)}, not a stage")
+            # strategies and programs were handled above: any other declaration has a type name
+            self.error(e.span, f"`{e.func}` is {describe(cast(str, t))}, not a stage")
             return None
         return self.unknown(e.func, e.span, env)
 
@@ -375,6 +378,7 @@ class Checker:
             if not isinstance(t, Stage):
                 self.error(side.span, f"`|>` joins stages, but `{self.snippet(side)}` is {describe(t)}")
                 return None
+        assert isinstance(left, Stage) and isinstance(right, Stage)  # both checked just above
         if left.returns not in right.accepts:
             wants = " or ".join(f"a {a}" for a in sorted(right.accepts, key=[QUESTION, POOL].index))
             self.error(
@@ -449,7 +453,7 @@ class Checker:
             self.error(bins.span, "`bins` must be a literal integer, so arms can be checked")
             return None
         if cuts is None:
-            return DIFFICULTY.param("bins").default if bins is None else bins.value
+            return cast(Param, DIFFICULTY.param("bins")).default if bins is None else bins.value
         if not isinstance(cuts, ast.List):
             return None  # not a list at all: `bind` has reported its type
         n = len(cuts.items)
@@ -513,6 +517,7 @@ class Checker:
             self.error(span, message)
         for name, expr in bound.items():
             param = sig.param(name)
+            assert param is not None  # `bind_arguments` binds only the signature's parameters
             t = self.infer(expr, env)
             if t is not None and not assignable(t, param.type):
                 self.error(
@@ -548,10 +553,10 @@ def bind_arguments(sig: Signature, call: ast.Call) -> tuple[dict[str, ast.Expr],
         )
     for p, arg in zip(positional, call.args):
         bound[p.name] = arg
-    names = [p.name for p in sig.params]
+    param_names = [p.name for p in sig.params]
     for kw in call.kwargs:
-        if kw.name not in names:
-            close = difflib.get_close_matches(kw.name, names, n=1)
+        if kw.name not in param_names:
+            close = difflib.get_close_matches(kw.name, param_names, n=1)
             hint = f"; did you mean `{close[0]}`?" if close else ""
             errors.append((ast.sub_span(kw.span, 0, len(kw.name)), f"`{sig.name}` has no parameter `{kw.name}`{hint}"))
         elif kw.name in bound:

@@ -9,6 +9,7 @@ parsing the output gives the same AST as parsing the input.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ttcl import ast
@@ -30,7 +31,7 @@ def format_source(text: str, path: str | None = None) -> str:
     """Parse `text` and return its canonical form (raises `ParseError` if it does not parse)."""
     module = parse(text, path)
     comments = [
-        Comment(t.start_pos, t.line, t.value.rstrip())
+        Comment(t.start_pos, t.line, t.value.rstrip())  # type: ignore[arg-type]  # lark: Optional, set by the lexer
         for t in grammar_parser().lex(text, dont_ignore=True)
         if t.type == "COMMENT"
     ]
@@ -67,7 +68,7 @@ def _blank_if_gap(out: list[str], text: str, start: int, end: int) -> None:
 # ---- statements --------------------------------------------------------------------------
 
 
-def format_statement(stmt: ast.Statement, comments: list[Comment] = ()) -> list[str]:
+def format_statement(stmt: ast.Statement, comments: Sequence[Comment] = ()) -> list[str]:
     """The lines of one statement; comments inside it go above it or above their match arm."""
     arm_comments = [c for c in comments if _in_match(stmt, c)]
     hoisted = [c.text for c in comments if c not in arm_comments]

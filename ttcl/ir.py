@@ -102,7 +102,7 @@ def to_graph(doc: IRDocument) -> nx.DiGraph:
     for node in doc.nodes:
         graph.add_node(node.id, **node.model_dump(exclude={"id", "span"}), span=node.span)
     for edge in doc.edges:
-        attrs = {"slot": edge.slot}
+        attrs: dict[str, Any] = {"slot": edge.slot}
         attrs.update({"guard": edge.guard} if edge.guard is not None else {})
         attrs.update({"probe": True} if edge.probe else {})
         graph.add_edge(edge.source, edge.target, **attrs)
@@ -157,7 +157,7 @@ def _check_shape(doc: IRDocument, name: str) -> None:
         raise ArtifactError(f"{name}: malformed artifact: needs exactly one question and one output node")
     if not nx.is_directed_acyclic_graph(nx.DiGraph([(e.source, e.target) for e in doc.edges])):
         raise ArtifactError(f"{name}: malformed artifact: the graph has a cycle")
-    tables = {"model": doc.models, "v": doc.verifiers, "prompt": doc.prompts}
+    tables: dict[str, dict[str, Any]] = {"model": doc.models, "v": doc.verifiers, "prompt": doc.prompts}
     for node in doc.nodes:
         for key, table in tables.items():
             if key in node.params and node.params[key] not in table:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import cast
 
 import networkx as nx
 
@@ -157,7 +158,7 @@ class Lowering:
             if value is None or value is REQUIRED:
                 continue
             if isinstance(value, list):  # a list literal: each item against the limits
-                self.check_items(sig, p, value, expr.items)
+                self.check_items(sig, p, value, cast(ast.List, expr).items)  # a list value comes from a list literal
             else:
                 self.check_limits(sig, p, value, expr.span if expr is not None else call.span)
             values[p.name] = value
@@ -215,8 +216,9 @@ class Lowering:
     def declare_model(self, name: str) -> str:
         models = self.graph.graph["models"]
         if name not in models:
-            decl = self.checked.definitions[name]
-            models[name] = {"kind": decl.value.func, **self.arguments(MODELS[decl.value.func], decl.value)}
+            # the checker saw that a model is declared by a constructor call
+            call = cast(ast.Call, cast(ast.ModelDecl, self.checked.definitions[name]).value)
+            models[name] = {"kind": call.func, **self.arguments(MODELS[call.func], call)}
         return name
 
     def default_model(self) -> str:
@@ -233,10 +235,11 @@ class Lowering:
         if name in BUILTIN_VERIFIERS and name not in self.checked.definitions:
             verifiers[name] = self.default_prm() if name == "prm" else dict(BUILTIN_VERIFIERS[name])
             return name
-        value = self.checked.definitions[name].value
+        value = cast(ast.VerifierDecl, self.checked.definitions[name]).value
         if isinstance(value, ast.Name):  # an alias: `verifier v = prm`
             verifiers[name] = verifiers[self.declare_verifier(value.id)]
         else:
+            value = cast(ast.Call, value)  # the checker saw a verifier constructor call
             verifiers[name] = {"kind": value.func, **self.arguments(VERIFIERS[value.func], value)}
             if value.func == "prm" and "m" not in verifiers[name]:
                 verifiers[name]["m"] = self.default_model()
@@ -261,7 +264,7 @@ class Lowering:
         return {"kind": "self_verify", "m": model, "agg": "last"}
 
     def declare_prompt(self, name: str) -> str:
-        self.graph.graph["prompts"][name] = self.checked.definitions[name].template
+        self.graph.graph["prompts"][name] = cast(ast.PromptDecl, self.checked.definitions[name]).template
         return name
 
 
@@ -287,12 +290,12 @@ def _union_parts(e: ast.Expr) -> list[ast.Expr]:
 def _guard(arm: ast.Arm, match: ast.Match, bins: int) -> list[int]:
     """The bins an arm takes; `_` takes every bin that no earlier range names."""
 
-    def bins_of(a: ast.Arm) -> list[int]:
-        return list(range(a.pattern.lo, a.pattern.hi + 1))
+    def bins_of(pattern: ast.Range) -> list[int]:
+        return list(range(pattern.lo, pattern.hi + 1))
 
     if isinstance(arm.pattern, ast.Range):
-        return bins_of(arm)
-    taken = {b for a in match.arms if isinstance(a.pattern, ast.Range) for b in bins_of(a)}
+        return bins_of(arm.pattern)
+    taken = {b for a in match.arms if isinstance(a.pattern, ast.Range) for b in bins_of(a.pattern)}
     return [b for b in range(1, bins + 1) if b not in taken]
 
 

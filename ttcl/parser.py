@@ -6,6 +6,7 @@ import difflib
 import re
 from functools import cache
 from pathlib import Path
+from typing import cast
 
 from lark import Lark, Transformer, v_args
 from lark.exceptions import (
@@ -78,6 +79,15 @@ def _span(path: str | None, m) -> Span:
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"'}
 
 
+def _binop(op: str):
+    """The transformer method of a binary operator rule (used in `_ToAST`'s class body)."""
+
+    def build(self, meta, left, right):
+        return ast.BinOp(span=self.sp(meta), op=op, left=left, right=right)
+
+    return build
+
+
 @v_args(meta=True, inline=True)
 class _ToAST(Transformer):
     """Builds AST nodes bottom-up; every node gets the span Lark propagated to its rule."""
@@ -127,12 +137,6 @@ class _ToAST(Transformer):
         return ast.Param(span=self.sp(meta), name=name.value, type=type_.value, default=default)
 
     # expressions
-    def _binop(op):  # noqa: N805 - a factory evaluated in the class body
-        def build(self, meta, left, right):
-            return ast.BinOp(span=self.sp(meta), op=op, left=left, right=right)
-
-        return build
-
     pipe, add, sub = _binop("|>"), _binop("+"), _binop("-")
     mul, div, mod = _binop("*"), _binop("/"), _binop("%")
 
@@ -269,17 +273,18 @@ def _point(text: str, path: str | None, pos: int, length: int = 1) -> Span:
 
 def _syntax_error(e: UnexpectedInput, text: str, path: str | None) -> ParseError:
     if isinstance(e, UnexpectedCharacters):
-        char = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
+        pos = cast(int, e.pos_in_stream)  # lark types it Optional, but sets it on UnexpectedCharacters
+        char = text[pos] if pos < len(text) else ""
         if char == '"':
-            return ParseError("unterminated string", _point(text, path, e.pos_in_stream))
-        return ParseError(f"unexpected character {char!r}", _point(text, path, e.pos_in_stream))
+            return ParseError("unterminated string", _point(text, path, pos))
+        return ParseError(f"unexpected character {char!r}", _point(text, path, pos))
     if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
         return ParseError(
             f"unexpected end of file; expected {_expected(e.expected)}", _point(text, path, len(text.rstrip()), 0)
         )
     assert isinstance(e, UnexpectedToken)
     tok = e.token
-    notes = ()
+    notes: tuple[str, ...] = ()
     if tok.type == "NAME" and "PROGRAM" in e.expected:
         close = difflib.get_close_matches(tok.value, STATEMENT_KEYWORDS, n=1)
         notes = (f"did you mean `{close[0]}`?",) if close else ()

@@ -344,7 +344,10 @@ VERIFIERS: dict[str, Signature] = {
 # scores whole answers only and serves evaluation and oracle difficulty.
 # `prm`, when a program uses it without declaring it, is the shipped head trained on SmolLM2
 # (for a SmolLM2 policy) or the policy's self-verification (see `lower.default_prm`).
-BUILTIN_VERIFIERS = {"oracle": {"kind": "oracle", "agg": "last", "steps": False}, "prm": {"kind": "prm", "agg": "last"}}
+BUILTIN_VERIFIERS: dict[str, dict[str, Any]] = {
+    "oracle": {"kind": "oracle", "agg": "last", "steps": False},
+    "prm": {"kind": "prm", "agg": "last"},
+}
 
 DEFAULT_MODEL = {"kind": "llama", "path": "smollm2-135m"}
 DEFAULT_MODEL_NAME = "policy"

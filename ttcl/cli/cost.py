@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import sys
+from typing import cast
 
 from rich import box
 from rich.console import Console
@@ -97,7 +98,8 @@ def show(report: CostReport, out: Console) -> None:
             _n(t.prefill_tokens),
             _n(t.decode_tokens),
             _n(t.verifier_tokens),
-            *([f"[bold]{short_number(t.flops)}[/]", ""] if flops else []),
+            # both totals price FLOPs, or neither does
+            *([f"[bold]{short_number(cast(float, t.flops))}[/]", ""] if flops else []),
             end_section=name == "expected",
         )
     # the columns stay whole in a pipe too, where rich would assume 80 columns
@@ -128,6 +130,7 @@ def show(report: CostReport, out: Console) -> None:
         _budget_line(report, unit, limit, out)
     if report.exchange is not None:
         x = report.exchange
+        assert report.program_multiple is not None  # `with_exchange` sets both
         out.print(
             f"exchange (Snell et al. §7): a model {x.size_ratio:.1f}× larger at R = {x.ratio:g} costs as much as "
             f"{x.multiple:.1f}× the small model's inference compute (M + 3(M-1)/R); this program spends "

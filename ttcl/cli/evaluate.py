@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich import box
@@ -89,7 +90,7 @@ def _show(summaries: list[Summary], title: str, out: Console) -> None:
     out.print(table)
 
 
-def _budgets(text: str | None) -> list[int | None]:
+def _budgets(text: str | None) -> Sequence[int | None]:
     if text is None:
         return [None]
     try:

@@ -20,6 +20,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import cast
 
 from prompt_toolkit.completion import Completer as BaseCompleter
 from prompt_toolkit.completion import Completion, PathCompleter
@@ -31,6 +32,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from ttcl import ast
 from ttcl.cli.session import Entry, Outcome, Session, is_complete, needs_params
 from ttcl.errors import TTCLError, UsageError
 from ttcl.parser import STATEMENT_KEYWORDS
@@ -226,7 +228,7 @@ def _described(entry: Entry, strategy_types: dict) -> str:
     if kind in ("budget", "import"):
         return f"{'imported' if kind == 'import' else kind} {' '.join(entry.text.split()[1:])}"
     shown = f"defined {kind} {entry.key[1]}"
-    if kind == "program" and needs_params(entry.stmt):
+    if kind == "program" and needs_params(cast(ast.ProgramDecl, entry.stmt)):
         shown += " (a parameter has no default: the session runs programs whose parameters all have one)"
     return shown + (f": {strategy_types[entry.key[1]]}" if strategy_types.get(entry.key[1]) else "")
 
@@ -242,7 +244,7 @@ def _model_text(old: Entry | None, path: str) -> str:
         )
     if old is None:
         return f"model policy = llama({json.dumps(path)})"
-    call = old.stmt.value
+    call = cast(ast.Call, cast(ast.ModelDecl, old.stmt).value)  # a checked model is declared by a call
     kind = call.func if call.func in ("llama", "torch") else "llama"
     rest = [old.source[a.span.start : a.span.end] for a in (*call.args[1:], *call.kwargs)] if kind == call.func else []
     return f"model {old.key[1]} = {kind}({', '.join([json.dumps(path), *rest])})"
@@ -265,7 +267,7 @@ class Progress:
 
     def __rich__(self) -> Spinner:
         if self.began is not None:
-            spent = defaultdict(int)
+            spent: defaultdict[str, int] = defaultdict(int)
             for n, b in self.backends.items():
                 for key in ("batches", "prompt_tokens", "generated_tokens"):
                     spent[key] += getattr(b.counters, key) - getattr(self.before[n], key)
@@ -292,7 +294,8 @@ def search_tree(result: Result) -> Tree:
         branch = tree.add(f"n{node} {ops.get(node, '')}: {len(candidates)} candidate{'s' * (len(candidates) != 1)}")
         steps: dict[tuple, Tree] = {}
         for c in candidates:
-            parent, prefix = branch, ()
+            parent = branch
+            prefix: tuple[str, ...] = ()
             scores = next(iter(c.scores.values()), [])
             for i, step in enumerate(c.steps):
                 prefix += (step,)
@@ -357,14 +360,14 @@ def interactive(repl: Repl) -> None:
     path = history_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        history = FileHistory(str(path))
+        history: FileHistory | InMemoryHistory = FileHistory(str(path))
     except OSError as e:
         repl.err.print(f"history not saved: {path}: {e.strerror or e}")
         history = InMemoryHistory()
     from ttcl.version import __version__
 
     repl.out.print(f"TTCL {__version__}: declarations, pipelines and :commands (:help lists them); Ctrl-D quits")
-    prompt = PromptSession(
+    prompt: PromptSession[str] = PromptSession(
         history=history,
         completer=Completer(repl.session),
         multiline=True,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import networkx as nx
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
@@ -87,7 +88,9 @@ class SessionError(TTCLError):
 
 def is_statement(text: str) -> bool:
     """Whether an input declares something (begins with a keyword) rather than being a pipeline."""
-    rest = text[_LEADING.match(text).end() :]
+    leading = _LEADING.match(text)
+    assert leading is not None  # the pattern matches the empty string too
+    rest = text[leading.end() :]
     word = re.match(r"[A-Za-z_]\w*", rest)
     return not rest or (word is not None and word.group() in STATEMENT_KEYWORDS)
 
@@ -262,7 +265,7 @@ class Session:
 
     def _wrapper(self, text: str, header: str) -> Entry:
         """A bare pipeline as a declaration: `header` (ending in a newline), then the text."""
-        entry = Entry(None, text, None, 0, len(text), header)
+        entry = Entry(cast(ast.Statement, None), text, None, 0, len(text), header)  # stmt: parsed next
         try:
             return replace(entry, stmt=parse(entry.text, self.path).statements[0])
         except TTCLError as e:

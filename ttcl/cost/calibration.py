@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ttcl.errors import UsageError
 from ttcl.source import write_text
 
-FORMAT = "ttcl-calibration"
+FORMAT: Final = "ttcl-calibration"
 
 
 class Priors(BaseModel):
@@ -51,7 +51,7 @@ class Calibration(BaseModel):
     format: Literal["ttcl-calibration"] = FORMAT
     version: Literal[1] = 1
     models: dict[str, Priors] = Field(default_factory=dict)
-    source: str = Field("", exclude=True)  # the file it was read from, for reports
+    source: str = Field(default="", exclude=True)  # the file it was read from, for reports
 
     def for_model(self, decl: dict) -> Priors | None:
         """The priors for a model declaration of the IR, if this calibration has them."""
@@ -97,7 +97,7 @@ def model_key(decl: dict) -> str:
 
 def _weighted(a: Priors, b: Priors) -> Priors:
     total = (a.questions + b.questions) or 1
-    values = {
+    values: dict[str, Any] = {
         "factors": {
             name: (a.factors.get(name, 1.0) * a.questions + b.factors.get(name, 1.0) * b.questions) / total
             for name in a.factors.keys() | b.factors.keys()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import cast
 
 import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field
@@ -111,9 +112,10 @@ class CostReport(BaseModel):
         tokens convert through tokens per generation, tokens and FLOPs through FLOPs per token."""
         totals = self.worst
         per = {u: totals.amount(u) for u in UNITS}
-        if not per[unit] or per[to] is None:
+        rate_from, rate_to = per[unit], per[to]
+        if not rate_from or rate_to is None:
             return None
-        return amount * per[to] / per[unit]
+        return amount * rate_to / rate_from
 
     def over_budget(self) -> list[tuple[str, float, float]]:
         """(unit, worst-case amount, budget) for each budget the estimate cannot fit."""
@@ -484,6 +486,7 @@ def _totals(estimates: list[NodeEstimate], weight: dict[int, float], with_flops:
         t.decode_tokens += w * e.decode_tokens
         t.verifier_tokens += w * e.verifier_tokens
         if with_flops:
+            assert t.flops is not None  # set to 0.0 above
             t.flops += w * (e.flops or 0.0)
     t.tokens = t.prefill_tokens + t.decode_tokens + t.verifier_tokens
     return t
@@ -528,7 +531,8 @@ def _priors_used(est: Estimator, model: str) -> PriorsUsed:
     decl = est.graph.graph["models"][model]
     p = est.priors(model)
     ln = lengths(p, int(decl.get("max_tokens", 256)), 10**9, None)
-    source = "program" if p is None else f"calibration {est.calibration.source or ''}".strip()
+    # priors come only from a calibration
+    source = "program" if p is None else f"calibration {cast(Calibration, est.calibration).source or ''}".strip()
     return PriorsUsed(
         source=source,
         prompt_tokens=ln.prompt,
@@ -577,7 +581,7 @@ def budget_diagnostics(graph: nx.DiGraph, budgets: dict[str, float], span) -> li
     out = []
     for unit, amount, limit in report.over_budget():
         names = ", ".join(
-            f"{e.op} at {_line_col(graph, e.node)} ({short_number(e.flops if unit == 'flops' else e.tokens)})"
+            f"{e.op} at {_line_col(graph, e.node)} ({short_number(cast(float, e.flops) if unit == 'flops' else e.tokens)})"
             for e in report.costliest(unit)
         )
         out.append(

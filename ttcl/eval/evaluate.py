@@ -16,6 +16,7 @@ import os
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -220,15 +221,16 @@ def summarize_by(records: list[Record], key: Callable[[Record], int | None]) -> 
     """`summarize` within each group `key` gives (a difficulty bin, a dataset level)."""
     groups: dict[int, list[Record]] = defaultdict(list)
     for r in records:
-        if key(r) is not None:
-            groups[key(r)].append(r)
+        k = key(r)
+        if k is not None:
+            groups[k].append(r)
     return {k: summarize(rs) for k, rs in sorted(groups.items())}
 
 
 def _summary(program: str, budget: int | None, records: list[Record]) -> Summary:
     n, correct = len(records), sum(r.correct for r in records)
     low, high = wilson(correct, n)
-    flops = None if any(r.flops is None for r in records) else sum(r.flops for r in records) / n
+    flops = None if any(r.flops is None for r in records) else sum(cast(float, r.flops) for r in records) / n
     return Summary(
         program=program,
         budget=budget,
@@ -260,8 +262,9 @@ def plot(summaries: list[Summary], path: str, title: str = "") -> None:
         raise UsageError("--plot needs measured FLOPs, and no result has them")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for program, points in lines.items():
-        points.sort(key=lambda s: s.flops)
-        xs = [s.flops for s in points]
+        # only summaries with measured FLOPs were kept
+        points.sort(key=lambda s: cast(float, s.flops))
+        xs = [cast(float, s.flops) for s in points]
         ax.plot(xs, [s.accuracy for s in points], marker="o", label=program)
         ax.fill_between(xs, [s.low for s in points], [s.high for s in points], alpha=0.15)
     ax.set_xscale("log")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 from ttcl import ast
 from ttcl.errors import UsageError
@@ -134,7 +135,8 @@ def oracle_bin(pass_at_1: float, thresholds: list[float]) -> int:
 
 def difficulty_of(records: list[Record]) -> Difficulty:
     """From the probe program's records (one per question, in order)."""
-    return Difficulty([r.difficulty for r in records], [r.probe_accuracy for r in records])
+    # the probe program's records carry both: its `difficulty` node probes every question
+    return Difficulty([cast(float, r.difficulty) for r in records], [cast(float, r.probe_accuracy) for r in records])
 
 
 # ---- choosing per bin ----------------------------------------------------------------------
@@ -284,7 +286,7 @@ def optimize(
     if results is None:
         return None
     probes = results.pop(PROBE_LABEL)
-    scores = [r.difficulty for r in probes]
+    scores = [cast(float, r.difficulty) for r in probes]  # every probe record has its score
     choice = choose(candidates, results, scores, list(range(len(scores))), bins)
     cv_accuracy, cv_flops = cross_validate(candidates, results, scores, probes, bins)
     text = render(base, choice, verifier, probe, budget, note or [])

@@ -84,7 +84,8 @@ def label_batch(backend, questions: list[tuple[int, dict]], s: Settings) -> list
     rollouts, and read each step's features: one record per question."""
 
     def params(*key: int) -> SamplingParams:
-        return SamplingParams(
+        # mypy misses the defaults of SamplingParams' positional `Field(default, ...)` arguments
+        return SamplingParams(  # type: ignore[call-arg]
             temperature=s.temperature, max_tokens=s.max_tokens, seed=hash((s.seed,) + key) & 0x7FFFFFFF
         )
 
@@ -118,7 +119,8 @@ def _records(backend, solutions: list, labels: list[list[float]]) -> list[dict]:
     """Features and the policy's self-verification for every step, grouped by question."""
     at = [(n, j, prefix) for n, (_, _, steps, _) in enumerate(solutions) for j, prefix in step_prefixes(steps, True)]
     features = backend.hidden_states(
-        [_request(solutions[n][1]["question"], prefix, SamplingParams()) for n, _, prefix in at]
+        # mypy misses the defaults of SamplingParams' positional `Field(default, ...)` arguments
+        [_request(solutions[n][1]["question"], prefix, SamplingParams()) for n, _, prefix in at]  # type: ignore[call-arg]
     )
     verify = backend.next_token_probs(
         [
@@ -222,6 +224,7 @@ def choose_regularization(x: Any, y: Any, index: Any, s: Settings, log: Callable
             loss = float(-(y[val] * np.log(p) + (1 - y[val]) * np.log(1 - p)).mean())
             if best is None or loss < best[0]:
                 best = (loss, trial)
+    assert best is not None  # WEIGHT_DECAYS and EPOCH_CHOICES are not empty
     log(f"validation chose weight decay {best[1].weight_decay}, {best[1].epochs} epochs (loss {best[0]:.4f})")
     return best[1]
 

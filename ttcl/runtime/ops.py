@@ -1,4 +1,4 @@
-"""The primitives' algorithms (DESIGN §3), one generator function per IR op.
+"""The primitives' algorithms (docs/architecture.md), one generator function per IR op.
 
 Each op receives a `NodeContext` and may `yield` asks (`Generate` for text, `Probs` for a
 verifier's forward pass); the executor batches the asks of every op that is waiting at the
@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ttcl.backends.base import Generation, GenerationRequest, SamplingParams
 from ttcl.prompts import DEFAULT_DELIMITER, solve_messages, split_steps
 from ttcl.results import Candidate
 from ttcl.runtime.answers import extract_answer
 from ttcl.runtime.verifiers import score
+
+if TYPE_CHECKING:  # the executor imports this module: for annotations only
+    from ttcl.runtime.executor import QuestionRun
 
 MAX_CONTEXT = 4  # previous attempts in a prompt, as in the paper
 
@@ -45,7 +49,7 @@ class Partial:
 class NodeContext:
     """Everything an op may read: its node, inputs, the program's declarations, the run."""
 
-    run: object  # executor.QuestionRun: question, truth, seed, candidate ids
+    run: QuestionRun  # question, truth, seed, candidate ids
     node: int
     op: str
     params: dict
@@ -136,7 +140,8 @@ def op_sample(ctx: NodeContext):
 
 def op_revise(ctx: NodeContext):
     """A chain of k attempts, each seeing up to `context` previous ones (input Pool first)."""
-    earlier, chain = ctx.context_attempts(), []
+    earlier = ctx.context_attempts()
+    chain: list[Candidate] = []
     for step in range(ctx.params["k"]):
         shown = (
             (earlier + [c.text for c in chain])[-ctx.params.get("context", MAX_CONTEXT) :]

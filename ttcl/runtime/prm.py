@@ -151,6 +151,7 @@ class HFPRM:
         self.tokenizer.padding_side = "right"  # real tokens keep their positions
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        loader: type[transformers.AutoModelForTokenClassification] | type[transformers.AutoModelForCausalLM]
         if arch.endswith("ForTokenClassification"):
             loader, self.kind = transformers.AutoModelForTokenClassification, "token"
         elif arch.endswith("ForCausalLM"):
@@ -161,7 +162,8 @@ class HFPRM:
                 f"hf_prm: {path} is a {arch or 'model of unknown architecture'}; a PRM is a "
                 "...ForTokenClassification or a ...ForCausalLM read at step tags"
             )
-        self.model = loader.from_pretrained(directory, local_files_only=True).to(device).eval()
+        # transformers types `PreTrainedModel.to` as a functools.wraps wrapper that mypy does not bind
+        self.model = loader.from_pretrained(directory, local_files_only=True).to(device).eval()  # type: ignore[arg-type]
         self.device = device
         if self.kind == "token" and self.model.config.num_labels not in (1, 2):
             raise PRMError(f"hf_prm: {path} has {self.model.config.num_labels} labels; a PRM has 1 or 2")
