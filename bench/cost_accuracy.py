@@ -3,9 +3,9 @@
     python bench/cost_accuracy.py [--questions 40] [--level 2] [--threads 2] [--calibration-out FILE]
 
 Runs each stdlib strategy (small settings: 4 samples or beams, 128 tokens an answer) on the
-same arithmetic questions (`ttcl.datasets.arith`, seeded), with self-verification as the
+same arithmetic questions (`ttcl.eval.datasets.arith`, seeded), with self-verification as the
 verifier, and prints per strategy the measured FLOPs per question (from the backend's
-counters: every decoded token at its position, `ttcl.facts.counted_flops`) beside
+counters: every decoded token at its position, `ttcl.cost.flops.counted_flops`) beside
   - the estimate before calibration, from the program alone (every answer as long as its
     max_tokens, prompts from their templates), and
   - the estimate once calibrated on the same questions (`ttcl.cost.fit.calibrate`: token
