@@ -9,7 +9,7 @@ artifact instead of a source file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import networkx as nx
 
@@ -85,6 +85,7 @@ class Program:
         """Run many questions together, batching their requests; `questions` are strings or
         dicts with "question" (and optionally "answer"). `on_result(index, result)` is called
         as each question finishes, so callers can save results as they come."""
+        from ttcl.backends.base import as_backend
         from ttcl.runtime.executor import Executor, Limits
         from ttcl.runtime.parallel import concurrent_backends, run_concurrently
 
@@ -94,7 +95,7 @@ class Program:
         lookup = self.backend_lookup(backend)
         served = [lookup(name) for name in self.ir.models] if len(pairs) > 1 else []
         if concurrent_backends(served):  # a server batches for itself: no lockstep batches
-            workers = max(getattr(b, "concurrency", 8) for b in served)
+            workers = max(as_backend(b).concurrency for b in served)
             return run_concurrently(self._graph, lookup, pairs, seed, limits, workers, thresholds, on_result)
         return Executor(self._graph, lookup, thresholds, on_result).run(pairs, seed, limits)
 
@@ -236,6 +237,7 @@ def choose_program(checked: Checked, name: str | None) -> str:
 def build(checked: Checked, name: str, params: dict[str, Any]) -> Program:
     """Rewrite and lower one program with its parameters bound."""
     decl = checked.definitions[name]
+    assert isinstance(decl, ast.ProgramDecl)  # build is given program names only
     sources = checked.workspace.sources
     try:
         values = bind_params(decl, params)
@@ -305,7 +307,8 @@ def declared_model(checked: Checked, name: str) -> dict:
     """A model declaration's values, as the IR would hold them, though no stage uses it."""
     from ttcl.lower import Lowering
 
-    lowering = Lowering(checked, checked.programs[0] if checked.programs else None)
+    # a model's values need no program: a file of declarations alone lowers with none
+    lowering = Lowering(checked, cast(ast.ProgramDecl, checked.programs[0] if checked.programs else None))
     lowering.graph.graph.update(models={}, verifiers={}, prompts={})
     return lowering.graph.graph["models"][lowering.declare_model(name)]
 

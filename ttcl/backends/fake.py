@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ttcl.backends.base import Counters, Generation, GenerationRequest
+from ttcl.backends.base import Backend, Finish, Generation, GenerationRequest
 
 
 def render(request: GenerationRequest) -> str:
@@ -19,7 +19,7 @@ def render(request: GenerationRequest) -> str:
     return "\n".join(f"{m.role}: {m.content}" for m in request.messages) + "\n" + request.prefix
 
 
-class ScriptedBackend:
+class ScriptedBackend(Backend):
     """`ScriptedBackend(lambda req: "The answer is 5.")` always answers 5."""
 
     n_params = 1_000_000  # a made-up size, so FLOPs are defined
@@ -31,11 +31,10 @@ class ScriptedBackend:
         name: str = "scripted",
         hidden: Callable[[GenerationRequest], list[float]] | None = None,
     ):
+        super().__init__(name)
         self.script = script
         self.probs = probs or (lambda request, options: [1.0 / len(options)] * len(options))
         self.hidden = hidden or text_features
-        self.name = name
-        self.counters = Counters()
         self.batch_sizes: list[int] = []
 
     def count_tokens(self, text: str) -> int:
@@ -54,7 +53,7 @@ class ScriptedBackend:
         seen.add(prompt)
         text = self.script(request)
         words = text.split(" ")
-        finish = "eos"
+        finish: Finish = "eos"
         if len(words) > request.params.max_tokens:
             text, finish = " ".join(words[: request.params.max_tokens]), "length"
         generated = self.count_tokens(text)

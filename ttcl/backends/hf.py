@@ -1,4 +1,4 @@
-"""The torch backend: a Hugging Face transformers causal LM behind the `Backend` protocol.
+"""The torch backend: a Hugging Face transformers causal LM behind the `Backend` contract.
 
 `model m = torch("smollm2-135m", device="cpu", dtype="float32")` runs a local checkpoint: a
 transformers directory (config.json and weights), a GGUF file (dequantized by transformers
@@ -29,6 +29,10 @@ forked from a kept prefix; `hf_model` says how.
 
 torch and transformers are imported when a torch model is first used, so `import ttcl` works
 without them.
+
+Why one module: the KV caches, the radix-tree prefill and the batched decode loop share
+one layout of rows and columns per forward pass; the model file and the batch-invariant
+kernels are in `hf_model`, the shared decode rules in `decoding`.
 """
 
 from __future__ import annotations
@@ -37,11 +41,12 @@ import contextlib
 import functools
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ttcl.backends.base import BackendError, Counters, Generation, GenerationRequest, SamplingParams
+from ttcl.backends.base import Backend, BackendError, Generation, GenerationRequest, SamplingParams
 from ttcl.backends.chat import first_token, prompt_tokens
+from ttcl.backends.decoding import Sequence, declared, first_stop, shared
 from ttcl.backends.hf_model import DEVICES, DTYPES, LAYOUT, Group, group_rows, load_model, locate
 from ttcl.backends.models import resolve_model_path
 from ttcl.backends.prefix import Fork, PrefixCache
@@ -72,7 +77,7 @@ def _cache(layers: list[tuple[Any, Any]] | None) -> Any:
         return DynamicCache()
     if _takes_layers(DynamicCache):
         return DynamicCache(ddp_cache_data=layers)
-    return DynamicCache.from_legacy_cache(tuple(layers))  # transformers 4
+    return DynamicCache.from_legacy_cache(tuple(layers))  # type: ignore[attr-defined]  # transformers 4
 
 
 @functools.cache
@@ -157,22 +162,12 @@ class _Prefilled:
 # --------------------------------------------------------------------------- sampling
 
 
-@dataclass
-class _Sequence:
-    """One request being generated (a row of the decode batch while it is live)."""
+@dataclass(kw_only=True)
+class _Sequence(Sequence):
+    """One request being generated (a row of the decode batch while it is live), drawing from
+    its own seeded generator."""
 
-    request: GenerationRequest
-    prompt: list[int]
     generator: Any
-    sampled: list[int] = field(default_factory=list)  # EOS and stop-string tokens included
-    logprobs: list[float] = field(default_factory=list)
-    finish: str | None = None
-    text: str = ""
-
-    @property
-    def pos(self) -> int:
-        """The position of the newest sampled token, the next one decoded."""
-        return len(self.prompt) + len(self.sampled) - 1
 
 
 def _draw(logits: Any, params: SamplingParams, generator: Any) -> int:
@@ -207,8 +202,8 @@ def _logprob(logits: Any, token: int) -> float:
 # --------------------------------------------------------------------------- the backend
 
 
-class TorchBackend:
-    """A transformers causal LM on torch behind the `Backend` protocol (see the module docstring).
+class TorchBackend(Backend):
+    """A transformers causal LM on torch behind the `Backend` contract (see the module docstring).
 
     path: a transformers model directory, a GGUF file, or "smollm2-135m" / "gemma3-270m".
     device: "cpu" or "cuda". dtype: "float32", "bfloat16" or "float16". n_ctx: the context of
@@ -232,9 +227,8 @@ class TorchBackend:
         kv_tokens: int = 0,
         ignore_eos: bool = False,
     ):
-        self.name = name or path
+        super().__init__(name or path)
         self.n_ctx, self.threads, self.n_seq_max, self.ignore_eos = n_ctx, threads, n_seq_max, ignore_eos
-        self.counters = Counters()
         self.store = _Store(kv_tokens or 4 * n_ctx)
         self._lock = threading.Lock()
         try:
@@ -259,18 +253,18 @@ class TorchBackend:
         return f"TorchBackend({self.name!r}, device={self.model.device.type!r}, n_ctx={self.n_ctx})"
 
     @functools.cached_property
-    def facts(self) -> Any:
+    def facts(self) -> Any:  # type: ignore[override]  # read only, unlike Backend's default
         """The model's `ttcl.facts.ModelFacts` (parameters, layers, widths), for FLOPs."""
         from ttcl.backends.models import facts_from_path
 
         return facts_from_path(self.path)
 
     @property
-    def n_params(self) -> float:
+    def n_params(self) -> float:  # type: ignore[override]  # read only, unlike Backend's default
         """Non-embedding parameters: what a token costs is about 2 FLOPs each."""
         return self.facts.params_non_embedding
 
-    # ----------------------------------------------------------------- the protocol
+    # ----------------------------------------------------------------- the contract
 
     def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
         """Run all requests together (in chunks of n_seq_max); results in request order."""
@@ -499,7 +493,9 @@ class TorchBackend:
         done, charged = self._prefill(prompts, keep=False)
         distinct = list({id(d): d for d in done}.values())
         logits = dict(zip(map(id, distinct), self._logits([d.hidden for d in distinct])))
-        seqs = [_Sequence(r, p, torch.Generator().manual_seed(r.params.seed)) for r, p in zip(requests, prompts)]
+        seqs = [
+            _Sequence(r, p, generator=torch.Generator().manual_seed(r.params.seed)) for r, p in zip(requests, prompts)
+        ]
         for seq, d in zip(seqs, done):
             self._sample(seq, logits[id(d)])
         _Decode(self, seqs, done).run()
@@ -510,41 +506,27 @@ class TorchBackend:
         raw = logits
         if self.ignore_eos and self.model.eog:
             logits = logits.index_fill(0, self.model.eog_index, float("-inf"))
-        params = seq.request.params
-        token = _draw(logits, params, seq.generator)
-        seq.sampled.append(token)
+        token = _draw(logits, seq.request.params, seq.generator)
         self.counters.generated_tokens += 1
-        if params.logprobs:
-            seq.logprobs.append(_logprob(raw, token))
-        if not self.ignore_eos and token in self.model.eog:
-            seq.finish = "eos"
-        elif params.stop and self._stopped(seq):
-            seq.finish = "stop"
-        elif len(seq.sampled) >= params.max_tokens:
-            seq.finish = "length"
+        eog = not self.ignore_eos and token in self.model.eog
+        seq.add(token, eog, lambda: _logprob(raw, token), lambda: self._stop(seq))
 
-    def _stopped(self, seq: _Sequence) -> bool:
-        """Whether a stop string has appeared; if so, `seq.text` is the text before the first.
-        A new stop string ends in the newest text, so only a tail is decoded at each step."""
+    def _stop(self, seq: _Sequence) -> int | None:
+        """Where the first stop string starts in the text, once one has appeared (`seq.text`
+        is then the whole text). A new stop string ends in the newest text, so only a tail
+        is decoded at each step (a tokenizer decodes whole token lists, not token by token)."""
         stops = seq.request.params.stop
         tail = self.model.detokenize(seq.sampled[-(max(map(len, stops)) + 8) :])
         if not any(s in tail for s in stops):
-            return False
-        text = self.model.detokenize(seq.sampled)
-        hits = [i for s in stops if (i := text.find(s)) >= 0]
-        if hits:
-            seq.text = text[: min(hits)]
-        return bool(hits)
+            return None
+        seq.text = self.model.detokenize(seq.sampled)
+        return first_stop(seq.text, stops)
 
     def _result(self, seq: _Sequence, prompt_tokens: int) -> Generation:
-        if seq.finish != "stop":
-            seq.text = self.model.detokenize(seq.sampled[:-1] if seq.finish == "eos" else seq.sampled)
-        return Generation(
-            text=seq.text,
-            prompt_tokens=prompt_tokens,
-            generated_tokens=len(seq.sampled),
-            finish=seq.finish or "length",
-            logprobs=tuple(seq.logprobs) if seq.request.params.logprobs else None,
+        if seq.finish == "stop":
+            return seq.result(seq.text, prompt_tokens)
+        return seq.result(
+            self.model.detokenize(seq.sampled[:-1] if seq.finish == "eos" else seq.sampled), prompt_tokens
         )
 
 
@@ -629,14 +611,6 @@ class _Decode:
 # --------------------------------------------------------------------------- shared backends
 
 
-@functools.cache
-def _shared_backend(
-    path: str, device: str, dtype: str, n_ctx: int, threads: int, n_seq_max: int, kv_tokens: int
-) -> TorchBackend:
-    name = os.path.basename(path.rstrip(os.sep))  # one backend serves every name the model goes by
-    return TorchBackend(path, device, dtype, n_ctx, threads, n_seq_max, name, kv_tokens=kv_tokens)
-
-
 def load_backend(
     path: str,
     device: str = "cpu",
@@ -649,21 +623,13 @@ def load_backend(
     """The shared backend for a model and settings: the same model (by name or by path) and
     settings give the same object, so one loaded model, one store of kept sequences and one set
     of counters serve every model declaration and verifier that uses them."""
-    return _shared_backend(resolve_model_path(path), device, dtype, n_ctx, threads, n_seq_max, kv_tokens)
+    path = resolve_model_path(path)
+    name = os.path.basename(path.rstrip(os.sep))  # one backend serves every name the model goes by
+    return shared(TorchBackend, path, device, dtype, n_ctx, threads, n_seq_max, name, kv_tokens=kv_tokens)
 
 
 def backend_for(model: dict) -> TorchBackend:
     """The shared backend for a model declaration such as {"kind": "torch", "path":
     "smollm2-135m", "device": "cpu", "dtype": "float32", "n_ctx": 4096, ...}. Sampling keys
     are the caller's business (they go in each request's SamplingParams)."""
-    if not model.get("path"):
-        raise BackendError(f"a torch model declaration needs a path: {model}")
-    return load_backend(
-        str(model["path"]),
-        device=str(model.get("device", "cpu")),
-        dtype=str(model.get("dtype", "float32")),
-        n_ctx=int(model.get("n_ctx", 4096)),
-        threads=int(model.get("threads", 0)),
-        n_seq_max=int(model.get("n_seq_max", 64)),
-        kv_tokens=int(model.get("kv_tokens", 0)),
-    )
+    return load_backend(**declared(model, load_backend, "torch"))

@@ -1,4 +1,4 @@
-"""The llama.cpp backend, on llama-cpp-python's low-level API (DESIGN §4).
+"""The llama.cpp backend, on llama-cpp-python's low-level API (docs/runtime.md).
 
 One llama context holds up to `n_seq_max` sequences in one unified KV cache. A `generate`
 call runs its requests together:
@@ -27,6 +27,11 @@ cache is cleared (see `PrefixCache`), and the values in a cell depend only on th
 to it, so a forked prefix is bit for bit the prefix a fresh call would decode.
 
 llama_cpp is imported lazily, so `import ttcl` works without it.
+
+Why one module: the backend drives one llama.cpp context through its C API (batches,
+sequence ids, cells); the prompt layout, the decode calls and the cache bookkeeping all
+manipulate that context's state. The model registry, the prefix trie and the shared decode
+rules are in `models`, `prefix` and `decoding`.
 """
 
 from __future__ import annotations
@@ -42,8 +47,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ttcl.backends.base import BackendError, Counters, Generation, GenerationRequest, SamplingParams
+from ttcl.backends.base import Backend, BackendError, Generation, GenerationRequest, SamplingParams
 from ttcl.backends.chat import first_token, prompt_tokens, render_chat
+from ttcl.backends.decoding import Sequence, declared, first_stop, shared
 from ttcl.backends.models import check_model_file, resolve_model_path
 from ttcl.backends.prefix import Fork, PrefixCache, common_prefix, plan_prompts
 
@@ -196,27 +202,19 @@ def call_sizes(n: int, most: int = MAX_CALL_TOKENS) -> list[int]:
 # --------------------------------------------------------------------------- the backend
 
 
-@dataclass
-class _Sequence:
-    """One request being generated."""
+@dataclass(kw_only=True)
+class _Sequence(Sequence):
+    """One request being generated: its sampler chain, and its text decoded as it comes."""
 
-    request: GenerationRequest
     sampler: Any
-    pos: int  # the position the next decoded token takes
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
-    text: str = ""
-    sampled: list[int] = field(default_factory=list)  # token ids, EOG and stop-string tokens included
-    logprobs: list[float] = field(default_factory=list)
-    pending: int = -1  # sampled, not yet decoded
-    finish: str | None = None
-    stop_at: int | None = None  # where the first stop string starts in `text`
 
 
 Entry = tuple[int, int, list[int], bool]  # token, position, seq_ids, whether its logits are needed
 
 
-class LlamaBackend:
-    """A llama.cpp model behind the `Backend` protocol (see the module docstring).
+class LlamaBackend(Backend):
+    """A llama.cpp model behind the `Backend` contract (see the module docstring).
 
     path: a GGUF file, or "smollm2-135m" / "gemma3-270m". n_ctx: the context of one sequence
     (prompt + max_tokens must fit). n_gpu_layers: layers offloaded on a GPU build (-1: all).
@@ -238,14 +236,13 @@ class LlamaBackend:
         kv_cells: int = 0,
         ignore_eos: bool = False,
     ):
+        super().__init__(name or path)
         self.path = resolve_model_path(path)
-        self.name = name or path
         self.n_ctx = n_ctx
         self.n_seq_max = n_seq_max
         self.kv_cells = max(kv_cells or 4 * n_ctx, n_ctx)
         self.threads = threads or os.cpu_count() or 1
         self.ignore_eos = ignore_eos
-        self.counters = Counters()
         # On the CPU, results do not depend on batching (see `call_sizes`). On a GPU the matmul
         # kernels change with batch size anyway, so calls are as big as the GPU likes.
         self.batch_invariant = n_gpu_layers == 0
@@ -302,21 +299,21 @@ class LlamaBackend:
             self._lib.llama_free(self._ctx)
 
     @functools.cached_property
-    def facts(self) -> Any:
+    def facts(self) -> Any:  # type: ignore[override]  # read only, unlike Backend's default
         """The model's `ttcl.facts.ModelFacts` (parameters, layers, widths), for FLOPs."""
         from ttcl.backends.models import facts_from_gguf
 
         return facts_from_gguf(self.path)
 
     @property
-    def n_params(self) -> float:
+    def n_params(self) -> float:  # type: ignore[override]  # read only, unlike Backend's default
         """Non-embedding parameters: what a token costs is about 2 FLOPs each."""
         return self.facts.params_non_embedding
 
     def __repr__(self) -> str:
         return f"LlamaBackend({self.name!r}, n_ctx={self.n_ctx}, n_seq_max={self.n_seq_max})"
 
-    # ----------------------------------------------------------------- the protocol
+    # ----------------------------------------------------------------- the contract
 
     def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
         """Run all requests together (in chunks of n_seq_max); results in request order."""
@@ -509,7 +506,6 @@ class _Run:
         self.prompts = prompts
         self.ids, forks = backend._fork(prompts, room)
         self.plan = plan_prompts(prompts, forks)
-        self.starts = [len(p) for p in prompts]
         self.ends_at: dict[int, list[int]] = {}  # plan entry -> sequences whose prompt ends there
         for seq, entry in sorted(self.plan.last.items()):
             self.ends_at.setdefault(entry, []).append(seq)
@@ -561,12 +557,12 @@ class _Run:
 
     def generate(self) -> list[Generation]:
         b = self.b
-        seqs = [_Sequence(r, b._sampler(r.params), pos=start) for r, start in zip(self.requests, self.starts)]
+        seqs = [_Sequence(r, p, sampler=b._sampler(r.params)) for r, p in zip(self.requests, self.prompts)]
 
         def held() -> list[list[int]]:
             # what each sequence's cells hold when done: its prompt and what it sampled, less
             # the last token sampled (never decoded)
-            return [prompt + seq.sampled[:-1] for prompt, seq in zip(self.prompts, seqs)]
+            return [seq.prompt + seq.sampled[:-1] for seq in seqs]
 
         try:
             with self.caching(held):
@@ -575,10 +571,8 @@ class _Run:
                 while live:
                     # finished sequences keep their cells: freeing them would let new tokens take
                     # lower cells, out of position order (see `call_sizes` and `PrefixCache`)
-                    entries = [(seqs[s].pending, seqs[s].pos, [self.ids[s]], True) for s in live]
-                    for s in live:
-                        seqs[s].pos += 1
-                    b._decode(entries, lambda k, index, live=live: self.sample(seqs[live[k]], index))
+                    entries = [(seqs[s].sampled[-1], seqs[s].pos, [self.ids[s]], True) for s in live]
+                    b._decode(entries, functools.partial(self._sample_live, seqs, live))
                     live = [s for s in live if seqs[s].finish is None]
         finally:
             for seq in seqs:
@@ -597,48 +591,29 @@ class _Run:
         for seq, tokens in zip(self.ids, held() if callable(held) else held):
             self.b.cache.held[seq] = tokens
 
+    def _sample_live(self, seqs: list[_Sequence], live: list[int], k: int, index: int) -> None:
+        """Sample the k-th live sequence from the logits at `index` of the decode call."""
+        self.sample(seqs[live[k]], index)
+
     def sample(self, seq: _Sequence, index: int) -> None:
         """Sample the next token of `seq` from output `index` of the last call, and see
         whether the sequence is done."""
         b = self.b
         token = _lib().llama_sampler_sample(seq.sampler, b._ctx, index)
-        seq.sampled.append(token)
         b.counters.generated_tokens += 1
-        params = seq.request.params
-        if params.logprobs:
-            seq.logprobs.append(_logprob(b._logits(index), token))
-        if not b.ignore_eos and b.model.is_eog(token):
-            seq.finish = "eos"
-            return
-        seq.text += seq.decoder.decode(b.model.piece(token))
-        if params.stop and self.find_stop(seq):
-            seq.finish = "stop"
-        elif len(seq.sampled) >= params.max_tokens:
-            seq.finish = "length"
-        else:
-            seq.pending = token
+        eog = not b.ignore_eos and b.model.is_eog(token)
+        if not eog:  # the text as it comes: an end-of-generation token adds none
+            seq.text += seq.decoder.decode(b.model.piece(token))
+        seq.add(token, eog, lambda: _logprob(b._logits(index), token), lambda: self.find_stop(seq))
 
     @staticmethod
-    def find_stop(seq: _Sequence) -> bool:
+    def find_stop(seq: _Sequence) -> int | None:
         # a new stop string ends in the newest text: search only the tail that could hold it
         stops = seq.request.params.stop
-        start = max(0, len(seq.text) - max(len(s) for s in stops) - 16)
-        hits = [i for s in stops if (i := seq.text.find(s, start)) >= 0]
-        if hits:
-            seq.stop_at = min(hits)
-        return bool(hits)
+        return first_stop(seq.text, stops, max(0, len(seq.text) - max(len(s) for s in stops) - 16))
 
     def result(self, s: int, seq: _Sequence) -> Generation:
-        text = seq.text + seq.decoder.decode(b"", final=True)
-        if seq.stop_at is not None:
-            text = text[: seq.stop_at]
-        return Generation(
-            text=text,
-            prompt_tokens=self.plan.charged[s],
-            generated_tokens=len(seq.sampled),
-            finish=seq.finish or "length",
-            logprobs=tuple(seq.logprobs) if seq.request.params.logprobs else None,
-        )
+        return seq.result(seq.text + seq.decoder.decode(b"", final=True), self.plan.charged[s])
 
 
 def _logprob(logits: Any, token: int) -> float:
@@ -653,14 +628,6 @@ def _logprob(logits: Any, token: int) -> float:
 # --------------------------------------------------------------------------- shared backends
 
 
-@functools.cache
-def _shared_backend(
-    path: str, n_ctx: int, n_gpu_layers: int, threads: int, n_seq_max: int, kv_cells: int
-) -> LlamaBackend:
-    name = os.path.basename(path)  # the file: one backend serves every name the file goes by
-    return LlamaBackend(path, n_ctx, n_gpu_layers, threads, n_seq_max, name, kv_cells=kv_cells)
-
-
 def load_backend(
     path: str, n_ctx: int = 4096, n_gpu_layers: int = 0, threads: int = 0, n_seq_max: int = 64, kv_cells: int = 0
 ) -> LlamaBackend:
@@ -669,21 +636,14 @@ def load_backend(
     counters serve every model declaration and verifier that uses them."""
     threads = threads or os.cpu_count() or 1
     kv_cells = max(kv_cells or 4 * n_ctx, n_ctx)
-    return _shared_backend(resolve_model_path(path), n_ctx, n_gpu_layers, threads, n_seq_max, kv_cells)
+    path = resolve_model_path(path)
+    name = os.path.basename(path)  # the file: one backend serves every name the file goes by
+    return shared(LlamaBackend, path, n_ctx, n_gpu_layers, threads, n_seq_max, name, kv_cells=kv_cells)
 
 
 def backend_for(model: dict) -> LlamaBackend:
     """The shared backend for a model declaration such as {"kind": "llama", "path":
     "smollm2-135m", "temperature": 0.8, "max_tokens": 256, "n_ctx": 4096, ...}. Sampling
     keys are the caller's business (they go in each request's SamplingParams); optional
-    "n_seq_max" and "kv_cells" keys size the context."""
-    if not model.get("path"):
-        raise BackendError(f"a llama model declaration needs a path: {model}")
-    return load_backend(
-        str(model["path"]),
-        n_ctx=int(model.get("n_ctx", 4096)),
-        n_gpu_layers=int(model.get("n_gpu_layers", 0)),
-        threads=int(model.get("threads", 0)),
-        n_seq_max=int(model.get("n_seq_max", 64)),
-        kv_cells=int(model.get("kv_cells", 0)),
-    )
+    "n_seq_max" and "kv_cells" keys size the context (`load_backend`'s parameters)."""
+    return load_backend(**declared(model, load_backend, "llama"))

@@ -21,6 +21,10 @@ Tokens are counted from the server's `usage` fields (tokens a server says it ser
 prefix cache are not charged). Self-verification reads the top log-probabilities of the next
 token; a server that returns none makes it a clear error that names the verifiers that work.
 A server never gives hidden states, so a trained `prm` head scores a local model's (`m=`).
+
+Why one module: the requests, their retries, the reply parsing and the per-thread
+sessions all follow one server's dialect (which it learns from its first replies); the
+parallel threads themselves are in `ttcl.runtime.parallel`.
 """
 
 from __future__ import annotations
@@ -37,14 +41,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from ttcl.backends.base import (
+    Backend,
     BackendError,
     Counters,
+    Finish,
     Generation,
     GenerationRequest,
     SamplingParams,
     split_in_proportion,
 )
 from ttcl.backends.chat import render_chat
+from ttcl.backends.decoding import declared, shared
 
 TOP_LOGPROBS = 20  # what next_token_probs asks for: vLLM's default ceiling
 # llama.cpp's server samples with top_k 40, min_p 0.05 and a 1.1 repeat penalty unless told
@@ -75,7 +82,7 @@ class Call:
     indices: list[int]
 
 
-class OpenAIBackend:
+class OpenAIBackend(Backend):
     """A model behind an OpenAI-compatible server. Thread-safe: questions run in parallel
     threads (see `parallel.run_concurrently`), each through a `session()` of one backend."""
 
@@ -96,11 +103,11 @@ class OpenAIBackend:
         except ImportError:
             raise BackendError("openai(...) models need the openai package: pip install 'ttcl[openai]'") from None
         self.url, self.model, self.concurrency = url.rstrip("/"), model, concurrency
-        self.name = f"{model} at {self.url}"
-        self.counters = Counters()
+        super().__init__(f"{model} at {self.url}")
         self.supports_n: bool | None = None  # learned from the first reply to an n > 1 request
         self.says_stop_reason = False  # vLLM's replies say which stop string (if any) ended a choice
-        self.facts, self.template = _read_config(config) if config else (None, None)
+        facts, template = _read_config(config) if config else (None, None)
+        self.facts, self.template = facts, template
         self.client = openai.OpenAI(
             base_url=self.url, api_key=os.environ.get(api_key_env) or "none", timeout=timeout, max_retries=retries
         )
@@ -110,7 +117,7 @@ class OpenAIBackend:
         self._in_flight = threading.BoundedSemaphore(concurrency)  # over every thread's requests
 
     @property
-    def n_params(self) -> float | None:
+    def n_params(self) -> float | None:  # type: ignore[override]  # read only, unlike Backend's default
         """N of the FLOPs formula, where `config=` says what the server runs."""
         return self.facts.params_non_embedding if self.facts else None
 
@@ -118,7 +125,7 @@ class OpenAIBackend:
         """A view for one question's thread: its own counters, this backend's connections."""
         return Session(self, cancel)
 
-    # ---- the protocol ----------------------------------------------------------------------
+    # ---- the contract ----------------------------------------------------------------------
 
     def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
         """Every request's generation, sent as `n`-sample or parallel HTTP requests."""
@@ -199,8 +206,9 @@ class OpenAIBackend:
             while pending:
                 done, pending = wait(pending, timeout=0.1, return_when=FIRST_EXCEPTION)
                 for f in done:
-                    if f.exception() is not None:
-                        raise f.exception()
+                    failure = f.exception()
+                    if failure is not None:
+                        raise failure
                 if cancel is not None and cancel.is_set():
                     raise KeyboardInterrupt
         finally:
@@ -227,7 +235,13 @@ class OpenAIBackend:
 
     def _send(self, request: GenerationRequest, seed: int, n: int, counters: list[Counters]) -> list[Generation]:
         p = request.params
-        body = {"max_tokens": p.max_tokens, "temperature": p.temperature, "top_p": p.top_p, "seed": seed, "n": n}
+        body: dict[str, Any] = {
+            "max_tokens": p.max_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "seed": seed,
+            "n": n,
+        }
         if p.stop:
             body["stop"] = list(p.stop)
         # The generated tokens tell a stop string from EOS where the server does not say which
@@ -306,11 +320,11 @@ class OpenAIBackend:
             extra |= {"continue_final_message": True, "add_generation_prompt": False}
         if "top_logprobs" in extra:
             body["top_logprobs"] = extra.pop("top_logprobs")
-        return self.client.chat.completions.create(model=self.model, messages=messages, extra_body=extra, **body)
+        return self.client.chat.completions.create(model=self.model, messages=messages, extra_body=extra, **body)  # type: ignore[arg-type]  # plain dicts for openai's message TypedDicts
 
     def _parse_choice(
         self, choice: dict, params: SamplingParams
-    ) -> tuple[str, str, tuple[float, ...] | None, int | None]:
+    ) -> tuple[str, Finish, tuple[float, ...] | None, int | None]:
         """(text, finish, logprobs, generated tokens) of a choice; the last two where the server
         reports the generated tokens."""
         logprobs = choice.get("logprobs") or {}
@@ -341,16 +355,16 @@ class OpenAIBackend:
                 c.logits += sum(generated) + (1 if prompt else 0) if logits is None else logits
 
 
-class Session:
+class Session(Backend):
     """One question's view of a shared `OpenAIBackend`. The executor reads a batch's cost as
     the change in its backend's counters, which other questions' threads must not disturb, so
     a session has its own counters (and adds to the backend's too); a set `cancel` event
     (Ctrl-C) interrupts the session's next wait."""
 
     def __init__(self, backend: OpenAIBackend, cancel: threading.Event | None):
+        super().__init__(backend.name)
         self.backend, self.cancel = backend, cancel
-        self.counters = Counters()
-        self.name, self.facts, self.n_params = backend.name, backend.facts, backend.n_params
+        self.facts, self.n_params = backend.facts, backend.n_params
 
     def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
         return self.backend._generate(requests, [self.counters, self.backend.counters], self.cancel)
@@ -395,7 +409,7 @@ def _usage(reply: dict, weights: list[int]) -> tuple[int, list[int]]:
     return prompt, split_in_proportion(int(usage.get("completion_tokens") or sum(weights)), weights)
 
 
-def _finish(choice: dict, text: str, tokens: list[str] | None, stop: tuple[str, ...]) -> str:
+def _finish(choice: dict, text: str, tokens: list[str] | None, stop: tuple[str, ...]) -> Finish:
     """ "length", "stop" (a stop string ended it) or "eos". OpenAI's "stop" covers both of the
     last two: vLLM says which in `stop_reason`; otherwise the generated tokens, which run past
     the text by the stop string when one matched."""
@@ -500,13 +514,6 @@ def _directory_template(path: str) -> Template:
     )
 
 
-@functools.cache
-def _shared(
-    url: str, model: str, concurrency: int, config: str, api_key_env: str, timeout: float, retries: int
-) -> OpenAIBackend:
-    return OpenAIBackend(url, model, concurrency, config, api_key_env, timeout, retries)
-
-
 def backend_for(decl: dict) -> OpenAIBackend:
     """The shared backend of an `openai(...)` declaration, e.g. {"kind": "openai", "url":
     "http://127.0.0.1:8000/v1", "model": "smol", "concurrency": 32}."""
@@ -519,12 +526,4 @@ def backend_for(decl: dict) -> OpenAIBackend:
         raise BackendError(
             f'openai({url!r}) needs model="...": the name the server serves (GET {url}/models lists them)'
         )
-    return _shared(
-        url,
-        model,
-        int(decl.get("concurrency", 32)),
-        str(decl.get("config", "")),
-        str(decl.get("api_key_env", "OPENAI_API_KEY")),
-        float(decl.get("timeout", 600.0)),
-        int(decl.get("retries", 5)),
-    )
+    return shared(OpenAIBackend, **declared(decl, OpenAIBackend, "openai"))

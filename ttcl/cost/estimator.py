@@ -11,6 +11,10 @@ Reuse across nodes is not credited, nor is eviction from the cache charged.
 
 Priors come from the program (`max_tokens`, `depth`, the prompt templates) or from a
 calibration file written from earlier runs (`Calibration`); the report says which.
+
+Why one module: the estimator prices each op kind with one method of `Estimator`, all
+sharing the same priors and the same shared-prefix accounting; the budget diagnostics read
+its report. FLOPs formulas, model facts and calibration data live in their own modules.
 """
 
 from __future__ import annotations

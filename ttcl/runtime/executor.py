@@ -14,16 +14,18 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast
 
 import networkx as nx
 
-from ttcl.backends.base import Backend, BackendError, split_in_proportion
+from ttcl.backends.base import Backend, BackendError, as_backend, split_in_proportion
 from ttcl.cost.flops import counted_flops
 from ttcl.results import Candidate, Cost, NodeCost, Result, TraceEvent
 from ttcl.runtime.ops import OPS, Generate, NodeContext, majority
 from ttcl.runtime.verifiers import Hidden, Probs
 
+EventKind = Literal["node", "batch", "score", "difficulty", "stop"]  # a trace event's kind
+StopReason = Literal["budget", "time", "interrupted"]  # why a run ended early
 Value = Any  # a question (str), a Pool (list of candidates) or an Answer (a candidate or None)
 
 
@@ -45,6 +47,12 @@ class Task:
     coro: Any
     ask: Generate | Probs | Hidden | None = None
 
+    @property
+    def pending(self) -> Generate | Probs | Hidden:
+        """The ask the task waits on (read only while it waits on one)."""
+        assert self.ask is not None
+        return self.ask
+
 
 @dataclass
 class QuestionRun:
@@ -60,7 +68,7 @@ class QuestionRun:
     cost: Cost = field(default_factory=Cost)
     trace: list[TraceEvent] = field(default_factory=list)
     bin: int | None = None
-    stopped: str | None = None
+    stopped: StopReason | None = None
     started: float = field(default_factory=time.perf_counter)
     _ids: int = 0
 
@@ -69,7 +77,7 @@ class QuestionRun:
         return self._ids - 1
 
     def event(self, kind: str, node: int | None, op: str | None, detail: dict) -> None:
-        self.trace.append(TraceEvent(event=kind, node=node, op=op, detail=detail))
+        self.trace.append(TraceEvent(event=cast(EventKind, kind), node=node, op=op, detail=detail))
 
     @property
     def done(self) -> bool:
@@ -77,17 +85,18 @@ class QuestionRun:
 
 
 class Executor:
-    """Runs one program's graph over questions with a backend per model name."""
+    """Runs one program's graph over questions with a backend per model name (a `Backend`,
+    or an object `as_backend` makes one of)."""
 
     def __init__(
         self,
         graph: nx.DiGraph,
-        backends: Callable[[str], Backend],
+        backends: Callable[[str], Any],
         thresholds: list[float] | None = None,
         on_result: Callable[[int, Result], None] | None = None,
     ):
         self.graph = graph
-        self.backends = backends
+        self.backends: Callable[[str], Backend] = lambda name: as_backend(backends(name))
         self.thresholds = thresholds
         self.on_result = on_result
         self.tasks: list[Task] = []
@@ -202,7 +211,7 @@ class Executor:
             tasks = [t for t in tasks if not t.run.done]
             if not tasks:
                 continue
-            requests = [r for t in tasks for r in t.ask.requests]
+            requests = [r for t in tasks for r in t.pending.requests]
             try:
                 backend = self.backends(model)
                 before = backend.counters.model_copy()
@@ -218,8 +227,8 @@ class Executor:
         in proportion to tokens."""
         parts, at = [], 0
         for task in tasks:  # each task's replies, in request order
-            parts.append(replies[at : at + len(task.ask.requests)])
-            at += len(task.ask.requests)
+            parts.append(replies[at : at + len(task.pending.requests)])
+            at += len(task.pending.requests)
         prompt_tokens, flops = spent
         if kind != "Generate":  # a verifier pass
             tokens = split_in_proportion(prompt_tokens, [len(mine) for mine in parts])
@@ -250,7 +259,7 @@ class Executor:
         prompt = sum(g.prompt_tokens for g in replies)
         generated = sum(g.generated_tokens for g in replies)
         for target in (cost, run.cost):
-            target.generations += task.ask.generations
+            target.generations += cast(Generate, task.ask).generations
             target.prompt_tokens += prompt
             target.generated_tokens += generated
 
@@ -274,16 +283,16 @@ class Executor:
 
     def flops(self, spent: float | None, next_tokens: int, task: Task) -> float:
         """FLOPs measured so far plus 2·N per token the next batch may use at most."""
-        n_params = getattr(self.backends(task.ask.model), "n_params", None)
+        n_params = self.backends(task.pending.model).n_params
         if n_params is None or (spent is None and task.run.cost.tokens):
             # refuse rather than silently never enforce the budget
             raise BackendError(
-                f"model `{task.ask.model}`: cannot enforce a flops budget, the backend "
+                f"model `{task.pending.model}`: cannot enforce a flops budget, the backend "
                 "reports no parameter count; use a generations or tokens budget"
             )
         return (spent or 0.0) + 2.0 * n_params * next_tokens
 
-    def stop(self, run: QuestionRun, why: str) -> None:
+    def stop(self, run: QuestionRun, why: StopReason) -> None:
         """End a run early, keeping every candidate its unfinished nodes had made."""
         for task in self.tasks:
             if task.run is run:
@@ -334,7 +343,7 @@ def _spent(backend: Backend, before) -> tuple[int, float | None]:
     2·N per token where it knows N, else unknown."""
     after = backend.counters
     prompt = after.prompt_tokens - before.prompt_tokens
-    facts = getattr(backend, "facts", None)
+    facts = backend.facts
     if facts is not None and after.forward_tokens > before.forward_tokens:
         return prompt, counted_flops(
             facts,
@@ -342,7 +351,7 @@ def _spent(backend: Backend, before) -> tuple[int, float | None]:
             after.attended - before.attended,
             after.logits - before.logits,
         )
-    n_params = getattr(backend, "n_params", None)
+    n_params = backend.n_params
     tokens = prompt + after.generated_tokens - before.generated_tokens
     return prompt, None if n_params is None else 2.0 * n_params * tokens
 

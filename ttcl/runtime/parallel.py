@@ -21,14 +21,15 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import networkx as nx
 
+from ttcl.backends.base import Backend, as_backend
 from ttcl.errors import TTCLError
 from ttcl.results import Result
 from ttcl.runtime.executor import Executor, Limits
 
 
 def concurrent_backends(backends: list) -> bool:
-    """Whether questions may run in threads: every backend is a server's (thread-safe)."""
-    return bool(backends) and all(getattr(b, "concurrent", False) for b in backends)
+    """Whether questions may run in threads: every backend is `concurrent` (a server's)."""
+    return bool(backends) and all(as_backend(b).concurrent for b in backends)
 
 
 def run_concurrently(
@@ -57,11 +58,11 @@ def run_concurrently(
     def one(index: int) -> None:
         if cancel.is_set():
             return
-        sessions: dict[str, object] = {}
+        sessions: dict[str, Backend] = {}
 
-        def session(name: str):
+        def session(name: str) -> Backend:
             if name not in sessions:
-                sessions[name] = backends(name).session(cancel)
+                sessions[name] = as_backend(backends(name)).session(cancel)
             return sessions[name]
 
         try:
