@@ -5,12 +5,18 @@ is `int`/`float`/`str`/`bool`, a declaration is a `model`/`verifier`/`prompt`, a
 a `Stage(accepts, returns)` over `Question`, `Pool` and `Answer`. Errors suppress their
 cascades: an expression whose type could not be inferred is `None` and is not complained
 about again.
+
+Why one module: the checker is one pass over the declarations with one environment of
+names and types; its rules (names, arity, argument and stage types, bins, budgets) read and
+write that environment, and splitting them would pass it around for no reader's gain.
 """
 
 from __future__ import annotations
 
 import difflib
+import operator
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -107,12 +113,25 @@ class Checker:
         for module in self.ws.modules[1:] + self.ws.modules[:1]:
             for stmt in module.statements:
                 self.declare(stmt, module)
+        # Each strategy is typed after those it calls, so typing one never recurses through a
+        # chain of others (a chain of hundreds would overflow Python's stack).
+        for name in strategy_order(self.out.definitions):
+            self.strategy_type(name)
         for module in self.ws.modules:
             for stmt in module.statements:
                 getattr(self, f"check_{type(stmt).__name__}")(stmt)
-        for cycle in sorted(nx.simple_cycles(self.calls), key=lambda c: sorted(c)):
-            first = min(cycle)
-            path = cycle[cycle.index(first) :] + cycle[: cycle.index(first)] + [first]
+        # One cycle per group of strategies that call each other (not every cycle: a dozen
+        # strategies calling one another make billions), the shortest through the first name.
+        groups = [
+            g
+            for g in nx.strongly_connected_components(self.calls)
+            if len(g) > 1 or any(self.calls.has_edge(n, n) for n in g)
+        ]
+        for group in sorted(groups, key=sorted):
+            first, calls = min(group), self.calls.subgraph(group)
+            path = [first] + min((nx.shortest_path(calls, s, first) for s in calls.successors(first)), key=len)
+            if len(path) > 12:  # a long cycle: its ends, and how many it goes through
+                path = path[:5] + [f"... ({len(path) - 1} strategies) ..."] + path[-3:]
             self.error(
                 self.out.definitions[first].name_span,
                 f"strategy `{first}` is recursive: {' -> '.join(path)}",
@@ -158,7 +177,7 @@ class Checker:
         t = self.infer(stmt.amount, {})
         if t is not None and t not in ("int", "float"):
             self.error(stmt.amount.span, f"a budget is a number, not {describe(t)}")
-        elif isinstance(stmt.amount, (ast.Int, ast.Float)) and stmt.amount.value <= 0:
+        elif t is not None and (amount := constant(stmt.amount)) is not None and amount <= 0:
             self.error(stmt.amount.span, "a budget must be positive")
 
     def check_ModelDecl(self, stmt: ast.ModelDecl) -> None:
@@ -243,8 +262,11 @@ class Checker:
         return env
 
     def strategy_type(self, name: str) -> Stage | None:
-        """The stage type of a strategy's body, inferred once with its declared parameter types."""
-        if name in self.out.strategy_types or name in self.in_progress:
+        """The stage type of a strategy's body, inferred once with its declared parameter types.
+
+        Strategies are typed callees first (`run`), so typing one rarely types another; only
+        in a cycle (reported as recursion) could it go deep, and there it stops after a few."""
+        if name in self.out.strategy_types or name in self.in_progress or len(self.in_progress) >= 32:
             return self.out.strategy_types.get(name)
         decl = self.out.definitions[name]
         assert isinstance(decl, ast.StrategyDecl)  # only strategies are asked for
@@ -452,6 +474,9 @@ class Checker:
         if bins is not None and not isinstance(bins, ast.Int):
             self.error(bins.span, "`bins` must be a literal integer, so arms can be checked")
             return None
+        if bins is not None and bins.value > MAX_BINS:  # arms are checked bin by bin: refuse 10**18 first
+            self.error(bins.span, f"`difficulty` argument `bins` must be at most {MAX_BINS}, got {bins.value}")
+            return None
         if cuts is None:
             return cast(Param, DIFFICULTY.param("bins")).default if bins is None else bins.value
         if not isinstance(cuts, ast.List):
@@ -527,6 +552,70 @@ class Checker:
 
 
 _BINOPS = {"|>": "pipe", "+": "add", "*": "mul", "-": "arithmetic", "/": "arithmetic", "%": "arithmetic"}
+
+
+def constant(expr: ast.Expr) -> float | None:
+    """The value of an expression of number literals and arithmetic (`-5`, `2 * 32`), or None
+    where it is anything else or cannot be computed (a division by zero is reported later)."""
+    if isinstance(expr, (ast.Int, ast.Float)):
+        return expr.value
+    if isinstance(expr, ast.Neg):
+        value = constant(expr.operand)
+        return None if value is None else -value
+    if isinstance(expr, ast.BinOp) and expr.op in "+-*/%":
+        a, b = constant(expr.left), constant(expr.right)
+        if a is None or b is None or (expr.op in "/%" and b == 0):
+            return None
+        if expr.op == "/":
+            return a // b if isinstance(a, int) and isinstance(b, int) else a / b
+        return {"+": operator.add, "-": operator.sub, "*": operator.mul, "%": operator.mod}[expr.op](a, b)
+    return None
+
+
+def strategy_calls(node: ast.Node, definitions: Mapping[str, ast.Definition]) -> list[str]:
+    """The strategies a tree calls (a strategy declaration: its body and parameter defaults,
+    where its parameters hide strategies of the same name), each once, in source order."""
+    params = {p.name for p in node.params or ()} if isinstance(node, ast.StrategyDecl) else set()
+    found: dict[str, None] = {}
+    todo = [node]
+    while todo:  # an explicit stack: no recursion, however deep the tree
+        node = todo.pop()
+        name = node.func if isinstance(node, ast.Call) else node.id if isinstance(node, ast.Name) else None
+        if name is not None and not (isinstance(node, ast.Name) and name in params):
+            if isinstance(definitions.get(name), ast.StrategyDecl):
+                found[name] = None
+        for field_name in reversed(type(node).model_fields):
+            value = getattr(node, field_name)
+            if isinstance(value, ast.Node):
+                todo.append(value)
+            elif isinstance(value, tuple):
+                todo.extend(v for v in reversed(value) if isinstance(v, ast.Node))
+    return list(found)
+
+
+def strategy_order(definitions: Mapping[str, ast.Definition], roots: list[str] | None = None) -> list[str]:
+    """Strategies (all, or those `roots` reach) with each after every strategy it calls: a
+    depth-first post-order, walked with an explicit stack. In a cycle (an error the checker
+    reports) one member comes before a strategy it calls."""
+    names = [n for n, d in definitions.items() if isinstance(d, ast.StrategyDecl)] if roots is None else roots
+    order: list[str] = []
+    state: dict[str, bool] = {}  # False: being visited, True: done
+    for root in names:
+        if root in state:
+            continue
+        state[root] = False
+        todo = [(root, iter(strategy_calls(definitions[root], definitions)))]
+        while todo:
+            name, callees = todo[-1]
+            callee = next(callees, None)
+            if callee is None:
+                todo.pop()
+                state[name] = True
+                order.append(name)
+            elif callee not in state:
+                state[callee] = False
+                todo.append((callee, iter(strategy_calls(definitions[callee], definitions))))
+    return order
 
 
 def strategy_signature(decl: ast.StrategyDecl) -> Signature:

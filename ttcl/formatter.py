@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ttcl import ast
 from ttcl.parser import grammar_parser, parse
+from ttcl.source import normalize_newlines
 
 WIDTH = 88
 INDENT = "  "
@@ -28,7 +29,9 @@ class Comment:
 
 
 def format_source(text: str, path: str | None = None) -> str:
-    """Parse `text` and return its canonical form (raises `ParseError` if it does not parse)."""
+    """Parse `text` and return its canonical form (raises `ParseError` if it does not parse).
+    Line breaks come out as `\\n` whatever they were (`\\r\\n`, a lone `\\r`)."""
+    text = normalize_newlines(text)  # the spans and comment offsets below point into this text
     module = parse(text, path)
     comments = [
         Comment(t.start_pos, t.line, t.value.rstrip())  # type: ignore[arg-type]  # lark: Optional, set by the lexer

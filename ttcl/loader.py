@@ -8,7 +8,9 @@ a cycle or a missing module is a diagnostic on the `import` statement.
 from __future__ import annotations
 
 import difflib
+import errno
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 from ttcl import ast
 from ttcl.errors import Diagnostic, SourceError, TTCLError
 from ttcl.parser import parse, resource_dir
-from ttcl.source import read_source
+from ttcl.source import normalize_newlines, read_source
 
 
 @dataclass
@@ -41,6 +43,7 @@ def load(text: str, path: str | None = None) -> Workspace:
     """Parse `text` and, recursively, every module it imports. Raises on a syntax error in the
     main text; problems with imports are collected in `Workspace.errors`."""
     ws = Workspace()
+    text = normalize_newlines(text)  # spans point into the text as parsed; excerpts read this one
     ws.sources[path or "<input>"] = text
     main = parse(text, path)
     ws.modules.append(main)
@@ -50,23 +53,29 @@ def load(text: str, path: str | None = None) -> Workspace:
 
 
 def _key(path: str) -> str:
-    return os.path.realpath(path)
+    return os.path.realpath(path)  # never raises: a symlink loop is left partly resolved
 
 
 def _display(path: Path) -> str:
     """A path as users should see it: relative to the working directory when inside it."""
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
+        return str(Path(_key(str(path))).relative_to(Path(_key(os.getcwd()))))
+    except (ValueError, OSError):
         return str(path)
 
 
 def _load_imports(module: ast.Module, path: str | None, ws: Workspace, stack: list[str], seen: set[str]) -> None:
-    base = Path(path).parent if path else Path.cwd()
-    for stmt in module.statements:
-        if not isinstance(stmt, ast.Import):
+    """Load what `module` imports, depth first, each file once. Walked with an explicit stack
+    (a chain of a thousand files importing each other is no Python recursion); `stack` is the
+    chain of files that led here, to name a cycle."""
+    todo = [(_imports(module), path, stack)]
+    while todo:
+        imports, path, stack = todo[-1]
+        stmt = next(imports, None)
+        if stmt is None:
+            todo.pop()
             continue
-        target = _resolve(stmt, base, ws)
+        target = _resolve(stmt, Path(path).parent if path else Path.cwd(), ws)
         if target is None:
             continue
         key = _key(str(target))
@@ -79,7 +88,7 @@ def _load_imports(module: ast.Module, path: str | None, ws: Workspace, stack: li
         seen.add(key)
         shown = _display(target)
         try:
-            text = read_source(target)
+            text = normalize_newlines(read_source(target))
             child = _parse_cached(shown, text)
         except SourceError as e:
             ws.errors.append(Diagnostic(f"cannot import {stmt.path!r}: {e.message}", stmt.span))
@@ -90,7 +99,11 @@ def _load_imports(module: ast.Module, path: str | None, ws: Workspace, stack: li
             continue
         ws.sources[shown] = text
         ws.modules.append(child)
-        _load_imports(child, shown, ws, stack + [key], seen)
+        todo.append((_imports(child), shown, stack + [key]))
+
+
+def _imports(module: ast.Module) -> Iterator[ast.Import]:
+    return (s for s in module.statements if isinstance(s, ast.Import))
 
 
 def _resolve(stmt: ast.Import, base: Path, ws: Workspace) -> Path | None:
@@ -111,10 +124,32 @@ def _resolve(stmt: ast.Import, base: Path, ws: Workspace) -> Path | None:
             return None
         return target
     target = Path(name) if Path(name).is_absolute() else base / name
-    if not target.is_file():
-        ws.errors.append(Diagnostic(f"cannot import {name!r}: no such file {_display(target)}", stmt.span))
+    problem = _not_importable(target)
+    if problem:
+        ws.errors.append(Diagnostic(f"cannot import {name!r}: {problem}", stmt.span))
         return None
     return target
+
+
+def _not_importable(target: Path) -> str | None:
+    """Why a file cannot be imported, or None. Only TTCL source is read: a file whose name (or
+    the file a symlink leads to) does not end in `.ttcl` is refused unread, so no error about
+    it can show a line of, say, /etc/passwd."""
+    try:
+        os.stat(target)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return f"no such file {_display(target)}"
+        if e.errno == errno.ELOOP:
+            return f"{_display(target)} is a symlink loop"
+        return f"{_display(target)}: {e.strerror or e}"
+    real = Path(_key(str(target)))
+    if target.suffix != ".ttcl" or real.suffix != ".ttcl":
+        shown = _display(target) + (f" (a link to {real})" if real.name != target.name else "")
+        return f"{shown} is not a .ttcl file; only TTCL source files can be imported"
+    if not target.is_file():
+        return f"{_display(target)} is not a regular file"
+    return None
 
 
 @lru_cache(maxsize=64)

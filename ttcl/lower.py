@@ -12,6 +12,7 @@ joining an arm. Graph attributes hold the declarations the nodes refer to by nam
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -29,6 +30,7 @@ from ttcl.signatures import (
     DEFAULT_MODEL,
     DEFAULT_MODEL_NAME,
     DIFFICULTY,
+    MAX_BINS,
     MODELS,
     POOL,
     QUESTION,
@@ -49,10 +51,11 @@ class Lowering:
     graph: nx.DiGraph = field(default_factory=nx.DiGraph)
     errors: list[Diagnostic] = field(default_factory=list)
     origin: tuple[str, ...] = ()
+    inside: list[ast.Inlined] = field(default_factory=list)  # the strategy calls being lowered
     probe: int | None = None  # a difficulty node whose probe pool awaits the arm's first selector
 
     def error(self, span, message: str, *notes: str) -> None:
-        self.errors.append(Diagnostic(message, span, tuple(notes)))
+        self.errors.append(Diagnostic(message, span, (*notes, *call_notes(self.inside, span))))
 
     def add(self, op: str, span, type_: str, params: dict | None = None, generations: int = 0, inputs=()) -> int:
         if len(self.graph) >= MAX_NODES:
@@ -74,10 +77,12 @@ class Lowering:
 
     def lower_Inlined(self, e: ast.Inlined, src: int):
         outer, self.origin = self.origin, self.origin + (f"{e.strategy}@{e.span.line}:{e.span.col}",)
+        self.inside.append(e)
         try:
             return self.lower(e.body, src)
         finally:
             self.origin = outer
+            self.inside.pop()
 
     def lower_Name(self, e: ast.Name, src: int):
         return self.lower_Call(ast.Call(span=e.span, func=e.id), src)
@@ -114,7 +119,7 @@ class Lowering:
         params["model"] = self.default_model()  # the probe samples come from the policy
         if "thresholds" in params:  # n thresholds make n + 1 bins (the checker saw they agree)
             params["bins"] = len(params["thresholds"]) + 1
-        bins = params.get("bins", 5)
+        bins = min(params.get("bins", 5), MAX_BINS)  # past MAX_BINS is an error already reported
         head = self.add("difficulty", e.head.span, QUESTION, params, params.get("probe", 0), inputs=(src,))
         outs, arm_generations = [], []
         for arm in e.arms:
@@ -266,6 +271,14 @@ class Lowering:
     def declare_prompt(self, name: str) -> str:
         self.graph.graph["prompts"][name] = cast(ast.PromptDecl, self.checked.definitions[name]).template
         return name
+
+
+def call_notes(inside: Sequence[ast.Inlined], span) -> list[str]:
+    """For an error inside an expanded strategy from another file (the stdlib, an import):
+    where it was called from, innermost call first, as "in strategy X called at FILE:L:C"."""
+    if not inside or span is None or span.path == inside[0].span.path:
+        return []
+    return [f"in strategy `{e.strategy}` called at {e.span}" for e in reversed(inside)]
 
 
 def _number(x: float) -> str:

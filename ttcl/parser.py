@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 from functools import cache
 from pathlib import Path
 from typing import cast
 
-from lark import Lark, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import (
     UnexpectedCharacters,
     UnexpectedEOF,
@@ -20,6 +21,10 @@ from lark.exceptions import (
 from ttcl import ast
 from ttcl.errors import ParseError
 from ttcl.source import Span
+
+MAX_DEPTH = 200  # levels of nesting in one expression; CPython's own parser stops at 200 too
+MAX_INT = 2**63 - 1  # an integer literal fits in 64 bits (a count or a seed, never more)
+_LONE_CR = re.compile(r"\r(?!\n)")
 
 
 def resource_dir(name: str) -> Path:
@@ -39,7 +44,13 @@ def grammar_parser() -> Lark:
 
 
 def parse(text: str, path: str | None = None) -> ast.Module:
-    """Parse TTCL source text into a Module, or raise `ParseError` pointing at the bad token."""
+    """Parse TTCL source text into a Module, or raise `ParseError` pointing at the bad token.
+
+    A lone `\\r` ends a line as `\\n` does (the grammar, the spans and the excerpts count lines
+    by `\\n`); it is read as one, so that offsets still point into the text as given. Callers
+    that keep texts (the loader, the REPL, the formatter) use `normalize_newlines` first.
+    """
+    text = _LONE_CR.sub("\n", text) if "\r" in text else text
     try:
         return _parse(text, path)
     except ParseError as e:
@@ -47,17 +58,76 @@ def parse(text: str, path: str | None = None) -> ast.Module:
 
 
 def _parse(text: str, path: str | None) -> ast.Module:
+    check_brackets(text, path)  # 100,000 open brackets are refused before Lark spends seconds on them
     try:
-        tree = grammar_parser().parse(text)
-        return _ToAST(path).transform(tree)
+        tree = grammar_parser().parse(text)  # LALR with its own stack: any nesting parses
     except UnexpectedInput as e:
         raise _syntax_error(e, text, path) from None
+    _check_depth(tree, text, path)  # before the recursive transform, and every pass after it
+    try:
+        return _ToAST(path).transform(tree)
     except VisitError as e:  # an error raised while building the AST (a bad escape, say)
         if isinstance(e.orig_exc, ParseError):
             raise e.orig_exc from None
         raise
-    except RecursionError:
-        raise ParseError("program is nested too deeply", _point(text, path, 0)) from None
+    except RecursionError:  # not expected below MAX_DEPTH; still an error with a place
+        raise ParseError(f"program is nested too deeply (limit {MAX_DEPTH} levels)", _point(text, path, 0)) from None
+
+
+# What the bracket scan skips (strings and comments, as the grammar lexes them) and counts.
+_BRACKETS = re.compile(r'(?s:"""(?:[^"\\]|\\.|"(?!""))*""")|"(?:[^"\\\n]|\\.)*"|#[^\n]*|([\[({])|[\])}]')
+
+
+def _too_deep(text: str, path: str | None, pos: int) -> ParseError:
+    return ParseError(
+        f"expression is nested more than {MAX_DEPTH} levels deep",
+        _point(text, path, pos),
+        ("brackets, calls, operators and `match` arms each add a level; name a part with a `strategy`",),
+    )
+
+
+def check_brackets(text: str, path: str | None) -> None:
+    """Refuse brackets nested more than MAX_DEPTH deep, at the first one too many: a scan
+    of the text, far quicker than parsing it (grouping parentheses count too, as in Python)."""
+    depth = 0
+    for m in _BRACKETS.finditer(text):
+        if m.group(1):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _too_deep(text, path, m.start())
+        elif m.group() in (")", "]", "}"):
+            depth = max(0, depth - 1)
+
+
+def _check_depth(tree: Tree, text: str, path: str | None) -> None:
+    """Refuse an expression nested more than MAX_DEPTH levels, pointing at where it goes
+    deeper. Walked with an explicit stack: this is the check that keeps every recursive pass
+    (the AST builder, checker, rewrites, lowering, formatter) within Python's stack."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise _too_deep(text, path, getattr(node.meta, "start_pos", 0) if not node.meta.empty else 0)
+        stack.extend((c, depth + 1) for c in node.children if isinstance(c, Tree))
+
+
+def _integer(tok: Token, span: Span) -> int:
+    """An INT token's value, refused past MAX_INT (before `int()`, which would refuse a
+    literal of thousands of digits with a Python error of its own)."""
+    digits = tok.value.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_INT)) or int(digits) > MAX_INT:
+        raise ParseError(
+            f"integer {_shown(tok.value)} ({len(tok.value)} digits) is too large; "
+            f"integers are at most {MAX_INT} (2^63 - 1)",
+            span,
+        )
+    return int(digits)
+
+
+def _shown(text: str, limit: int = 30) -> str:
+    """A token as a message quotes it: on one line, and cut if long (a literal can be huge)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---- tree -> AST -------------------------------------------------------------------------
@@ -144,12 +214,15 @@ class _ToAST(Transformer):
         return ast.Neg(span=self.sp(meta), operand=operand)
 
     def int(self, meta, tok):
-        return ast.Int(span=self.sp(meta), value=int(tok))
+        return ast.Int(span=self.sp(meta), value=_integer(tok, self.sp(meta)))
 
     def float(self, meta, tok):
-        value = float(tok)
+        value = float(tok)  # any length converts; past the largest double it is inf
         if value == float("inf"):
-            raise ParseError(f"number {tok} is too large", self.sp(meta))
+            raise ParseError(
+                f"number {_shown(tok.value)} is too large; numbers are at most {sys.float_info.max:.4g}",
+                self.sp(meta),
+            )
         return ast.Float(span=self.sp(meta), value=value)
 
     def true(self, meta):
@@ -197,10 +270,11 @@ class _ToAST(Transformer):
         return ast.Arm(span=self.sp(meta), pattern=pattern, body=body)
 
     def range(self, meta, lo, hi):
-        return ast.Range(span=self.sp(meta), lo=int(lo), hi=int(hi))
+        return ast.Range(span=self.sp(meta), lo=_integer(lo, self.sp(lo)), hi=_integer(hi, self.sp(hi)))
 
     def single(self, meta, lo):
-        return ast.Range(span=self.sp(meta), lo=int(lo), hi=int(lo))
+        value = _integer(lo, self.sp(lo))
+        return ast.Range(span=self.sp(meta), lo=value, hi=value)
 
     def wildcard(self, meta):
         return ast.Wildcard(span=self.sp(meta))
@@ -289,7 +363,7 @@ def _syntax_error(e: UnexpectedInput, text: str, path: str | None) -> ParseError
         close = difflib.get_close_matches(tok.value, STATEMENT_KEYWORDS, n=1)
         notes = (f"did you mean `{close[0]}`?",) if close else ()
     return ParseError(
-        f"unexpected `{tok.value}`; expected {_expected(e.expected)}",
+        f"unexpected `{_shown(tok.value)}`; expected {_expected(e.expected)}",
         _point(text, path, tok.start_pos, len(tok.value)),
         notes,
     )

@@ -6,6 +6,9 @@ Every AST node, IR node and diagnostic carries a `Span`, so that an error found 
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -37,25 +40,77 @@ def read_source(path: str | Path, max_bytes: int = MAX_SOURCE_BYTES, kind: str =
     """Read a program file (or a compiled artifact) as UTF-8 text, or raise `SourceError`
     with a one-line reason.
 
-    Missing files, directories, binary or non-UTF-8 content, empty files and files over
-    `max_bytes` are refused before any parsing is attempted.
+    Missing files, directories, devices, FIFOs and sockets, binary or non-UTF-8 content, empty
+    files and files over `max_bytes` are refused before any parsing is attempted.
+    """
+    return decode_source(read_regular_file(path, max_bytes, kind), str(path))
+
+
+def read_regular_file(path: str | Path, max_bytes: int, kind: str = "files") -> bytes:
+    """The bytes of a regular file of at most `max_bytes`, or `SourceError`.
+
+    Only a regular file is read (`/dev/zero` would never end, a FIFO would block), and never
+    more than `max_bytes + 1` bytes, so a file that grows while it is read is refused too.
+    The file is opened without blocking and checked again once open, so a FIFO swapped in
+    after the first check cannot hang the read either.
     """
     p = Path(path)
-    if not p.exists():
-        raise SourceError(f"{p}: no such file")
-    if p.is_dir():
-        raise SourceError(f"{p}: is a directory, not a program file")
     try:
-        size = p.stat().st_size
-        if size > max_bytes:
-            raise SourceError(
-                f"{p}: file is {size / 1e6:.1f} MB; {kind} are limited to {max_bytes // 1_000_000} MB",
-                usage=False,
-            )
-        data = p.read_bytes()
+        info = os.stat(p)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise SourceError(f"{p}: no such file") from None
+        raise SourceError(f"{p}: cannot read: {e.strerror or e}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise SourceError(f"{p}: is a directory, not a program file")
+    _refuse_irregular(p, info.st_mode)
+    limit = f"{max_bytes / 1e6:g} MB" if max_bytes >= 1_000_000 else f"{max_bytes} bytes"
+    too_big = f"{kind} are limited to {limit}"
+    if info.st_size > max_bytes:
+        shown = f"{info.st_size / 1e6:.1f} MB" if info.st_size >= 100_000 else f"{info.st_size} bytes"
+        raise SourceError(f"{p}: file is {shown}; {too_big}", usage=False)
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
         raise SourceError(f"{p}: cannot read: {e.strerror or e}") from None
-    return decode_source(data, str(p))
+    try:
+        _refuse_irregular(p, os.fstat(fd).st_mode)
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise SourceError(f"{p}: cannot read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if size > max_bytes:
+        raise SourceError(f"{p}: {too_big}, and this file holds more", usage=False)
+    return b"".join(chunks)
+
+
+def _refuse_irregular(p: Path, mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+    )
+    what = next((name for test, name in kinds if test(mode)), "a special file")
+    raise SourceError(f"{p}: is {what}, not a regular file; only regular files are read")
+
+
+def normalize_newlines(text: str) -> str:
+    """Every line break as `\\n`: `\\r\\n` (Windows) and a lone `\\r` (old Mac) become one.
+
+    The parser, spans and excerpts all count lines by `\\n`, so a text is normalized once
+    before it is parsed and kept in that form wherever its spans are used.
+    """
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 def decode_source(data: bytes, name: str) -> str:

@@ -34,7 +34,7 @@ from rich.tree import Tree
 
 from ttcl import ast
 from ttcl.cli.session import Entry, Outcome, Session, is_complete, needs_params
-from ttcl.errors import TTCLError, UsageError
+from ttcl.errors import TTCLError, UsageError, printable
 from ttcl.parser import STATEMENT_KEYWORDS
 from ttcl.results import Result
 from ttcl.signatures import BUILTIN_VERIFIERS, MODELS, STAGES, VERIFIERS
@@ -206,7 +206,7 @@ class Repl:
             )
         for i, entry in enumerate(models):
             policy = ("  (the policy)", "dim") if i == 0 else ""
-            self.out.print(Text.assemble(" ".join(entry.text.split()), policy))
+            self.out.print(Text.assemble(printable(" ".join(entry.text.split())), policy))
 
     def cmd_help(self, arg: str) -> None:
         table = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
@@ -225,8 +225,8 @@ class Repl:
 
 def _described(entry: Entry, strategy_types: dict) -> str:
     kind = _KINDS[type(entry.stmt).__name__]
-    if kind in ("budget", "import"):
-        return f"{'imported' if kind == 'import' else kind} {' '.join(entry.text.split()[1:])}"
+    if kind in ("budget", "import"):  # the text as written: from a loaded file, so made printable
+        return printable(f"{'imported' if kind == 'import' else kind} {' '.join(entry.text.split()[1:])}")
     shown = f"defined {kind} {entry.key[1]}"
     if kind == "program" and needs_params(cast(ast.ProgramDecl, entry.stmt)):
         shown += " (a parameter has no default: the session runs programs whose parameters all have one)"

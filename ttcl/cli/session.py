@@ -23,11 +23,11 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
 
 from ttcl import ast
 from ttcl.checker import Checked
-from ttcl.errors import Diagnostic, TTCLError, UsageError
-from ttcl.parser import STATEMENT_KEYWORDS, grammar_parser, parse
+from ttcl.errors import Diagnostic, ParseError, TTCLError, UsageError
+from ttcl.parser import STATEMENT_KEYWORDS, check_brackets, grammar_parser, parse
 from ttcl.program import Program, build, check_programs, check_source
 from ttcl.signatures import ANSWER, QUESTION, Stage
-from ttcl.source import Span, read_source
+from ttcl.source import Span, normalize_newlines, read_source
 
 _STAGE = "_it"  # the strategy a bare pipeline is checked as, to learn its type
 _LEADING = re.compile(r"(?:\s+|#[^\n]*)*")  # whitespace and comments before the first word
@@ -101,8 +101,10 @@ def is_complete(text: str) -> bool:
     still open) is not. `:commands` and blank input are always whole."""
     if not text.strip() or text.lstrip().startswith(":"):
         return True
+    text = normalize_newlines(text)
     wrapped = text if is_statement(text) else f"program main =\n{text}"
     try:
+        check_brackets(wrapped, None)  # too deep is whole (an error to show), and quick to tell
         grammar_parser().parse(wrapped)
     except UnexpectedEOF:
         return False
@@ -110,6 +112,8 @@ def is_complete(text: str) -> bool:
         return e.token.type != "$END"
     except UnexpectedCharacters:
         return wrapped.count('"' * 3) % 2 == 0
+    except ParseError:
+        return True
     return True
 
 
@@ -131,10 +135,12 @@ class Session:
 
     def submit(self, text: str) -> Outcome:
         """Declare what `text` declares, or check and compile the pipeline it is."""
+        text = normalize_newlines(text)  # spans count lines by "\n", and point into this text
         return self.declare(text) if is_statement(text) else self.pipeline(text)
 
     def declare(self, text: str) -> Outcome:
         """Add (or replace) the declarations in `text`; programs among them are built."""
+        text = normalize_newlines(text)
         new = [Entry.of(s, text) for s in parse(text).statements]
         entries = self._merged(new)
         checked = self._check(entries)
@@ -147,6 +153,7 @@ class Session:
     def pipeline(self, text: str) -> Outcome:
         """Check a bare pipeline: its stage type, and the program it is if it runs from the
         question to an answer (which then becomes the current program)."""
+        text = normalize_newlines(text)
         checked = self._check(self.entries + [self._wrapper(text, f"strategy {_STAGE} =\n")])
         stage = checked.strategy_types.get(_STAGE)
         if not (isinstance(stage, Stage) and QUESTION in stage.accepts and stage.returns == ANSWER):
@@ -159,7 +166,7 @@ class Session:
     def load(self, path: str) -> Outcome:
         """Replace the session with a file's declarations; its `main` (or last) program that
         needs no parameters is current."""
-        text = read_source(path)
+        text = normalize_newlines(read_source(path))
         checked = check_source(text, path)
         check_programs(checked)
         self.entries = [Entry.of(s, text, path) for s in checked.workspace.main.statements]
@@ -185,6 +192,7 @@ class Session:
     def replace(self, old: Entry | None, text: str) -> Entry:
         """Put the declaration `text` makes in the place of `old` (at the front when None:
         a first model becomes the policy); kept only if the session still checks."""
+        text = normalize_newlines(text)
         new = Entry.of(parse(text).statements[0], text)
         rest = [e for e in self.entries if e.key != new.key or e is old]
         entries = [new if e is old else e for e in rest] if old is not None else [new] + rest
@@ -240,7 +248,7 @@ class Session:
         try:
             return check_source(text, self.path)
         except TTCLError as e:
-            raise self._relocated(e, placed) from None
+            raise self._relocated(e, placed, text) from None
 
     def _compile(self, entries: list[Entry], name: str, checked: Checked | None = None) -> Program:
         """Program `name` of the entries (`checked`: their check, where done already)."""
@@ -248,17 +256,32 @@ class Session:
         try:
             return build(checked, name, {})
         except TTCLError as e:
-            raise self._relocated(e, _assemble(entries)[1]) from None
+            text, placed = _assemble(entries)
+            raise self._relocated(e, placed, text) from None
 
-    def _relocated(self, error: TTCLError, placed: list[tuple[int, Entry]]) -> TTCLError:
+    def _relocated(self, error: TTCLError, placed: list[tuple[int, Entry]], text: str) -> TTCLError:
+        """The error with its spans, and the call sites its notes name, moved from the
+        session's assembled `text` to where each was written."""
+        starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+        here = re.escape(self.path or "<input>")
+
+        def note(n: str) -> str:  # "in strategy `bon` called at <input>:7:16", as a stdlib error has
+            site = re.fullmatch(rf"(.* called at ){here}:(\d+):(\d+)", n)
+            if site is None or not 1 <= int(site[2]) <= len(starts):
+                return n
+            at = starts[int(site[2]) - 1] + int(site[3]) - 1
+            found = _locate(Span(path=self.path, line=1, col=1, end_line=1, end_col=1, start=at, end=at), placed)
+            return f"{site[1]}{found[1]}" if found else n
+
         pairs = []
         for d in error.diagnostics:
+            notes = tuple(note(n) for n in d.notes)
             found = _locate(d.span, placed) if d.span and d.span.path == self.path else None
             if found is None:
-                pairs.append((d, error.sources))
+                pairs.append((Diagnostic(d.message, d.span, notes), error.sources))
                 continue
             entry, span = found
-            pairs.append((Diagnostic(d.message, span, d.notes), {entry.path or "<input>": entry.source}))
+            pairs.append((Diagnostic(d.message, span, notes), {entry.path or "<input>": entry.source}))
         relocated = SessionError(pairs)
         relocated.exit_code = error.exit_code
         return relocated
@@ -269,7 +292,7 @@ class Session:
         try:
             return replace(entry, stmt=parse(entry.text, self.path).statements[0])
         except TTCLError as e:
-            raise self._relocated(e, [(0, entry)]) from None
+            raise self._relocated(e, [(0, entry)], entry.text) from None
 
     def _fresh(self) -> str:
         """The name a bare pipeline's program takes: `main`, unless one is declared."""
