@@ -186,7 +186,7 @@ def test_token_budget_stops_with_the_best_so_far():
 
 
 def test_time_limit():
-    result = run("program main = revise(5) |> vote", ScriptedBackend(lambda r: "The answer is 2."), time_limit=0.0)
+    result = run("program main = revise(5) |> vote", ScriptedBackend(lambda r: "The answer is 2."), time_limit=1e-9)
     assert result.stopped == "time" and result.candidates == []
 
 

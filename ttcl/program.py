@@ -8,6 +8,10 @@ artifact instead of a source file.
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from os import PathLike
 from pathlib import Path
 from typing import Any, cast
 
@@ -55,7 +59,7 @@ class Program:
             raise UsageError(
                 "a program loaded from a compiled artifact has fixed parameters; compile it from source to change them"
             )
-        return build(self.checked, self.name, {**self.params, **params})
+        return build(self.checked, self.name, {**self.params, **params})  # `convert` checks each value
 
     # ---- running ------------------------------------------------------------------------
 
@@ -71,6 +75,8 @@ class Program:
         """Run the program on one question. `backend` is a Backend for every model, a dict
         from model name to Backend, or None for the declared models (llama.cpp or torch). `answer` is
         the ground truth, needed only by the `oracle` verifier."""
+        _check_question(question, "question")
+        answer = _check_answer(answer, "answer")
         return self.run_many([{"question": question, "answer": answer}], seed, backend, time_limit, thresholds)[0]
 
     def run_many(
@@ -89,7 +95,11 @@ class Program:
         from ttcl.runtime.executor import Executor, Limits
         from ttcl.runtime.parallel import concurrent_backends, run_concurrently
 
-        pairs = [(q, None) if isinstance(q, str) else (q["question"], q.get("answer")) for q in questions]
+        pairs = _check_questions(questions)
+        seed, time_limit = _check_seed(seed), _check_time_limit(time_limit)
+        thresholds = self._check_thresholds(thresholds)
+        if on_result is not None and not callable(on_result):
+            raise UsageError(f"on_result must be a function on_result(index, result) or None, not {_kind(on_result)}")
         budgets = self.ir.budgets
         limits = Limits(budgets.get("generations"), budgets.get("tokens"), budgets.get("flops"), time_limit)
         lookup = self.backend_lookup(backend)
@@ -99,11 +109,19 @@ class Program:
             return run_concurrently(self._graph, lookup, pairs, seed, limits, workers, thresholds, on_result)
         return Executor(self._graph, lookup, thresholds, on_result).run(pairs, seed, limits)
 
-    async def arun(self, question: str, **kwargs) -> Result:
+    async def arun(
+        self,
+        question: str,
+        seed: int = 0,
+        backend=None,
+        answer: str | None = None,
+        time_limit: float | None = None,
+        thresholds: list[float] | None = None,
+    ) -> Result:
         """`run` in a worker thread, so an asyncio app's event loop is not blocked."""
         import asyncio
 
-        return await asyncio.to_thread(self.run, question, **kwargs)
+        return await asyncio.to_thread(self.run, question, seed, backend, answer, time_limit, thresholds)
 
     def backend_lookup(self, backend):
         if backend is None:
@@ -117,12 +135,44 @@ class Program:
                     "model or a backend"
                 )
             return lambda name: backend_for(self.ir.models[name])
-        if isinstance(backend, dict):
+        if isinstance(backend, Mapping):
             missing = set(self.ir.models) - set(backend)
             if missing:
                 raise UsageError(f"no backend given for model(s) {', '.join(sorted(missing))}")
+            for name in self.ir.models:
+                _check_backend(backend[name], f"backend[{name!r}]")
             return backend.__getitem__
+        _check_backend(backend, "backend")
         return lambda name: backend
+
+    def _check_thresholds(self, thresholds) -> list[float] | None:
+        """The run's difficulty thresholds: ascending numbers in [0, 1], as many as each
+        `difficulty` without thresholds of its own has bins, less one."""
+        if thresholds is None:
+            return None
+        if isinstance(thresholds, (str, bytes, Mapping)) or not isinstance(thresholds, Sequence):
+            raise UsageError(f"thresholds must be a list of numbers in [0, 1] or None, not {_kind(thresholds)}")
+        cuts = []
+        for t in thresholds:
+            try:
+                cut = math.nan if isinstance(t, bool) or not isinstance(t, numbers.Real) else float(t)
+            except OverflowError:
+                cut = math.inf
+            if not 0 <= cut <= 1:  # NaN too
+                raise UsageError(f"thresholds must be numbers in [0, 1]; got {_kind(t)}")
+            cuts.append(cut)
+        if cuts != sorted(cuts):
+            raise UsageError(f"thresholds must be in ascending order; got {cuts}")
+        for _, attrs in self._graph.nodes(data=True):
+            params = attrs.get("params") or {}
+            if attrs.get("op") == "difficulty" and not params.get("thresholds"):
+                bins = params.get("bins", 5)
+                if len(cuts) != bins - 1:
+                    raise UsageError(
+                        f"thresholds holds {len(cuts)} number{'s' * (len(cuts) != 1)}, but this program's "
+                        f"difficulty has {bins} bins, which {bins - 1} thresholds cut"
+                    )
+        return cuts
 
     # ---- costing ------------------------------------------------------------------------
 
@@ -179,12 +229,21 @@ def compile(
 
     Raises `TTCLError` (with spans) for any mistake in the text or the parameters.
     """
+    if not isinstance(text, str):
+        hint = " (decode it first)" if isinstance(text, (bytes, bytearray)) else ""
+        raise UsageError(f"compile takes the program's source text as a str, not {_kind(text)}{hint}")
+    if path is not None and not isinstance(path, str):
+        raise UsageError(f"path must be a str (the file name errors show) or None, not {_kind(path)}")
+    _check_program_args(program, params)
     checked = check_source(text, path)
     return build(checked, choose_program(checked, program), params or {})
 
 
 def load(path: str | Path, program: str | None = None, params: dict[str, Any] | None = None) -> Program:
     """Load a `.ttcl` source file, or a compiled `.json` artifact, as a `Program`."""
+    if not isinstance(path, (str, PathLike)):
+        raise UsageError(f"load takes a file path (str or pathlib.Path), not {_kind(path)}")
+    _check_program_args(program, params)
     path = str(path)
     if path.endswith(".json"):
         if program is not None or params:
@@ -283,7 +342,8 @@ def bind_params(decl: ast.ProgramDecl, given: dict[str, Any]) -> dict[str, Any]:
 
 
 def convert(value: Any, type_: str, name: str) -> Any:
-    """A parameter value of the declared type; text from the command line is parsed."""
+    """A parameter value of the declared type; text from the command line is parsed. A float
+    must be finite: NaN and infinities are refused, as any other wrong value is."""
     try:
         if type_ == "bool":
             if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -291,11 +351,130 @@ def convert(value: Any, type_: str, name: str) -> Any:
             if isinstance(value, bool):
                 return value
             raise ValueError
-        if type_ == "int" and (isinstance(value, bool) or isinstance(value, float)):
+        if type_ == "str":
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+        if isinstance(value, bool) or not isinstance(value, (str, numbers.Real)):
+            raise TypeError  # True is not 1, and None or a list is no number
+        if type_ == "int":
+            if isinstance(value, numbers.Integral):
+                return int(value)
+            if isinstance(value, str):
+                return int(value)
+            raise ValueError  # a float, even 3.0: an int parameter takes whole numbers as written
+        number = float(value)
+        if not math.isfinite(number):
             raise ValueError
-        return {"int": int, "float": float, "str": str}[type_](value)
-    except (ValueError, TypeError):
-        raise UsageError(f"parameter `{name}` must be {type_}, got {value!r}") from None
+        return number
+    except (ValueError, TypeError, OverflowError):
+        finite = " (a finite number)" if type_ == "float" else ""
+        raise UsageError(f"parameter `{name}` must be {type_}{finite}, got {_short(value)}") from None
+
+
+# ---- checking the arguments of the API ------------------------------------------------------
+
+
+def _short(value: Any) -> str:
+    """A value for a message: its repr, cut short."""
+    try:
+        text = repr(value)
+    except Exception:  # a huge int, or a broken __repr__
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _kind(value: Any) -> str:
+    """What a wrong argument is, for a message: `None`, `123 (int)`, `a list`."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return f"{_short(value)} ({type(value).__name__})" if value is not None else "None"
+    return f"a {type(value).__name__}"
+
+
+def _check_program_args(program: Any, params: Any) -> None:
+    if program is not None and not isinstance(program, str):
+        raise UsageError(f"program must be the name of a program (a str) or None, not {_kind(program)}")
+    if params is not None and not (isinstance(params, Mapping) and all(isinstance(k, str) for k in params)):
+        raise UsageError(f"params must be a dict from parameter names to values, or None, not {_kind(params)}")
+
+
+def _check_question(question: Any, where: str) -> str:
+    if not isinstance(question, str):
+        raise UsageError(f"{where} must be a str (the question's text), not {_kind(question)}")
+    return question
+
+
+def _check_answer(answer: Any, where: str) -> str | None:
+    """The ground truth: text, or a number (as a dataset file may hold it), or None."""
+    if answer is None or isinstance(answer, str):
+        return answer
+    if isinstance(answer, numbers.Real) and not isinstance(answer, bool):
+        try:
+            if isinstance(answer, numbers.Integral):
+                return str(int(answer))
+            if math.isfinite(float(answer)):
+                return repr(float(answer))
+        except (ValueError, OverflowError):  # past Python's int-to-text limit, or a float's range
+            pass
+    raise UsageError(f"{where} must be the ground truth as a str (or a finite number) or None, not {_kind(answer)}")
+
+
+def _check_questions(questions: Any) -> list[tuple[str, str | None]]:
+    """`run_many`'s questions as (question, answer) pairs: a list of strings, or of dicts with
+    a "question" string and optionally an "answer"."""
+    if isinstance(questions, (str, bytes, Mapping)) or not isinstance(questions, Sequence):
+        hint = " (for one question, use run)" if isinstance(questions, (str, Mapping)) else ""
+        raise UsageError(
+            f'questions must be a list of question strings or of dicts with a "question", not {_kind(questions)}{hint}'
+        )
+    pairs: list[tuple[str, str | None]] = []
+    for i, q in enumerate(questions):
+        if isinstance(q, str):
+            pairs.append((q, None))
+        elif isinstance(q, Mapping):
+            if "question" not in q:
+                raise UsageError(f'questions[{i}] is a dict without a "question"; its keys: {_short(list(q))}')
+            pairs.append(
+                (
+                    _check_question(q["question"], f'questions[{i}]["question"]'),
+                    _check_answer(q.get("answer"), f'questions[{i}]["answer"]'),
+                )
+            )
+        else:
+            raise UsageError(f'questions[{i}] must be a str or a dict with a "question", not {_kind(q)}')
+    return pairs
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise UsageError(f"seed must be an int, not {_kind(seed)}")
+    return int(seed)
+
+
+def _check_time_limit(limit: Any) -> float | None:
+    if limit is None:
+        return None
+    try:
+        seconds = math.nan if isinstance(limit, bool) or not isinstance(limit, numbers.Real) else float(limit)
+    except OverflowError:
+        seconds = math.inf
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UsageError(f"time_limit must be a positive number of seconds or None, not {_kind(limit)}")
+    return seconds
+
+
+def _check_backend(backend: Any, where: str) -> None:
+    """A `Backend`, or an object with its bare bones (`name`, `counters`, `generate`)."""
+    from ttcl.backends.base import Backend
+
+    if isinstance(backend, Backend):
+        return
+    lacks = [a for a in ("name", "counters", "generate") if not hasattr(backend, a)]
+    if lacks or not callable(backend.generate):
+        raise UsageError(
+            f"{where} must be a Backend (or an object with name, counters and generate(requests)), "
+            f"a dict from model name to one, or None; got {_kind(backend)}"
+        )
 
 
 def _literal(value: Any, span) -> ast.Expr:

@@ -17,6 +17,10 @@ and scale across GPUs and machines) and llama.cpp's server. A `generate` call go
 4. The OpenAI client retries timeouts, dropped connections, 429 and 5xx with exponential
    backoff (`retries` times); what still fails is a `BackendError` naming the server.
 
+Every reply is checked against the shape the backend reads (`checked_reply`): a body that is
+not JSON, JSON nested too deeply to read, or a field of the wrong type or out of range is a
+`BackendError` that names the server and says what was wrong, never a traceback.
+
 Tokens are counted from the server's `usage` fields (tokens a server says it served from its
 prefix cache are not charged). Self-verification reads the top log-probabilities of the next
 token; a server that returns none makes it a clear error that names the verifiers that work.
@@ -108,6 +112,8 @@ class OpenAIBackend(Backend):
         self.says_stop_reason = False  # vLLM's replies say which stop string (if any) ended a choice
         facts, template = _read_config(config) if config else (None, None)
         self.facts, self.template = facts, template
+        # errors of the chat template name the file it came from
+        self.template_name = f"{self.name} (chat template from {config})"
         self.client = openai.OpenAI(
             base_url=self.url, api_key=os.environ.get(api_key_env) or "none", timeout=timeout, max_retries=retries
         )
@@ -149,9 +155,11 @@ class OpenAIBackend(Backend):
         root = self.url.removesuffix("/v1")
         for path, body in (("/tokenize", {"model": self.model, "prompt": text}), ("/extras/tokenize", {"input": text})):
             try:
-                return len(_post_json(root + path, body)["tokens"])
-            except (OSError, ValueError, KeyError, TypeError):
+                tokens = _post_json(root + path, body)["tokens"]
+            except (OSError, ValueError, KeyError, TypeError, RecursionError):
                 continue
+            if isinstance(tokens, list):
+                return len(tokens)
         raise BackendError(f"model {self.name}: the server offers no tokenize endpoint")
 
     # ---- batches ---------------------------------------------------------------------------
@@ -199,7 +207,8 @@ class OpenAIBackend(Backend):
 
     def _map(self, fn: Callable[[Call], Any], calls: list[Call], cancel: threading.Event | None) -> list:
         """fn over calls in the HTTP pool, results in order; the first failure cancels the rest.
-        A set `cancel` event (Ctrl-C seen by another thread) raises KeyboardInterrupt here."""
+        A set `cancel` event (Ctrl-C, or another thread's failure) raises KeyboardInterrupt here
+        while requests are still pending; replies that all came are returned, not thrown away."""
         futures: list[Future] = [self._pool.submit(fn, c) for c in calls]
         pending = set(futures)
         try:
@@ -209,7 +218,7 @@ class OpenAIBackend(Backend):
                     failure = f.exception()
                     if failure is not None:
                         raise failure
-                if cancel is not None and cancel.is_set():
+                if pending and cancel is not None and cancel.is_set():
                     raise KeyboardInterrupt
         finally:
             for f in pending:
@@ -249,11 +258,9 @@ class OpenAIBackend(Backend):
         if p.logprobs or (p.stop and not self.says_stop_reason):
             body["logprobs"] = True
         reply = self._request(request, body, {"top_k": p.top_k})
-        choices = sorted(reply.get("choices") or [], key=lambda c: c.get("index", 0))
-        if choices and "stop_reason" in choices[0]:
+        choices = [c for _, c in sorted(enumerate(reply["choices"]), key=lambda ic: ic[1].get("index", ic[0]))]
+        if "stop_reason" in choices[0]:
             self.says_stop_reason = True
-        if not choices:
-            raise BackendError(f"model {self.name}: the server answered with no choices")
         parsed = [self._parse_choice(c, p) for c in choices]
         prompt, generated = _usage(reply, [n if n is not None else len(text) + 1 for text, _, _, n in parsed])
         self._count(counters, prompt, generated)
@@ -272,8 +279,7 @@ class OpenAIBackend(Backend):
         """The next token's top log-probabilities after the request's prompt, token text -> logprob."""
         body = {"max_tokens": 1, "temperature": 0.0, "n": 1, "logprobs": True}
         reply = self._request(request, body, {"top_logprobs": TOP_LOGPROBS})
-        choices = reply.get("choices") or [{}]
-        top = _first_top(choices[0], chat=self.template is None)
+        top = _first_top(reply["choices"][0], chat=self.template is None)
         if not top:
             raise BackendError(
                 f"model {self.name}: the server returns no log-probabilities, so self_verify "
@@ -285,13 +291,14 @@ class OpenAIBackend(Backend):
 
     def _request(self, request: GenerationRequest, body: dict, extra: dict) -> dict:
         """POST the request to /completions (a local template) or /chat/completions; the reply as
-        a dict. Errors that survive the client's retries become a BackendError."""
+        a dict, checked (`checked_reply`). Errors that survive the client's retries, and replies
+        that are not what an OpenAI-compatible server sends, become a BackendError."""
         import openai
 
         extra |= self._sampling(extra.pop("top_k", 0))
         try:
             with self._in_flight:
-                reply = self._post(request, body, extra)
+                raw = self._post(request, body, extra).content
         except openai.APITimeoutError:
             raise BackendError(
                 f"model {self.name}: the server did not answer in time (after {self.retries} retries)"
@@ -306,27 +313,41 @@ class OpenAIBackend(Backend):
             ) from None
         except openai.OpenAIError as e:
             raise BackendError(f"model {self.name}: {e}") from None
-        return reply.model_dump()
+        try:
+            return checked_reply(_parse_json(raw), chat=self.template is None, n=body["n"])
+        except MalformedReply as e:
+            raise BackendError(
+                f"model {self.name}: the server's reply is not an OpenAI-compatible completion: {e}"
+            ) from None
 
     def _post(self, request: GenerationRequest, body: dict, extra: dict) -> Any:
         if self.template is not None:
-            prompt = render_chat(self.template.source, request, self.name, self.template.bos, self.template.eos)
+            prompt = render_chat(
+                self.template.source, request, self.template_name, self.template.bos, self.template.eos
+            )
             if body.get("logprobs") is True:
                 body["logprobs"] = extra.pop("top_logprobs", 1)
-            return self.client.completions.create(model=self.model, prompt=prompt, extra_body=extra, **body)
+            return self.client.completions.with_raw_response.create(
+                model=self.model, prompt=prompt, extra_body=extra, **body
+            )
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         if request.prefix:  # vLLM and SGLang continue a final assistant message
             messages.append({"role": "assistant", "content": request.prefix})
             extra |= {"continue_final_message": True, "add_generation_prompt": False}
         if "top_logprobs" in extra:
             body["top_logprobs"] = extra.pop("top_logprobs")
-        return self.client.chat.completions.create(model=self.model, messages=messages, extra_body=extra, **body)  # type: ignore[arg-type]  # plain dicts for openai's message TypedDicts
+        return self.client.chat.completions.with_raw_response.create(  # the body is parsed here, in `_request`
+            model=self.model,
+            messages=messages,  # type: ignore[arg-type]  # plain dicts for openai's message TypedDicts
+            extra_body=extra,
+            **body,
+        )
 
     def _parse_choice(
         self, choice: dict, params: SamplingParams
     ) -> tuple[str, Finish, tuple[float, ...] | None, int | None]:
-        """(text, finish, logprobs, generated tokens) of a choice; the last two where the server
-        reports the generated tokens."""
+        """(text, finish, logprobs, generated tokens) of a (checked) choice; the last two where the
+        server reports the generated tokens."""
         logprobs = choice.get("logprobs") or {}
         if self.template is not None:
             text = choice.get("text") or ""
@@ -380,6 +401,152 @@ class Session(Backend):
 
 
 # --------------------------------------------------------------------------- replies
+
+MAX_TOKENS_REPORTED = 10**9  # a usage count above this is no count of one request's tokens
+
+
+class MalformedReply(ValueError):
+    """What is wrong with a server's reply: where in its JSON, and what was found there."""
+
+
+def _parse_json(raw: bytes) -> Any:
+    """A reply body's JSON (MalformedReply if it is none, or nested too deeply to read)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise MalformedReply("its JSON is nested too deeply to read") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        preview = raw[:80].decode("utf-8", "replace")
+        shown = repr(preview) + (" ..." if len(raw) > 80 else "") if raw.strip() else "an empty body"
+        raise MalformedReply(f"the body is not JSON ({e}): {shown}") from None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}" + (" ..." if len(value) > 40 else "")
+    return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else type(value).__name__
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_logprob(value: Any) -> bool:
+    """A log-probability: a number, at most 0 (allowing rounding), not NaN; -inf is fine."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 1e-4
+
+
+class _Shape:
+    """Checks of one reply, each naming the field (`choices[0].message.content`) it is about."""
+
+    @staticmethod
+    def fail(where: str, value: Any, expected: str) -> MalformedReply:
+        return MalformedReply(f"{where} is {_kind(value)}, not {expected}")
+
+    def object(self, value: Any, where: str, optional: bool = True) -> dict:
+        if value is None and optional:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(where, value, "an object")
+        return value
+
+    def list(self, value: Any, where: str) -> list:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(where, value, "a list")
+        return value
+
+    def string(self, value: Any, where: str) -> None:
+        if value is not None and not isinstance(value, str):
+            raise self.fail(where, value, "a string")
+
+    def count(self, value: Any, where: str) -> None:
+        if value is not None and not (_is_int(value) and 0 <= value <= MAX_TOKENS_REPORTED):
+            raise self.fail(where, value, f"a whole number of tokens (0 to {MAX_TOKENS_REPORTED:,})")
+
+    def logprob(self, value: Any, where: str, optional: bool = False) -> None:
+        if not (value is None and optional) and not _is_logprob(value):
+            raise self.fail(where, value, "a log-probability (a number at most 0)")
+
+    def top(self, value: Any, where: str) -> None:
+        """OpenAI's chat top log-probabilities: a list of {"token": str, "logprob": number}."""
+        for i, entry in enumerate(self.list(value, where)):
+            entry = self.object(entry, f"{where}[{i}]", optional=False)
+            if not isinstance(entry.get("token"), str):
+                raise self.fail(f"{where}[{i}].token", entry.get("token"), "a string")
+            self.logprob(entry.get("logprob"), f"{where}[{i}].logprob")
+
+    def logprobs(self, value: Any, where: str, chat: bool) -> None:
+        logprobs = self.object(value, where)
+        if chat:
+            for i, entry in enumerate(self.list(logprobs.get("content"), f"{where}.content")):
+                entry = self.object(entry, f"{where}.content[{i}]", optional=False)
+                if not isinstance(entry.get("token"), str):
+                    raise self.fail(f"{where}.content[{i}].token", entry.get("token"), "a string")
+                self.logprob(entry.get("logprob"), f"{where}.content[{i}].logprob")
+                self.top(entry.get("top_logprobs"), f"{where}.content[{i}].top_logprobs")
+            return
+        tokens = self.list(logprobs.get("tokens"), f"{where}.tokens")
+        for i, token in enumerate(tokens):
+            if not isinstance(token, str):
+                raise self.fail(f"{where}.tokens[{i}]", token, "a string")
+        values = self.list(logprobs.get("token_logprobs"), f"{where}.token_logprobs")
+        for i, v in enumerate(values):
+            self.logprob(v, f"{where}.token_logprobs[{i}]", optional=True)
+        if tokens and values and len(tokens) != len(values):
+            raise MalformedReply(f"{where} has {len(tokens)} tokens and {len(values)} token_logprobs")
+        for i, top in enumerate(self.list(logprobs.get("top_logprobs"), f"{where}.top_logprobs")):
+            for token, v in self.object(top, f"{where}.top_logprobs[{i}]").items():
+                self.logprob(v, f"{where}.top_logprobs[{i}][{token[:40]!r}]")
+
+
+def checked_reply(reply: Any, chat: bool, n: int) -> dict:
+    """A completion reply, checked to have the shape the backend reads (else MalformedReply,
+    naming the field): an object whose `choices` is a non-empty list of at most `n` objects,
+    each with a distinct integer `index` below n (where given), its text a string (`text`, or
+    `message.content` on the chat endpoint; null reads as empty), `finish_reason` a string,
+    `logprobs` of OpenAI's shape (strings for tokens, numbers at most 0 for log-probabilities,
+    lists where lists belong); and `usage` counts whole numbers of tokens. Fields the backend
+    does not read are not checked."""
+    shape = _Shape()
+    reply = shape.object(reply, "the reply", optional=False)
+    choices = shape.list(reply.get("choices"), "choices")
+    if not choices:
+        raise MalformedReply("it has no choices")
+    if len(choices) > n:
+        raise MalformedReply(f"it has {len(choices)} choices for a request of {n}")
+    seen: set[int] = set()
+    for i, choice in enumerate(choices):
+        where = f"choices[{i}]"
+        choice = shape.object(choice, where, optional=False)
+        index = choice.get("index", i)
+        if not (_is_int(index) and 0 <= index < n) or index in seen:
+            expected = f"a distinct integer from 0 to {n - 1}" if n > 1 else "0"
+            raise shape.fail(f"{where}.index", index, expected)
+        seen.add(index)
+        if chat:
+            shape.string(
+                shape.object(choice.get("message"), f"{where}.message").get("content"), f"{where}.message.content"
+            )
+        else:
+            shape.string(choice.get("text"), f"{where}.text")
+        shape.string(choice.get("finish_reason"), f"{where}.finish_reason")
+        if not isinstance(choice.get("stop_reason"), (str, int, type(None))):
+            raise shape.fail(f"{where}.stop_reason", choice.get("stop_reason"), "a string, a token id or null")
+        shape.logprobs(choice.get("logprobs"), f"{where}.logprobs", chat)
+    usage = shape.object(reply.get("usage"), "usage")
+    for field in ("prompt_tokens", "completion_tokens"):
+        shape.count(usage.get(field), f"usage.{field}")
+    details = shape.object(usage.get("prompt_tokens_details"), "usage.prompt_tokens_details")
+    shape.count(details.get("cached_tokens"), "usage.prompt_tokens_details.cached_tokens")
+    return reply
 
 
 def _group(requests: list[GenerationRequest]) -> list[Call]:

@@ -72,7 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--time-limit", type=float, metavar="SECONDS", help="per question")
     r.add_argument("--json", action="store_true", help="print results as JSON")
     r.add_argument("--trace", metavar="OUT.jsonl", help="write every trace event, one per line")
-    r.add_argument("-o", "--output", metavar="OUT.jsonl", help="with --questions: write results here")
+    r.add_argument(
+        "-o", "--output", metavar="OUT.jsonl", help="with --questions: write results here (never overwritten)"
+    )
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --questions and -o: run only the questions the results file lacks (same program and seed)",
+    )
     r.add_argument(
         "--calibration-out",
         metavar="FILE.json",

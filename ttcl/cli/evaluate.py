@@ -13,10 +13,23 @@ from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ttcl.errors import UsageError
 from ttcl.eval.datasets import load as load_dataset
-from ttcl.eval.evaluate import Eval, Summary, budget_param, dump_json, markdown, plot, summarize, summarize_by
+from ttcl.eval.evaluate import (
+    Eval,
+    Record,
+    Summary,
+    bind_budget,
+    budget_param,
+    dump_json,
+    markdown,
+    plot,
+    summarize,
+    summarize_by,
+)
+from ttcl.results import check_writable
 from ttcl.source import write_text
 
 
@@ -30,6 +43,10 @@ def eval_command(args, out: Console, err: Console) -> int:
     programs = [(_label(f, args.files), load(f, args.program, params_of(args))) for f in args.files]
     budgets = _budgets(args.budgets)
     output = args.output or _default_output(args.files, args.dataset)
+    # every output is checked, and the results file's records against this eval, before any work
+    check_writable({"--output": output, "--plot": args.plot, "--report": args.report})
+    if args.plot:
+        _need_matplotlib()
     runs = [
         (label, prog, b, budget_param(prog, args.budget_param) if b is not None else None)
         for label, prog in programs
@@ -43,7 +60,14 @@ def eval_command(args, out: Console, err: Console) -> int:
         console=err,
         transient=True,
     )
-    ev = Eval(output, data.questions, seed=args.seed, resume=args.resume, on_record=lambda r: progress.advance(bar))
+
+    def on_record(record: Record) -> None:
+        progress.advance(bar)
+        if record.error is not None:
+            err.print(Text("failed ", style="yellow"), Text(f"{record.program}: {record.error}"), sep="")
+
+    ev = Eval(output, data.questions, seed=args.seed, resume=args.resume, on_record=on_record, isolate=True)
+    ev.expect([(label, b, bind_budget(prog, b, param)) for label, prog, b, param in runs])
     keys = {(label, b) for label, _, b, _ in runs}
     with progress:
         bar = progress.add_task("questions", total=len(runs) * len(data.questions))
@@ -51,8 +75,10 @@ def eval_command(args, out: Console, err: Console) -> int:
         for label, prog, budget, param in runs:
             progress.update(bar, description=f"{label}" + (f" {param}={budget}" if param else ""))
             if not ev.run(prog, label, budget, param):
+                _notes(ev, err)
                 err.print(f"interrupted: {len(ev.records)} results are in {output}; run again with --resume to finish")
                 return 130
+    _notes(ev, err)
     records = [r for r in ev.records if (r.program, r.budget) in keys]
     summaries = summarize(records)
     by_bin = summarize_by(records, lambda r: r.bin)
@@ -66,6 +92,15 @@ def eval_command(args, out: Console, err: Console) -> int:
             for key, rows in groups.items():
                 _show(rows, f"{name} {key}", out)
         err.print(f"results: {output}")
+    failed = sum(r.failed for r in records)
+    if failed:
+        err.print(
+            Text(
+                f"{failed} question{'s' if failed != 1 else ''} failed (counted wrong); the reasons are "
+                f'in {output} ("error"), and above',
+                style="yellow",
+            )
+        )
     if args.plot:
         plot(summaries, args.plot, title=f"{data.name}, {len(data.questions)} questions")
     if args.report:
@@ -74,8 +109,10 @@ def eval_command(args, out: Console, err: Console) -> int:
 
 
 def _show(summaries: list[Summary], title: str, out: Console) -> None:
+    failures = any(s.failed for s in summaries)  # the column only where a question failed
     table = Table(title=title, box=box.SIMPLE_HEAD)
-    for column in ("program", "budget", "questions", "accuracy", "95% interval", "FLOPs/question", "tokens/question"):
+    columns = ["program", "budget", "questions", "accuracy", "95% interval", "FLOPs/question", "tokens/question"]
+    for column in columns + (["failed"] if failures else []):
         table.add_column(column, justify="left" if column == "program" else "right")
     for s in summaries:
         table.add_row(
@@ -86,8 +123,24 @@ def _show(summaries: list[Summary], title: str, out: Console) -> None:
             f"{s.low:.1%}–{s.high:.1%}",
             "" if s.flops is None else f"{s.flops:.3g}",
             f"{s.tokens:.0f}",
+            *([str(s.failed)] if failures else []),
         )
     out.print(table)
+
+
+def _notes(ev: Eval, err: Console) -> None:
+    """What the eval did to its results file (a torn last line cut off, and where the file as
+    it was is kept)."""
+    for note in ev.notes:
+        err.print(Text("note ", style="yellow"), Text(note), sep="")
+
+
+def _need_matplotlib() -> None:
+    """Refuse --plot before the work, not after it, where matplotlib is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib (pip install matplotlib)")
 
 
 def _budgets(text: str | None) -> Sequence[int | None]:
@@ -127,6 +180,8 @@ def optimize_command(args, out: Console, err: Console) -> int:
     for problem in data.skipped:
         err.print(f"[yellow]skipped[/] {problem}")
     output = args.runs or f"{Path(args.file).stem}.{_dataset_name(args.dataset)}.optimize.jsonl"
+    target = args.output or f"{Path(args.file).stem}.optimized.ttcl"
+    check_writable({"--runs": output, "--output": target, "--report": args.report})
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -135,7 +190,16 @@ def optimize_command(args, out: Console, err: Console) -> int:
         console=err,
         transient=True,
     )
-    ev = Eval(output, data.questions, seed=args.seed, resume=args.resume, on_record=lambda r: progress.advance(bar))
+    # a question that fails stops optimize (naming it): every arm needs a result for each question
+    ev = Eval(
+        output,
+        data.questions,
+        seed=args.seed,
+        resume=args.resume,
+        on_record=lambda r: progress.advance(bar),
+        option="--runs",
+        isolate=False,
+    )
     note = [
         f"chosen per difficulty bin on {data.name} ({len(data.questions)} questions, seed {args.seed}), "
         f"{probe} probes, arms at {args.budget - probe} generations"
@@ -154,6 +218,7 @@ def optimize_command(args, out: Console, err: Console) -> int:
             note,
             on_start=lambda label: progress.update(bar, description=label),
         )
+    _notes(ev, err)
     if found is None:
         err.print(f"interrupted: {len(ev.records)} results are in {output}; run again with --resume to finish")
         return 130
@@ -164,7 +229,6 @@ def optimize_command(args, out: Console, err: Console) -> int:
         f"{found.cv_flops:.3g} FLOPs per question (probes included)"
     )
     program, cv_accuracy, cv_flops = found.text, found.cv_accuracy, found.cv_flops
-    target = args.output or f"{Path(args.file).stem}.optimized.ttcl"
     write_text(target, program)
     if args.report:
         header = ["bin", "scores", "questions", *candidates, "winner"]

@@ -1,29 +1,53 @@
 """`ttcl run`: questions in, results out, shown with rich or written as JSON lines.
 
 Results of a `--questions` file are written one line each as soon as each question finishes,
-so an interrupted run keeps everything it computed.
+so an interrupted run keeps everything it computed. Each line says what it is a result of
+(its question's and its program's hashes, and its seed), so `--resume` can run only what the
+file lacks, and refuses a file written by another run. An existing results file is never
+overwritten. Every output path is checked before any model work. A question the model cannot
+take (a prompt longer than its context) gets a line with its "error", and the rest go on.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ttcl.cli.present import estimate_or_none
+from ttcl.errors import UsageError
 from ttcl.eval.datasets import read_jsonl
+from ttcl.eval.evaluate import run_isolating, where
 from ttcl.program import Program
-from ttcl.results import Result
+from ttcl.results import (
+    Result,
+    check_writable,
+    cut_torn_line,
+    end_line,
+    program_hash,
+    question_hash,
+    read_lines,
+)
 
 
 def run_command(args, program: Program, out: Console, err: Console) -> int:
+    _check_args(args)
+    earlier = None  # resuming: the calibration the earlier run wrote, merged with this one's
+    if args.resume and args.calibration_out and Path(args.calibration_out).exists():
+        from ttcl.cost.calibration import Calibration
+
+        earlier = Calibration.load(args.calibration_out)
     if args.question is not None:
         with err.status(f"running {program.name} ({program.ir.generations} generations)"):
             result = program.run(args.question, seed=args.seed, answer=args.answer, time_limit=args.time_limit)
-        results = [result]
+        results = {0: result}
         if args.json:
             sys.stdout.write(result.model_dump_json(exclude={"trace"}, indent=1) + "\n")
         else:
@@ -33,19 +57,46 @@ def run_command(args, program: Program, out: Console, err: Console) -> int:
     if args.calibration_out:
         from ttcl.cost.fit import calibrate
 
-        calibrate(program.graph, results).save(args.calibration_out)
+        measured = calibrate(program.graph, list(results.values()))
+        (measured if earlier is None else earlier.merge(measured)).save(args.calibration_out)
     if args.trace:
-        with open(args.trace, "w", encoding="utf-8") as f:
-            for i, r in enumerate(results):
-                for e in r.trace:
-                    f.write(json.dumps({"question": i, **e.model_dump()}) + "\n")
-    return 130 if any(r.stopped == "interrupted" for r in results) else 0
+        try:  # resuming: after the earlier run's events
+            with open(args.trace, "a" if args.resume else "w", encoding="utf-8") as f:
+                for i, r in results.items():
+                    for e in r.trace:
+                        f.write(json.dumps({"question": i, **e.model_dump()}) + "\n")
+        except OSError as e:
+            raise UsageError(f"--trace {args.trace}: cannot write: {e.strerror or e}") from None
+    return 130 if any(r.stopped == "interrupted" for r in results.values()) else 0
 
 
-def run_file(args, program: Program, err: Console) -> list[Result]:
+def _check_args(args) -> None:
+    """Refuse what cannot work before any model work: a time limit that is not a positive
+    number of seconds, an output that cannot be written, or results that would be lost."""
+    limit = args.time_limit
+    if limit is not None and not (math.isfinite(limit) and limit > 0):
+        raise UsageError(f"--time-limit takes a positive number of seconds, not {limit}")
+    if args.question is not None and args.output:
+        raise UsageError("-o/--output writes the results of --questions; with -q, use --json (and redirect it)")
+    if args.resume and not (args.questions and args.output):
+        raise UsageError("--resume continues a --questions run in its -o/--output file; give both")
+    check_writable({"--output": args.output, "--trace": args.trace, "--calibration-out": args.calibration_out})
+
+
+def run_file(args, program: Program, err: Console) -> dict[int, Result]:
+    """Run a questions file; its results (those this run computed) by question index."""
     questions = read_jsonl(args.questions, strict=True, need_answers=False).questions
-    sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    done: dict[int, Result] = {}
+    hashes = [question_hash(q["question"]) for q in questions]
+    digest = program_hash(program.ir)
+    done: set[int] = set()
+    if args.output:
+        done = _answered(args.output, hashes, digest, args.seed, err) if args.resume else _fresh(args.output)
+    todo = [i for i in range(len(questions)) if i not in done]
+    try:
+        sink = open(args.output, "a", encoding="utf-8") if args.output else sys.stdout
+    except OSError as e:
+        raise UsageError(f"--output {args.output}: cannot write: {e.strerror or e}") from None
+    results: dict[int, Result] = {}
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -54,24 +105,112 @@ def run_file(args, program: Program, err: Console) -> list[Result]:
         console=err,
         transient=True,
     )
+    identity = {"seed": args.seed, "program_hash": digest}
 
-    def on_result(index: int, result: Result) -> None:
-        done[index] = result
-        line = {
-            "index": index,
-            "answer_expected": questions[index]["answer"],
-            **result.model_dump(exclude={"trace", "candidates"}),
-        }
+    def write(line: dict[str, Any]) -> None:
         sink.write(json.dumps(line) + "\n")
         sink.flush()
         progress.advance(task)
 
-    with progress:
-        task = progress.add_task("questions", total=len(questions))
-        results = program.run_many(questions, seed=args.seed, time_limit=args.time_limit, on_result=on_result)
-    if sink is not sys.stdout:
-        sink.close()
+    def on_result(index: int, result: Result) -> None:
+        results[index] = result
+        write(
+            {
+                "index": index,
+                "answer_expected": questions[index]["answer"],
+                **result.model_dump(exclude={"trace", "candidates"}),
+                "question_hash": hashes[index],
+                **identity,
+            }
+        )
+
+    def on_failure(index: int, reason: str) -> None:
+        message = f"{where(questions[index], index)}: {reason}"
+        err.print(Text("failed ", style="yellow"), Text(message), sep="")
+        write(
+            {
+                "index": index,
+                "answer_expected": questions[index]["answer"],
+                "question": questions[index]["question"],
+                "answer": None,
+                "error": message,
+                "question_hash": hashes[index],
+                **identity,
+            }
+        )
+
+    try:
+        with progress:
+            task = progress.add_task("questions", total=len(todo))
+            run_isolating(program, questions, todo, on_result, on_failure, seed=args.seed, time_limit=args.time_limit)
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
     return results
+
+
+def _fresh(path: str) -> set[int]:
+    """Refuse to overwrite results: an output that already holds some needs --resume."""
+    target = Path(path)
+    if target.is_file() and target.stat().st_size:
+        raise UsageError(
+            f"{path} already holds results: --resume to continue it, or choose another --output "
+            "(nothing is overwritten)"
+        )
+    return set()
+
+
+def _answered(path: str, hashes: list[str], digest: str, seed: int, err: Console) -> set[int]:
+    """The questions a results file already answers, after checking each line is a result of
+    this questions file, program and seed (else `UsageError` saying what differs). A torn
+    last line is cut off, the file as it was kept in PATH.torn. A question whose line says it
+    was interrupted runs again; its new line follows."""
+    lines, torn = read_lines(path)
+    found: dict[str, str] = {}
+    answered: set[int] = set()
+    for number, text in lines:
+        try:
+            line = json.loads(text)
+        except (ValueError, RecursionError):
+            line = None
+        if not isinstance(line, dict) or not isinstance(line.get("index"), int):
+            raise UsageError(f"{path}:{number}: not a result of `ttcl run --questions`; is this a results file?")
+        if not all(isinstance(line.get(k), str) for k in ("question_hash", "program_hash")):
+            raise UsageError(
+                f"{path} was written by an older TTCL: its lines do not say which questions and program "
+                f"they are results of, so --resume cannot check they belong to this run; choose another "
+                f"--output, or remove {path} to start over"
+            )
+        index = line["index"]
+        if line.get("seed") != seed:
+            found.setdefault("seed", f"the seed differs (--seed {line.get('seed')} in the file, {seed} now)")
+        if not 0 <= index < len(hashes) or line["question_hash"] != hashes[index]:
+            found.setdefault(
+                "questions", f"the questions differ (line {number} is not a result of question {index} of this file)"
+            )
+        if line["program_hash"] != digest:
+            found.setdefault(
+                "program", "the program differs (edited since, another --program, or other --param values?)"
+            )
+        if line.get("stopped") != "interrupted":
+            answered.add(index)
+    if found:
+        raise UsageError(
+            f"{path} holds results of another run: " + "; ".join(found.values()) + ". --resume only continues "
+            f"the run that wrote the file: choose another --output for this one, or remove {path} to start over"
+        )
+    if torn is not None:
+        backup = cut_torn_line(path, torn)
+        err.print(
+            Text("note ", style="yellow"),
+            Text(
+                f"{path}: its last line was torn (a write cut short) and is cut off; the file as it was is kept in "
+                f"{backup}; that question runs again"
+            ),
+            sep="",
+        )
+    end_line(path)
+    return answered
 
 
 def show(result: Result, out: Console, estimate=None) -> None:

@@ -14,8 +14,9 @@ computed by Python, so grading is exact:
     4  multi-step expressions with parentheses          What is (23 + 17) * 3 - 12?
     5  short word problems of two or three steps        A shop has 48 apples...
 
-Every level has several hundred distinct questions or more; the same seed gives the same
-questions in the same order.
+Every level has several hundred distinct questions or more (`SIZES`: 810 at level 1); the same
+seed gives the same questions in the same order, and asking for more than a level has is
+refused at once.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from ttcl.errors import UsageError
 from ttcl.runtime.answers import normalize
 
 LEVELS = (1, 2, 3, 4, 5)
+# the distinct questions of each level, counted from its maker's ranges below:
+# 9² + 9³; 90·90 sums + 90·91/2 differences; 18·8·2·50; 40·48·2·5·2·30; 10·8·71·18·4·10·2
+SIZES = {1: 810, 2: 12195, 3: 14400, 4: 1_152_000, 5: 8_179_200}
 _GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$")
 
 
@@ -63,14 +67,22 @@ def _arith_spec(spec: str, n: int, seed: int) -> list[dict]:
     if not (low.isdigit() and high.isdigit() and int(low) in LEVELS and int(high) in LEVELS and low <= high):
         raise UsageError(f"unknown dataset {spec!r}: arith levels are arith:1 to arith:5, or a range arith:1-2")
     levels = range(int(low), int(high) + 1)
+    most = len(levels) * min(SIZES[level] for level in levels)
+    if n > most:
+        fewest = min(levels, key=lambda level: SIZES[level])
+        raise UsageError(
+            f"--limit {n} is more than {spec} has: level {fewest} has {SIZES[fewest]} distinct questions"
+            + (f", so {spec} (levels interleaved) has at most {most}" if len(levels) > 1 else "")
+        )
     per_level = [arith(-(-n // len(levels)), level, seed) for level in levels]
     return [q for group in zip(*per_level) for q in group][:n]
 
 
 def read_jsonl(path: str, strict: bool = False, need_answers: bool = True) -> Dataset:
     """Questions from a JSONL file, one {"question", "answer"} object per line (blank lines
-    are fine). A GSM8K answer's "#### N" is its final answer. Without `need_answers` an
-    answer is optional (None where absent)."""
+    are fine); each question also holds its "line" number, for messages. A GSM8K answer's
+    "#### N" is its final answer. Without `need_answers` an answer is optional (None where
+    absent)."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -82,7 +94,7 @@ def read_jsonl(path: str, strict: bool = False, need_answers: bool = True) -> Da
         if not line.strip():
             continue
         try:
-            data.questions.append(_question(line, need_answers))
+            data.questions.append({**_question(line, need_answers), "line": number})
         except ValueError as e:
             problem = f"{path}:{number}: {e}"
             if strict:
@@ -98,6 +110,8 @@ def _question(line: str, need_answer: bool) -> dict:
         item = json.loads(line)
     except json.JSONDecodeError as e:
         raise ValueError(f"not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
     if not isinstance(item, dict) or not isinstance(item.get("question"), str) or not item["question"].strip():
         raise ValueError('expected an object with a "question" string')
     answer = item.get("answer")
@@ -115,16 +129,18 @@ def arith(n: int, level: int, seed: int = 0) -> list[dict]:
     """n distinct questions of `level`, as {"question", "answer", "level"} dicts."""
     if level not in LEVELS:
         raise ValueError(f"arith levels are 1 to 5, not {level}")
+    if n > SIZES[level]:  # drawing could never find them all
+        raise UsageError(f"arith level {level} has fewer than {n} distinct questions (it has {SIZES[level]})")
     rng = random.Random(f"arith:{level}:{seed}")
     make = _MAKERS[level - 1]
     seen: dict[str, int] = {}
-    for _ in range(100 * n):  # level 1 has 810 distinct questions; the others far more
+    for _ in range(100 * n):  # far more draws than finding n of SIZES[level] questions takes
         if len(seen) == n:
             break
         question, answer = make(rng)
         seen.setdefault(question, answer)
-    else:
-        raise UsageError(f"arith level {level} has fewer than {n} distinct questions")
+    if len(seen) < n:
+        raise UsageError(f"arith level {level}: found only {len(seen)} of {n} distinct questions")
     return [{"question": q, "answer": str(a), "level": level} for q, a in seen.items()]
 
 

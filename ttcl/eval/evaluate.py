@@ -6,6 +6,19 @@ file already holds and runs the rest. Ctrl-C stops the batch in flight: question
 finished are not written, and run again on resume. A question's result does not depend on
 which questions share its batch (the runtime's seeds and the backend are batch-invariant),
 so a resumed eval gives what an uninterrupted one would have.
+
+A record says what it is a result of: its question (a hash of the text), its program (a hash
+of the bound program's IR, `ttcl.results.program_hash`), its seed and its budget. Resuming
+checks every record against the eval before anything runs, and refuses a file written by
+another dataset, program, seed or set of budgets, so old numbers are never reported as new.
+A torn last line is cut off (the file's bytes are kept in FILE.torn first).
+
+A question the model cannot take (a prompt longer than its context) fails alone: the batch
+it broke is run again in halves until it is by itself, and it is recorded as failed (counted
+wrong, its reason in the record and its count in the summary) while the rest go on.
+
+Why one module: the record's format, the checks a resumed file must pass, the runs that append
+to it and the summaries read from it change together; split, each would need the others.
 """
 
 from __future__ import annotations
@@ -20,9 +33,10 @@ from typing import cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ttcl.backends.base import BackendError
 from ttcl.errors import UsageError
 from ttcl.program import Program
-from ttcl.results import Result
+from ttcl.results import Result, cut_torn_line, end_line, program_hash, question_hash, read_lines
 from ttcl.runtime.answers import same_answer
 
 
@@ -47,10 +61,18 @@ class Record(BaseModel):
     generations: int
     seed: int
     elapsed_s: float
+    # what the result is of, checked on resume (None only in files of older versions)
+    question_hash: str | None = None  # `ttcl.results.question_hash` of `question`
+    program_hash: str | None = None  # `ttcl.results.program_hash` of the program as bound
+    error: str | None = None  # why the question failed (then counted wrong); None: it ran
 
     @property
     def key(self) -> tuple[str, int | None, int]:
         return (self.program, self.budget, self.index)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
 
 
 class Summary(BaseModel):
@@ -63,8 +85,9 @@ class Summary(BaseModel):
     accuracy: float
     low: float
     high: float
-    flops: float | None  # mean per question
+    flops: float | None  # mean per question that ran (failed ones spent nothing measured)
     tokens: float
+    failed: int = 0  # questions that could not run (counted wrong), such as a prompt too long
 
 
 def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -100,29 +123,118 @@ def budget_param(program: Program, name: str | None) -> str:
 def read_records(path: str | Path) -> list[Record]:
     """The records of a results file. A torn last line (a process killed mid-write) is
     dropped; a malformed line elsewhere is an error naming it."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return []
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    return _read(path)[0]
+
+
+def _read(path: str | Path) -> tuple[list[Record], int | None]:
+    """The records, and where a torn last line starts (see `ttcl.results.read_lines`)."""
+    lines, torn = read_lines(path)
     records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for number, line in lines:
         try:
             records.append(Record.model_validate_json(line))
         except ValidationError:
-            if number == len(lines):
-                break  # the write a killed process left half done: that question runs again
             raise UsageError(f"{path}:{number}: not an eval record; is this a `ttcl eval` results file?") from None
-    return records
+    return records, torn
+
+
+# the messages of backend errors that are one question's, not the model's or the program's
+_PER_QUESTION = (
+    "context overflow",  # ttcl's own backends (`chat.prompt_tokens`)
+    "context length",  # servers: "maximum context length is ..."
+    "context window",
+    "too long",
+    "too many tokens",
+    "prompt is empty",
+    "(http 400)",  # a server refusing this request, not failing
+    "(http 413)",
+    "(http 422)",
+)
+
+
+def per_question(error: BackendError) -> bool:
+    """Whether a backend error is one question's own (its prompt longer than the model's
+    context, say), so other questions can still run; any other stops the eval."""
+    text = error.message.lower()
+    return any(marker in text for marker in _PER_QUESTION)
+
+
+def where(question: dict, index: int) -> str:
+    """A question for messages: `question 3`, or `question 3 (dataset line 7)` from a file."""
+    line = question.get("line")
+    return f"question {index}" + (f" (dataset line {line})" if line is not None else "")
+
+
+def run_isolating(
+    program: Program,
+    questions: list[dict],
+    indices: list[int],
+    on_result: Callable[[int, Result], None],
+    on_failure: Callable[[int, str], None] | None = None,
+    seed: int = 0,
+    backend=None,
+    time_limit: float | None = None,
+) -> bool:
+    """Run `questions[i]` for each i in `indices` batched together, reporting each as
+    `on_result(i, result)` as it finishes. If the batch fails with one question's error
+    (`per_question`), the questions it had not finished run again split in halves, batched,
+    until the one that fails is alone: `on_failure(i, reason)` gets it and the rest go on
+    (without `on_failure`, the error is raised naming it). Any other error is raised, naming
+    the question when only it was left. Returns False if interrupted (Ctrl-C); interrupted
+    results are reported."""
+    if not indices:
+        return True
+    finished: set[int] = set()
+    held: list[tuple[int, Result]] = []  # reported once the batch is known not to have failed
+
+    def report(position: int, result: Result) -> None:
+        index = indices[position]
+        if result.stopped == "interrupted":
+            held.append((index, result))
+            return
+        finished.add(index)
+        on_result(index, result)
+
+    try:
+        program.run_many(
+            [questions[i] for i in indices], seed=seed, backend=backend, time_limit=time_limit, on_result=report
+        )
+    except BackendError as e:
+        rest = [i for i in indices if i not in finished]
+        if len(rest) == 1:  # the question that failed: it alone was left
+            if on_failure is None or not per_question(e):
+                raise BackendError(f"{where(questions[rest[0]], rest[0])}: {e.message}") from None
+            on_failure(rest[0], e.message)
+            return True
+        if not per_question(e):
+            raise
+        if not rest:
+            return True
+        half = len(rest) // 2
+        return all(
+            run_isolating(program, questions, part, on_result, on_failure, seed, backend, time_limit)
+            for part in (rest[:half], rest[half:])
+        )
+    for index, result in held:
+        on_result(index, result)
+    return not held
+
+
+def bind_budget(program: Program, budget: int | None, param: str | None) -> Program:
+    """The program with `param` bound to `budget` (as written without a param or a budget)."""
+    return program.bind(**{param: budget}) if param is not None and budget is not None else program
 
 
 class Eval:
     """Runs programs over questions at budgets, appending a `Record` per finished question.
 
-    `on_record(record)` is called after each is written (for a progress display)."""
+    `on_record(record)` is called after each is written (for a progress display). With
+    `resume`, the file's records must be of these questions and this seed (else `UsageError`,
+    naming what differs; `option` is the flag that names the file, for that message). `notes`
+    says what was done to the file before the first append (a torn last line cut off). With
+    `isolate` (what `ttcl eval` does) a question that fails on its own (`per_question`) is
+    recorded as failed and the rest go on; without it (what `optimize`, which needs a result
+    of every question, does) it stops the eval with an error naming the question."""
 
     def __init__(
         self,
@@ -132,60 +244,156 @@ class Eval:
         resume: bool = False,
         backend=None,
         on_record: Callable[[Record], None] | None = None,
+        option: str = "--output",
+        isolate: bool = False,
     ):
         self.path = Path(path)
         self.questions = questions
+        self.hashes = [question_hash(q["question"]) for q in questions]
         self.seed = seed
         self.backend = backend
         self.on_record = on_record or (lambda record: None)
+        self.option = option
+        self.isolate = isolate
+        self.notes: list[str] = []
         if self.path.exists() and self.path.stat().st_size and not resume:
             raise UsageError(
                 f"{self.path} already holds results: --resume to continue it, or choose "
-                "another --output (nothing is overwritten)"
+                f"another {option} (nothing is overwritten)"
             )
-        self.records = read_records(self.path) if resume else []
-        self._truncate_torn_line()
+        self.records: list[Record] = []
+        self.torn: int | None = None  # where the file's torn last line starts, until it is cut
+        if resume:
+            self.records, self.torn = _read(self.path)
+            self._check_records()
 
-    def _truncate_torn_line(self) -> None:
-        """Rewrite the file without a torn last line, so appends start on a line of their own."""
-        if self.path.exists():
-            text = self.path.read_text(encoding="utf-8")
-            if text and not text.endswith("\n"):
-                self.path.write_text("".join(r.model_dump_json() + "\n" for r in self.records), encoding="utf-8")
+    def _mend(self) -> None:
+        """Before the first append: cut a torn last line (the file as it was kept beside it)
+        and end the last line, so every record starts a line of its own. A resume refused by
+        a check never gets here, so it leaves the file as it was."""
+        if self.torn is not None:
+            backup = cut_torn_line(self.path, self.torn)
+            self.torn = None
+            self.notes.append(
+                f"{self.path}: its last line was torn (a write cut short) and is cut off; "
+                f"the file as it was is kept in {backup}; that question runs again"
+            )
+        end_line(self.path)
+
+    # ---- what a resumed file must be ------------------------------------------------------
+
+    def _refuse(self, differences: list[str]) -> UsageError:
+        return UsageError(
+            f"{self.path} holds results of another run: " + "; ".join(differences) + ". --resume only "
+            f"continues the run that wrote the file: choose another {self.option} for this one, or "
+            f"remove {self.path} to start over"
+        )
+
+    def _check_records(self) -> None:
+        """Every record must say what it is of, and be of these questions and this seed."""
+        if any(r.question_hash is None or r.program_hash is None for r in self.records):
+            raise UsageError(
+                f"{self.path} was written by an older TTCL: its records do not say which questions "
+                f"and program they are results of, so --resume cannot check they belong to this run; "
+                f"choose another {self.option}, or remove {self.path} to start over"
+            )
+        found: dict[str, str] = {}
+        n = len(self.questions)
+        for r in self.records:
+            if r.seed != self.seed:
+                found.setdefault("seed", f"the seed differs (--seed {r.seed} in the file, {self.seed} now)")
+            if r.index >= n:
+                found.setdefault(
+                    "dataset",
+                    f"the dataset differs (the file has a result for question {r.index}, and this "
+                    f"dataset has {n} questions: another dataset, or a smaller --limit?)",
+                )
+            elif r.question_hash != self.hashes[r.index]:
+                found.setdefault(
+                    "dataset",
+                    f"the dataset differs (question {r.index} in the file is {_short(r.question)!r}, "
+                    f"in this dataset {_short(self.questions[r.index]['question'])!r})",
+                )
+        if found:
+            raise self._refuse(list(found.values()))
+
+    def expect(self, runs: list[tuple[str, int | None, Program]]) -> None:
+        """Check the file's records against every run this eval will make, (label, budget,
+        bound program), before any runs: each record must be of one of them, by the same
+        program. Refuses (naming what differs) a record of an edited program, of another
+        program, or of a budget this eval does not run."""
+        plan = {(label, budget): program_hash(program.ir) for label, budget, program in runs}
+        budgets: dict[str, list[int | None]] = defaultdict(list)
+        for label, budget in plan:
+            budgets[label].append(budget)
+        found: dict[str, str] = {}
+        for r in self.records:
+            digest = plan.get((r.program, r.budget))
+            if digest is None and r.program in budgets:
+                found.setdefault(
+                    "budget",
+                    f"the budgets differ (the file has `{r.program}` at {_budget(r.budget)}, and this "
+                    f"eval runs it at {', '.join(_budget(b) for b in budgets[r.program])})",
+                )
+            elif digest is None:
+                found.setdefault(
+                    "program",
+                    f"the programs differ (the file has results of `{r.program}`, which this eval does not run)",
+                )
+            elif r.program_hash != digest:
+                found.setdefault("program", _edited(r.program, r.budget))
+        if found:
+            raise self._refuse(list(found.values()))
+
+    # ---- running --------------------------------------------------------------------------
 
     def run(self, program: Program, label: str, budget: int | None = None, param: str | None = None) -> bool:
         """Run `program` (with `param` bound to `budget`, if a param is named) on every question
         not yet recorded for (label, budget). Returns False if it was interrupted."""
-        bound = program.bind(**{param: budget}) if param is not None and budget is not None else program
+        bound = bind_budget(program, budget, param)
+        digest = program_hash(bound.ir)
+        if any((r.program, r.budget) == (label, budget) and r.program_hash != digest for r in self.records):
+            raise self._refuse([_edited(label, budget)])
         probes = {n for n, op in bound.graph.nodes(data="op") if op == "difficulty"}
         done = {r.key for r in self.records}
         todo = [i for i in range(len(self.questions)) if (label, budget, i) not in done]
         if not todo:
             return True
-        interrupted = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._mend()
             sink = open(self.path, "a", encoding="utf-8")
         except OSError as e:
             raise UsageError(f"{self.path}: cannot write: {e.strerror or e}") from None
         with sink:
 
-            def write(position: int, result: Result) -> None:
-                nonlocal interrupted
-                if result.stopped == "interrupted":
-                    interrupted = True
-                    return  # unfinished: it runs again on resume
-                record = self._record(label, budget, todo[position], result, probes)
+            def append(record: Record) -> None:
                 sink.write(record.model_dump_json() + "\n")
                 sink.flush()
                 os.fsync(sink.fileno())  # a killed process keeps every line it reported
                 self.records.append(record)
                 self.on_record(record)
 
-            bound.run_many([self.questions[i] for i in todo], seed=self.seed, backend=self.backend, on_result=write)
-        return not interrupted
+            def write(index: int, result: Result) -> None:
+                if result.stopped != "interrupted":  # unfinished: it runs again on resume
+                    append(self._record(label, budget, index, result, probes, digest))
 
-    def _record(self, label: str, budget: int | None, index: int, result: Result, probes: set[int]) -> Record:
+            def fail(index: int, reason: str) -> None:
+                append(self._failed(label, budget, index, reason, digest))
+
+            return run_isolating(
+                bound,
+                self.questions,
+                todo,
+                write,
+                fail if self.isolate else None,
+                seed=self.seed,
+                backend=self.backend,
+            )
+
+    def _record(
+        self, label: str, budget: int | None, index: int, result: Result, probes: set[int], digest: str
+    ) -> Record:
         q = self.questions[index]
         scores = [e.detail["mean_score"] for e in result.trace if e.event == "difficulty"]
         probed = [same_answer(c.answer, q["answer"]) for c in result.candidates if c.node in probes]
@@ -206,7 +414,45 @@ class Eval:
             generations=result.cost.generations,
             seed=result.seed,
             elapsed_s=result.elapsed_s,
+            question_hash=self.hashes[index],
+            program_hash=digest,
         )
+
+    def _failed(self, label: str, budget: int | None, index: int, reason: str, digest: str) -> Record:
+        q = self.questions[index]
+        return Record(
+            program=label,
+            budget=budget,
+            index=index,
+            question=q["question"],
+            expected=q["answer"],
+            answer=None,
+            correct=False,
+            level=q.get("level"),
+            flops=None,
+            tokens=0,
+            generations=0,
+            seed=self.seed,
+            elapsed_s=0.0,
+            question_hash=self.hashes[index],
+            program_hash=digest,
+            error=f"{where(q, index)}: {reason}",
+        )
+
+
+def _short(text: str, most: int = 40) -> str:
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def _budget(budget: int | None) -> str:
+    return "the budget as written" if budget is None else f"budget {budget}"
+
+
+def _edited(label: str, budget: int | None) -> str:
+    return (
+        f"the program differs (`{label}` at {_budget(budget)} is not the program that wrote its "
+        "results: edited since, or other --param values?)"
+    )
 
 
 def summarize(records: list[Record]) -> list[Summary]:
@@ -230,7 +476,8 @@ def summarize_by(records: list[Record], key: Callable[[Record], int | None]) -> 
 def _summary(program: str, budget: int | None, records: list[Record]) -> Summary:
     n, correct = len(records), sum(r.correct for r in records)
     low, high = wilson(correct, n)
-    flops = None if any(r.flops is None for r in records) else sum(cast(float, r.flops) for r in records) / n
+    ran = [r for r in records if not r.failed]  # a failed question's cost is not measured
+    flops = None if not ran or any(r.flops is None for r in ran) else sum(cast(float, r.flops) for r in ran) / len(ran)
     return Summary(
         program=program,
         budget=budget,
@@ -240,7 +487,8 @@ def _summary(program: str, budget: int | None, records: list[Record]) -> Summary
         low=low,
         high=high,
         flops=flops,
-        tokens=sum(r.tokens for r in records) / n,
+        tokens=sum(r.tokens for r in ran) / len(ran) if ran else 0.0,
+        failed=n - len(ran),
     )
 
 
@@ -293,15 +541,17 @@ def markdown(summaries: list[Summary], by_bin: dict[int, list[Summary]], title: 
 
 
 def _md_table(summaries: list[Summary]) -> str:
+    failures = any(s.failed for s in summaries)  # the column only where a question failed
     rows = [
-        "| program | budget | questions | accuracy | 95% interval | FLOPs/question | tokens/question |",
-        "|---|---|---|---|---|---|---|",
+        "| program | budget | questions | accuracy | 95% interval | FLOPs/question | tokens/question |"
+        + (" failed |" if failures else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if failures else ""),
     ]
     for s in summaries:
         flops = "" if s.flops is None else f"{s.flops:.3g}"
         rows.append(
             f"| {s.program} | {'' if s.budget is None else s.budget} | {s.questions} | {s.accuracy:.1%} | "
-            f"{s.low:.1%}–{s.high:.1%} | {flops} | {s.tokens:.0f} |"
+            f"{s.low:.1%}–{s.high:.1%} | {flops} | {s.tokens:.0f} |" + (f" {s.failed} |" if failures else "")
         )
     return "\n".join(rows)
 

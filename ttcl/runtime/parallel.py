@@ -9,8 +9,11 @@ keeps at most `concurrency` HTTP requests in flight over all of them.
 
 Each thread reads its models through a session of the shared backend (`session()`), so the
 cost of a batch, read as the change in the session's counters, is that question's alone.
-Ctrl-C, or a server that fails for one question, stops every thread at its next request:
-finished questions are reported as they finish, unfinished ones as interrupted.
+Ctrl-C, or a failure in one question's thread (a server's error, or any other exception),
+stops every thread at its next request: finished questions are reported as they finish, and
+unfinished ones as interrupted. Then a failure is raised as itself (the first one, if several
+threads failed), so only a real Ctrl-C reads as an interruption; results already reported
+stay reported.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import networkx as nx
 
 from ttcl.backends.base import Backend, as_backend
-from ttcl.errors import TTCLError
 from ttcl.results import Result
 from ttcl.runtime.executor import Executor, Limits
 
@@ -47,7 +49,7 @@ def run_concurrently(
     cancel = threading.Event()
     lock = threading.Lock()
     results: list[Result | None] = [None] * len(questions)
-    failures: list[TTCLError] = []
+    failures: list[BaseException] = []  # the errors that stopped question threads, first first
 
     def report(index: int, result: Result) -> None:
         with lock:
@@ -67,8 +69,11 @@ def run_concurrently(
 
         try:
             Executor(graph, session, thresholds, lambda _, r: report(index, r)).run([questions[index]], seed, limits)
-        except TTCLError as e:
-            failures.append(e)
+        except KeyboardInterrupt:  # the executor stops on `cancel` itself; this is a late one
+            cancel.set()
+        except BaseException as e:  # a TTCLError or not: raised below as itself, not as "interrupted"
+            with lock:
+                failures.append(e)
             cancel.set()
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ttcl-question")

@@ -8,11 +8,12 @@ P(Yes) needs a forward pass), so verifier passes are batched with everything els
 from __future__ import annotations
 
 import math
+import numbers
 import re
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 
 from ttcl.backends.base import GenerationRequest
-from ttcl.errors import TTCLError
+from ttcl.errors import TTCLError, UsageError
 from ttcl.prompts import solve_messages, verify_messages
 from ttcl.results import Candidate
 from ttcl.runtime.answers import same_answer
@@ -26,6 +27,13 @@ def register_verifier(name: str, fn: Callable[[str, list[str]], list[float] | fl
 
     It returns one score in [0, 1] per step, or one score for the whole answer.
     """
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"register_verifier: the name must be a non-empty string, not {name!r}")
+    if not callable(fn):
+        raise UsageError(
+            f"register_verifier({name!r}, ...): expected a function fn(question, steps) -> scores, "
+            f"got {type(fn).__name__}"
+        )
     REGISTERED[name] = fn
 
 
@@ -122,11 +130,61 @@ def _registered(question, candidates, verifier, truth):
     for c in candidates:
         try:
             s = fn(question, list(c.steps))
-            out.append([float(x) for x in s] if isinstance(s, (list, tuple)) else [float(s)])
         except Exception as e:  # user code: report it as a program error, not a traceback
             raise TTCLError(f"registered verifier {verifier['name']!r} failed: {type(e).__name__}: {e}") from e
+        out.append(checked_scores(s, len(c.steps), verifier["name"]))
     return out
     yield
+
+
+def checked_scores(returned: object, steps: int, name: str) -> list[float]:
+    """What a registered verifier returned for a candidate of `steps` steps, as its scores:
+    one number in [0, 1] (for the whole answer), or a sequence of them, one per step (a
+    sequence of one counts as a whole-answer score). Anything else is a `TTCLError` naming
+    the verifier, never a score taken as it is."""
+    expected = f"it must return one score in [0, 1] per step ({steps}) or one for the whole answer"
+    if isinstance(returned, numbers.Real):
+        values: list[object] = [returned]
+    elif isinstance(returned, (str, bytes, bytearray, Mapping)) or returned is None:
+        raise TTCLError(f"registered verifier {name!r} returned a {type(returned).__name__}; {expected}")
+    else:
+        try:
+            values = list(returned)  # type: ignore[call-overload]  # any iterable, a numpy array too
+        except TypeError:
+            raise TTCLError(f"registered verifier {name!r} returned a {type(returned).__name__}; {expected}") from None
+        except Exception as e:  # a generator of scores that fails is user code failing
+            raise TTCLError(f"registered verifier {name!r} failed: {type(e).__name__}: {e}") from e
+        if len(values) not in (steps, 1):
+            raise TTCLError(
+                f"registered verifier {name!r} returned {len(values)} scores for a candidate of {steps} "
+                f"step{'s' * (steps != 1)}; {expected}"
+            )
+    scores = []
+    for value in values:
+        if not isinstance(value, numbers.Real):
+            raise TTCLError(
+                f"registered verifier {name!r} returned a score of type {type(value).__name__} ({_show(value)}); "
+                "scores are numbers in [0, 1]"
+            )
+        try:
+            number = float(value)
+        except (OverflowError, ValueError):  # an int or Fraction far past 1
+            number = math.inf
+        if not 0.0 <= number <= 1.0:  # NaN fails this too
+            raise TTCLError(
+                f"registered verifier {name!r} returned the score {_show(value)}; scores are numbers in [0, 1]"
+            )
+        scores.append(number)
+    return scores
+
+
+def _show(value: object) -> str:
+    """A short repr of a value from user code, for a message."""
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ is the user's too
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _oracle(question, candidates, verifier, truth):
