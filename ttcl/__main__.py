@@ -2,6 +2,10 @@
 
 import sys
 
-from ttcl.cli.app import main
+try:
+    from ttcl.cli import main
+except KeyboardInterrupt:  # Ctrl-C in the moment the (light) entry module loads
+    sys.stderr.write("interrupted\n")
+    sys.exit(130)
 
 sys.exit(main())

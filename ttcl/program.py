@@ -4,6 +4,10 @@
 
 `compile(text)` and `load(path)` are the public entry points; a `.json` path loads a compiled
 artifact instead of a source file.
+
+Why one module: it is the library's front door, `compile()` chaining the named steps and
+`Program` running what they built; the checks of what an app passes in (questions, seeds,
+limits, backends, parameters) sit beside the methods that take them, so the API reads whole.
 """
 
 from __future__ import annotations

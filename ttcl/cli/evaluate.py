@@ -172,7 +172,8 @@ def optimize_command(args, out: Console, err: Console) -> int:
     text = read_source(args.file)
     base = opt.read_base(text, args.file, args.program or "main")
     verifier = _verifier(args.verifier, opt.verifiers(text, args.file))
-    probe = args.probe or base.probe or 4
+    probe = args.probe if args.probe is not None else (base.probe or 4)
+    opt.check_options(args.budget, probe, args.bins)  # before the dataset is read
     candidates = args.candidate or base.arms or opt.default_space(opt.arm_budget(args.budget, probe), verifier)
     for expr in candidates:  # each must compile, before anything runs
         base.program(expr)

@@ -64,8 +64,10 @@ class Calibration(BaseModel):
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise UsageError(f"calibration file not found: {path}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
             raise UsageError(f"{path}: not a calibration file ({e})") from None
+        except RecursionError:
+            raise UsageError(f"{path}: not a calibration file (JSON nested too deeply)") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise UsageError(f'{path}: not a calibration file (no "format": "{FORMAT}")')
         try:

@@ -30,6 +30,7 @@ from ttcl.formatter import format_source, layout
 from ttcl.parser import parse
 from ttcl.program import Program, compile
 from ttcl.runtime.ops import difficulty_bin
+from ttcl.signatures import DIFFICULTY, MAX_COUNT, Param
 
 IMPORTS = ('import "parallel"', 'import "search"', 'import "revision"')
 PROBE_LABEL = "probe"
@@ -118,9 +119,20 @@ def quantile_thresholds(values: list[float], bins: int = 5) -> list[float]:
         low, frac = int(position), position - int(position)
         high = min(low + 1, len(ordered) - 1)
         cuts.append(round(ordered[low] + frac * (ordered[high] - ordered[low]), 4))
-    for i in range(1, len(cuts)):  # strictly ascending, as the language requires
+    return _ascending_in_unit(cuts)
+
+
+def _ascending_in_unit(cuts: list[float]) -> list[float]:
+    """Cut points as the language takes them: strictly ascending, within 0..1. Coinciding
+    cuts are nudged apart upwards, and those the nudge (or the scores) put above 1 downwards."""
+    cuts = [min(max(c, 0.0), 1.0) for c in cuts]
+    for i in range(1, len(cuts)):
         cuts[i] = max(cuts[i], round(cuts[i - 1] + 1e-4, 4))
-    return [min(c, 1.0) for c in cuts]
+    top = 1.0
+    for i in reversed(range(len(cuts))):  # at most MAX_BINS - 1 steps of 1e-4 below 1
+        cuts[i] = min(cuts[i], top)
+        top = round(cuts[i] - 1e-4, 4)
+    return cuts
 
 
 def predicted_bin(score: float, thresholds: list[float]) -> int:
@@ -223,6 +235,22 @@ def render(base: Base, choice: Choice, verifier: str, probe: int, budget: int, n
     return format_source(text, base.path)
 
 
+def check_options(budget: int, probe: int, bins: int) -> None:
+    """Refuse options that would make a program the checker rejects, before anything runs:
+    bins and probes within what `difficulty(...)` takes, a budget that leaves each arm a
+    count of generations a stage takes."""
+    for name, value, param in (("bins", bins, "bins"), ("probe", probe, "probe")):
+        limits = cast(Param, DIFFICULTY.param(param))
+        low, high = int(cast(float, limits.minimum)), int(cast(float, limits.maximum))
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise UsageError(f"--{name} must be a whole number from {low} to {high}, got {value!r}")
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+        raise UsageError(f"--budget must be a positive whole number of generations, got {budget!r}")
+    arm = arm_budget(budget, probe)  # a UsageError where the probes take the whole budget
+    if arm > MAX_COUNT:
+        raise UsageError(f"--budget {budget} leaves {arm} generations per arm; a stage takes at most {MAX_COUNT}")
+
+
 def arm_budget(budget: int, probe: int) -> int:
     """What each arm may spend: the budget less the probes, which the program also pays."""
     if budget <= probe:
@@ -281,6 +309,7 @@ def optimize(
     probes, unless given) on `ev`'s questions, bin the questions by the probes' score, choose
     the best candidate per bin, cross-validate that choice, and write the per-difficulty
     program. None if interrupted (what finished is in `ev`'s file, for --resume)."""
+    check_options(budget, probe, bins)
     candidates = candidates or default_space(arm_budget(budget, probe), verifier)
     results = run_all(ev, base, candidates, verifier, probe, on_start)
     if results is None:

@@ -104,7 +104,42 @@ def load_head(path: str) -> Head:
     missing = {"w1", "b1", "w2", "b2", "mean", "std"} - set(tensors)
     if missing:
         raise PRMError(f"{file} is not a PRM head: it lacks {', '.join(sorted(missing))}")
+    check_head(tensors, meta, str(file))
     return Head(tensors, meta)
+
+
+def check_head(tensors: dict[str, Any], meta: dict[str, str], name: str) -> None:
+    """Refuse a head whose weights cannot score: shapes that do not fit one another (or the
+    hidden size its card states), weights that are not finite numbers, a `std` that is not
+    positive. Each would otherwise surface as a numpy error, or as NaN scores, mid-run."""
+    import numpy as np
+
+    def bad(problem: str) -> PRMError:
+        return PRMError(f"{name} is not a usable PRM head: {problem}", notes=("train it again with `ttcl train-prm`",))
+
+    w1 = tensors["w1"]
+    if w1.ndim != 2 or 0 in w1.shape:
+        raise bad(f"w1 has shape {_shape(w1)}; it is (hidden units, model width)")
+    units, width = w1.shape
+    expected = {"b1": (units,), "w2": (1, units), "b2": (1,), "mean": (width,), "std": (width,)}
+    for key, shape in expected.items():
+        if tensors[key].shape != shape:
+            raise bad(f"{key} has shape {_shape(tensors[key])}, but w1 {_shape(w1)} needs {_shape(shape)}")
+    stated = meta.get("hidden_size")
+    if stated is not None and stated.strip() != str(width):
+        raise bad(f"its card says hidden size {stated}, but its weights are {width} wide")
+    for key in ("w1", "b1", "w2", "b2", "mean", "std"):
+        t = tensors[key]
+        if not (np.issubdtype(t.dtype, np.floating) or np.issubdtype(t.dtype, np.integer)):
+            raise bad(f"{key} holds {t.dtype}, not numbers")
+        if not np.isfinite(t).all():
+            raise bad(f"{key} holds NaN or infinite values")
+    if not (tensors["std"] > 0).all():
+        raise bad("std holds zero or negative values (the features would be divided by them)")
+
+
+def _shape(t: Any) -> str:
+    return str(tuple(int(n) for n in (t if isinstance(t, tuple) else t.shape)))
 
 
 def check_fits(head: Head, width: int, model: str, path: str) -> None:
@@ -230,4 +265,14 @@ def load_hf_prm(path: str, device: str = "cpu") -> HFPRM:
 def read_card(head_path: str | Path) -> dict:
     """The JSON card written beside a head (`arith.safetensors` -> `arith.json`), or {}."""
     card = Path(head_path).with_suffix(".json")
-    return json.loads(card.read_text()) if card.is_file() else {}
+    if not card.is_file():
+        return {}
+    try:
+        data = json.loads(card.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise PRMError(f"{card}: not a PRM head's card (JSON): {e}") from None
+    except RecursionError:
+        raise PRMError(f"{card}: not a PRM head's card (its JSON is nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise PRMError(f"{card}: not a PRM head's card (a JSON object)")
+    return data
