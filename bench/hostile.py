@@ -242,7 +242,7 @@ API = [
     ("run_many_string", 'ttcl.compile("program main = sample(2) |> vote").run_many("abc", backend=fake)'),
     (
         "verifier_wrong_count",
-        'ttcl.register_verifier("bad", lambda q, cs: [0.5]); ttcl.compile("verifier v = registered(\\"bad\\")\\nprogram main = sample(3) |> best(v)").run("q", backend=fake)',
+        'ttcl.register_verifier("bad", lambda q, cs: []); ttcl.compile("verifier v = registered(\\"bad\\")\\nprogram main = sample(3) |> best(v)").run("q", backend=fake)',
     ),
     (
         "verifier_nan",

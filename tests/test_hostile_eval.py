@@ -5,6 +5,7 @@ clear error or a graceful result, never a traceback, and nothing already compute
 Runs on the scripted backend (no model)."""
 
 import json
+import os
 import re
 
 import pytest
@@ -301,3 +302,14 @@ def test_a_limit_that_makes_no_sense_is_refused_at_once(capsys, tmp_path, script
     argv = [a.format(p=program) for a in argv] + (["-o", tmp_path / "o.jsonl"] if argv[0] == "eval" else [])
     code, _, err = cli(capsys, *argv)
     assert code == 2 and message in err and scripted.counters.batches == 0
+
+
+def test_a_device_or_fifo_as_a_dataset_is_refused_unread(tmp_path):
+    from ttcl import TTCLError
+    from ttcl.eval.datasets import read_jsonl
+
+    fifo = tmp_path / "questions.jsonl"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", str(fifo)):
+        with pytest.raises(TTCLError):
+            read_jsonl(path)

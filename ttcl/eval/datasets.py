@@ -22,20 +22,23 @@ refused at once.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ttcl.errors import UsageError
 from ttcl.runtime.answers import normalize
+from ttcl.source import read_regular_file
 
 LEVELS = (1, 2, 3, 4, 5)
 # the distinct questions of each level, counted from its maker's ranges below:
 # 9² + 9³; 90·90 sums + 90·91/2 differences; 18·8·2·50; 40·48·2·5·2·30; 10·8·71·18·4·10·2
 SIZES = {1: 810, 2: 12195, 3: 14400, 4: 1_152_000, 5: 8_179_200}
 _GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$")
+
+MAX_DATASET_BYTES = 1 << 30  # a dataset file (GSM8K's train split is 4 MB)
 
 
 @dataclass
@@ -83,10 +86,10 @@ def read_jsonl(path: str, strict: bool = False, need_answers: bool = True) -> Da
     are fine); each question also holds its "line" number, for messages. A GSM8K answer's
     "#### N" is its final answer. Without `need_answers` an answer is optional (None where
     absent)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UsageError(f"dataset not found: {path} (use arith, arith:1..5 or a JSONL file)") from None
+    if not os.path.lexists(path):
+        raise UsageError(f"dataset not found: {path} (use arith, arith:1..5 or a JSONL file)")
+    try:  # a regular file of bounded size: /dev/zero or a FIFO would never end
+        lines = read_regular_file(path, MAX_DATASET_BYTES, "datasets").decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
     data = Dataset(path, [])
