@@ -143,3 +143,20 @@ def test_fit_parameter_finds_the_largest_n_within_a_budget(body, unit, amount):
     assert cost(bigger) > amount
     with pytest.raises(UsageError, match="no value of `n` fits"):
         fit_parameter(prog, "n", unit, 1.0)
+
+
+@pytest.mark.parametrize(
+    "candidate,line,col", [("sample(", 1, 8), ("sample(2) |> vot", 1, 14), ("sample(2) |>\n  best(nope)", 2, 8)]
+)
+def test_an_error_in_a_candidate_is_located_in_the_candidate(candidate, line, col):
+    from ttcl import TTCLError
+    from ttcl.eval.optimize import read_base
+
+    base = read_base(
+        'model m = llama("smollm2-135m")\nverifier v = self_verify(m)\nprogram main = sample(2) |> vote\n', "o.ttcl"
+    )
+    with pytest.raises(TTCLError) as caught:
+        base.program(candidate)
+    span = caught.value.span
+    assert (span.path, span.line, span.col) == ("--candidate", line, col)
+    assert candidate.splitlines()[line - 1] in caught.value.render()

@@ -20,17 +20,18 @@ on the same questions chooses the same arms and writes the same program; otherwi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import cast
 
 from ttcl import ast
-from ttcl.errors import UsageError
+from ttcl.errors import TTCLError, UsageError
 from ttcl.eval.evaluate import Eval, Record
 from ttcl.formatter import format_source, layout
 from ttcl.parser import parse
 from ttcl.program import Program, compile
 from ttcl.runtime.ops import difficulty_bin
 from ttcl.signatures import DIFFICULTY, MAX_COUNT, Param
+from ttcl.source import Span
 
 IMPORTS = ('import "parallel"', 'import "search"', 'import "revision"')
 PROBE_LABEL = "probe"
@@ -62,7 +63,42 @@ class Base:
     probe: int | None = None  # its difficulty probes
 
     def program(self, expr: str) -> Program:
-        return compile(f"{self.text}\nprogram main = {expr}\n", self.path)
+        """The candidate `expr` as the base's `main`; an error in `expr` is located in it
+        (path `--candidate`), not at a line of the file that the file does not have."""
+        head = f"{self.text}\nprogram main = "
+        try:
+            return compile(f"{head}{expr}\n", self.path)
+        except TTCLError as e:
+            raise _in_candidate(e, head, expr, self.path) from None
+
+
+CANDIDATE = "--candidate"  # where an error in a candidate's text is said to be
+
+
+def _in_candidate(e: TTCLError, head: str, expr: str, path: str | None) -> TTCLError:
+    """`e` with the diagnostics that point past the base's text moved into the candidate's."""
+    start = len(head)
+    moved = []
+    for d in e.diagnostics:
+        span = d.span
+        if span is not None and span.path == path and span.start >= start:
+            offset, end = span.start - start, min(span.end - start, len(expr))
+            before = expr[:offset]
+            line, col = before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
+            stop = expr[:end]
+            span = Span(
+                path=CANDIDATE,
+                line=line,
+                col=col,
+                end_line=stop.count("\n") + 1,
+                end_col=end - (stop.rfind("\n") + 1) + 1,
+                start=offset,
+                end=end,
+            )
+            d = replace(d, span=span)
+        moved.append(d)
+    e.diagnostics = moved
+    return e.with_sources({CANDIDATE: expr})
 
 
 def read_base(text: str, path: str | None, program: str = "main") -> Base:
