@@ -11,10 +11,10 @@ from pathlib import Path
 
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from ttcl.cli.present import progress_bar
 from ttcl.errors import UsageError
 from ttcl.eval.datasets import load as load_dataset
 from ttcl.eval.evaluate import (
@@ -52,14 +52,7 @@ def eval_command(args, out: Console, err: Console) -> int:
         for label, prog in programs
         for b in budgets
     ]
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    )
+    progress = progress_bar(err)
 
     def on_record(record: Record) -> None:
         progress.advance(bar)
@@ -183,14 +176,7 @@ def optimize_command(args, out: Console, err: Console) -> int:
     output = args.runs or f"{Path(args.file).stem}.{_dataset_name(args.dataset)}.optimize.jsonl"
     target = args.output or f"{Path(args.file).stem}.optimized.ttcl"
     check_writable({"--runs": output, "--output": target, "--report": args.report})
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    )
+    progress = progress_bar(err)
     # a question that fails stops optimize (naming it): every arm needs a result for each question
     ev = Eval(
         output,

@@ -5,6 +5,7 @@ what a run measured."""
 from __future__ import annotations
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from ttcl.cost.estimator import short_number
@@ -53,3 +54,16 @@ def estimate_or_none(program):
         return program.cost()
     except TTCLError:
         return None
+
+
+def progress_bar(console: Console) -> Progress:
+    """The progress bar long commands show on stderr: what runs, done of total, time taken;
+    it disappears when done."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )

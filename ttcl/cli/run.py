@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from ttcl.cli.present import estimate_or_none
+from ttcl.cli.present import estimate_or_none, progress_bar
 from ttcl.errors import UsageError
 from ttcl.eval.datasets import read_jsonl
 from ttcl.eval.evaluate import run_isolating, where
@@ -97,14 +96,7 @@ def run_file(args, program: Program, err: Console) -> dict[int, Result]:
     except OSError as e:
         raise UsageError(f"--output {args.output}: cannot write: {e.strerror or e}") from None
     results: dict[int, Result] = {}
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    )
+    progress = progress_bar(err)
     identity = {"seed": args.seed, "program_hash": digest}
 
     def write(line: dict[str, Any]) -> None:
