@@ -149,6 +149,12 @@ class PromptDecl(Node):
     template: str
 
 
+class AnswerDecl(Node):
+    """`answer math` or `answer regex("Final: (.+)")`: how final answers are read and compared."""
+
+    value: Expr
+
+
 class BudgetDecl(Node):
     """`budget 64 generations` (units: generations, tokens, flops)."""
 
@@ -175,7 +181,7 @@ class ProgramDecl(Node):
     body: Expr
 
 
-Statement = Import | ModelDecl | VerifierDecl | PromptDecl | BudgetDecl | StrategyDecl | ProgramDecl
+Statement = Import | ModelDecl | VerifierDecl | PromptDecl | AnswerDecl | BudgetDecl | StrategyDecl | ProgramDecl
 Definition = ModelDecl | VerifierDecl | PromptDecl | StrategyDecl | ProgramDecl
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import operator
+import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from ttcl.errors import CheckError, Diagnostic
 from ttcl.loader import Workspace
 from ttcl.signatures import (
     ANSWER,
+    ANSWERS,
     BUILTIN_VERIFIERS,
     DIFFICULTY,
     GENERATOR_OPTIONS,
@@ -61,6 +63,7 @@ class Checked:
     definitions: dict[str, ast.Definition] = field(default_factory=dict)
     budgets: dict[str | None, dict[str, ast.BudgetDecl]] = field(default_factory=dict)
     strategy_types: dict[str, Stage | None] = field(default_factory=dict)
+    answer: ast.AnswerDecl | None = None  # the main file's `answer` declaration
 
     @property
     def programs(self) -> list[ast.ProgramDecl]:
@@ -150,6 +153,9 @@ class Checker:
             return
         if isinstance(stmt, ast.Import):
             return
+        if isinstance(stmt, ast.AnswerDecl):
+            self.declare_answer(stmt, module)
+            return
         defs = self.out.definitions
         if stmt.name in RESERVED:
             self.error(stmt.name_span, f"`{stmt.name}` is a built-in name; choose another name")
@@ -161,6 +167,16 @@ class Checker:
             )
         else:
             defs[stmt.name] = stmt
+
+    def declare_answer(self, stmt: ast.AnswerDecl, module: ast.Module) -> None:
+        # One task per program: the file that runs says how its answers are read, so a
+        # module imported for its strategies cannot change that behind its back.
+        if module is not self.ws.main:
+            self.error(stmt.span, "an `answer` declaration belongs in the main file, not in an imported module")
+        elif self.out.answer is not None:
+            self.error(stmt.span, "duplicate `answer` declaration", f"first declared at {self.out.answer.span}")
+        else:
+            self.out.answer = stmt
 
     # ---- statements ----------------------------------------------------------------------
 
@@ -214,6 +230,26 @@ class Checker:
             self.error(
                 stmt.span, f"prompt `{stmt.name}` has no {{question}} hole, so the question would never reach the model"
             )
+
+    def check_AnswerDecl(self, stmt: ast.AnswerDecl) -> None:
+        value = stmt.value
+        if isinstance(value, ast.Name) and value.id in ANSWERS:  # `answer math`: no arguments
+            value = ast.Call(span=value.span, func=value.id)
+        self.check_constructor(value, ANSWERS, "answer")
+        pattern = next((a for a in getattr(value, "args", ())[:1] if isinstance(a, ast.Str)), None)
+        pattern = pattern or next((k.value for k in getattr(value, "kwargs", ()) if k.name == "pattern"), None)
+        if isinstance(value, ast.Call) and value.func == "regex" and isinstance(pattern, ast.Str):
+            try:
+                groups = re.compile(pattern.value).groups
+            except re.error as e:
+                self.error(pattern.span, f"not a valid regular expression: {e}")
+            else:
+                if groups > 1:
+                    self.error(
+                        pattern.span,
+                        f"the pattern has {groups} groups; the answer is its first group, so give it at most one",
+                        "make the others non-capturing: (?:...)",
+                    )
 
     def check_StrategyDecl(self, stmt: ast.StrategyDecl) -> None:
         if self.out.definitions.get(stmt.name) is stmt:
@@ -291,10 +327,11 @@ class Checker:
     def check_constructor(self, value: ast.Expr, table: dict[str, Signature], what: str) -> None:
         if not isinstance(value, ast.Call) or value.func not in table:
             name = value.func if isinstance(value, ast.Call) else self.snippet(value)
+            a = "an" if what[0] in "aeiou" else "a"
             self.error(
                 value.span,
-                f"`{name}` does not make a {what}{self.suggest(name, table)}",
-                f"a {what} is made by {self.constructors(table)}",
+                f"`{name}` does not make {a} {what}{self.suggest(name, table)}",
+                f"{a} {what} is made by {self.constructors(table)}",
             )
             return
         self.bind(table[value.func], value, {})

@@ -101,6 +101,10 @@ class _Statements:
         return f"prompt {s.name} = {format_string(s.template, multiline=True)}".split("\n")
 
     @staticmethod
+    def AnswerDecl(s: ast.AnswerDecl, comments):
+        return [f"answer {format_expr(s.value)}"]
+
+    @staticmethod
     def BudgetDecl(s: ast.BudgetDecl, comments):
         return [f"budget {format_expr(s.amount)} {s.unit}"]
 

@@ -190,6 +190,9 @@ class _ToAST(Transformer):
     def prompt_decl(self, meta, name, template):
         return ast.PromptDecl(span=self.sp(meta), name=name.value, name_span=self.sp(name), template=template.value)
 
+    def answer_decl(self, meta, value):
+        return ast.AnswerDecl(span=self.sp(meta), value=value)
+
     def budget_decl(self, meta, amount, unit):
         return ast.BudgetDecl(span=self.sp(meta), amount=amount, unit=unit.value, unit_span=self.sp(unit))
 
@@ -290,7 +293,7 @@ _TERMINAL_NAMES = {
     "LONG_STRING": "a string",
     "$END": "end of file",
 }
-STATEMENT_KEYWORDS = ("import", "model", "verifier", "prompt", "budget", "strategy", "program")
+STATEMENT_KEYWORDS = ("import", "model", "verifier", "prompt", "answer", "budget", "strategy", "program")
 
 
 def _describe(terminal: str) -> str:

@@ -73,7 +73,7 @@ class Param:
 
 @dataclass(frozen=True)
 class Signature:
-    """A built-in callable. `kind` is generator, selector, difficulty, model or verifier."""
+    """A built-in callable. `kind` is generator, selector, difficulty, model, verifier or answer."""
 
     name: str
     kind: str
@@ -339,6 +339,57 @@ VERIFIERS: dict[str, Signature] = {
         ),
     )
 }
+
+_ANSWER_PROMPT = Param(
+    "prompt",
+    "prompt",
+    None,
+    doc="the solve prompt of every generator that names none (default: one written for this kind)",
+)
+
+# How final answers are read from a candidate's text and compared, for voting and grading:
+# `answer math` in a file; without one, `number`.
+ANSWERS: dict[str, Signature] = {
+    s.name: s
+    for s in (
+        Signature(
+            "number",
+            "answer",
+            (_ANSWER_PROMPT,),
+            'a number: the last "\\boxed{...}", "#### ...", "The answer is ..." or "Answer: ...", else '
+            "the last number in the text; 1,200 = 1200.0 = 1.2e3",
+        ),
+        Signature(
+            "math",
+            "answer",
+            (_ANSWER_PROMPT,),
+            'a mathematical answer in LaTeX or plain text, the last "\\boxed{...}" or "The answer is ...": '
+            "equal when math-verify finds them equivalent (\\frac{1}{2} = 0.5 = 1/2)",
+        ),
+        Signature(
+            "choice",
+            "answer",
+            (Param("letters", "str", "ABCDE", doc="the option letters, in order"), _ANSWER_PROMPT),
+            'a multiple-choice letter: "The answer is (B)", "Answer: B", "\\boxed{B}", or a last line "B"',
+        ),
+        Signature(
+            "regex",
+            "answer",
+            (
+                Param("pattern", "str", doc="a Python regular expression; its first group, else the whole match"),
+                _ANSWER_PROMPT,
+            ),
+            "the text of the pattern's last match, compared after normalization (case, spaces, numbers)",
+        ),
+        Signature(
+            "registered",
+            "answer",
+            (Param("name", "str", doc="the name given to ttcl.register_answer"), _ANSWER_PROMPT),
+            "a Python extractor (and optional equivalence) registered through the API (ttcl.register_answer)",
+        ),
+    )
+}
+DEFAULT_ANSWER = {"kind": "number"}
 
 # Verifiers that exist without a declaration. `oracle` grades against the ground truth, so it
 # scores whole answers only and serves evaluation and oracle difficulty.

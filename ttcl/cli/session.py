@@ -61,6 +61,8 @@ class Entry:
             return ("budget", self.stmt.unit)
         if isinstance(self.stmt, ast.Import):
             return ("import", self.stmt.path)
+        if isinstance(self.stmt, ast.AnswerDecl):
+            return ("answer", "")
         return ("def", self.stmt.name)
 
 
