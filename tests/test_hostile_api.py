@@ -125,7 +125,8 @@ def test_dataset_answers_inf_and_1e400_are_read(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text('{"question": "a", "answer": "inf"}\n{"question": "b", "answer": "#### 1e400"}\n')
     answers = [q["answer"] for q in read_jsonl(str(path)).questions]
-    assert answers == ["inf", "1" + "0" * 400]
+    assert answers == ["inf", "1e400"]  # kept as written; graded by the answer kind
+    assert same_answer(answers[1], "1" + "0" * 400) and same_answer(answers[0], "Infinity")
 
 
 _SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import string
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, cast
@@ -22,7 +23,9 @@ from ttcl.errors import ArtifactError
 from ttcl.lower import MAX_NODES
 from ttcl.signatures import (
     ANSWER,
+    ANSWERS,
     BUILTIN_VERIFIERS,
+    DEFAULT_ANSWER,
     DIFFICULTY,
     MAX_BINS,
     MAX_COUNT,
@@ -81,6 +84,7 @@ class IRDocument(BaseModel):
     models: dict[str, dict[str, Scalar]]
     verifiers: dict[str, dict[str, Scalar]]
     prompts: dict[str, str]
+    answer: dict[str, Scalar] = {"kind": "number"}  # how final answers are read and compared
     budgets: dict[str, float]
     generations: int
     nodes: list[IRNode]
@@ -103,6 +107,7 @@ def to_document(graph: nx.DiGraph, params: dict[str, Any]) -> IRDocument:
         models=g["models"],
         verifiers=g["verifiers"],
         prompts=g["prompts"],
+        answer=g.get("answer", DEFAULT_ANSWER),
         budgets=g["budgets"],
         generations=g["generations"],
         nodes=nodes,
@@ -117,6 +122,7 @@ def to_graph(doc: IRDocument) -> nx.DiGraph:
         models=doc.models,
         verifiers=doc.verifiers,
         prompts=doc.prompts,
+        answer=doc.answer,
         budgets=doc.budgets,
         generations=doc.generations,
     )
@@ -299,6 +305,16 @@ def _check_declarations(doc: IRDocument, bad: _Problems) -> None:
             bad(f"prompt {prompt!r} is not a valid template")
         if "question" not in holes or any(h not in PROMPT_HOLES for h in holes):
             bad(f"prompt {prompt!r} has holes {holes}; a prompt has {{question}} and may have {{attempts}}")
+    kind = doc.answer.get("kind")
+    if not isinstance(kind, str) or kind not in ANSWERS:
+        bad(f"the answer is of unknown kind {kind!r}")
+    _check_params(ANSWERS[kind], {k: v for k, v in doc.answer.items() if k != "kind"}, doc, "the answer", bad)
+    if kind == "regex":
+        try:
+            if re.compile(str(doc.answer.get("pattern"))).groups > 1:
+                bad("the answer's pattern has more than one group")
+        except re.error:
+            bad("the answer's pattern is not a valid regular expression")
     for unit, amount in doc.budgets.items():
         if unit not in BUDGET_UNITS:
             bad(f"a budget in unknown unit {unit!r}")

@@ -24,7 +24,9 @@ from ttcl.errors import CheckError, Diagnostic
 from ttcl.formatter import format_expr
 from ttcl.signatures import (
     ANSWER,
+    ANSWERS,
     BUILTIN_VERIFIERS,
+    DEFAULT_ANSWER,
     DEFAULT_HEAD,
     DEFAULT_HEAD_MODELS,
     DEFAULT_MODEL,
@@ -268,6 +270,15 @@ class Lowering:
             return {"kind": "prm", "path": DEFAULT_HEAD, "m": model, "agg": "last"}
         return {"kind": "self_verify", "m": model, "agg": "last"}
 
+    def declare_answer(self) -> dict:
+        """The file's `answer` declaration as IR values, or the default (`number`)."""
+        decl = self.checked.answer
+        if decl is None:
+            return dict(DEFAULT_ANSWER)
+        value = decl.value
+        call = ast.Call(span=value.span, func=value.id) if isinstance(value, ast.Name) else cast(ast.Call, value)
+        return {"kind": call.func, **self.arguments(ANSWERS[call.func], call)}
+
     def declare_prompt(self, name: str) -> str:
         self.graph.graph["prompts"][name] = cast(ast.PromptDecl, self.checked.definitions[name]).template
         return name
@@ -324,6 +335,7 @@ def lower(body: ast.Expr, program: ast.ProgramDecl, checked: Checked, budgets: d
     g = lowering.graph
     g.graph.update(program=program.name, models={}, verifiers={}, prompts={})
     question = lowering.add("question", program.name_span, QUESTION)
+    g.graph["answer"] = lowering.declare_answer()
     out, generations = lowering.lower(body, question)
     lowering.add("output", program.span, ANSWER, inputs=(out,))
     g.graph["generations"] = generations

@@ -31,7 +31,7 @@ from ttcl.backends.models import ModelFacts, facts_for
 from ttcl.cost.calibration import Calibration, Priors, model_key
 from ttcl.cost.flops import Exchange, exchange, forward_flops
 from ttcl.errors import Diagnostic
-from ttcl.prompts import REVISE, SOLVE, VERIFY
+from ttcl.prompts import REVISE, SOLVE, SOLVE_PROMPTS, VERIFY, solve_template
 
 CHARS_PER_TOKEN = 4  # English in a BPE vocabulary, a rule of thumb (priors only)
 CHAT_TOKENS = 24  # a chat template's wrapping: SmolLM2's default system line and role markers
@@ -163,12 +163,14 @@ class Lengths:
     revise_extra: float  # a revision prompt's extra text over a solve prompt
 
 
-def lengths(priors: Priors | None, max_tokens: int, depth: int, template: str | None) -> Lengths:
+def lengths(priors: Priors | None, max_tokens: int, depth: int, template: str) -> Lengths:
     """The token lengths a node is priced with: calibrated where known, capped by the node's
     `max_tokens` and `depth`, and otherwise from the program."""
     p = priors or Priors()
+    # calibrated prompt lengths are those of the default solve prompt: a node's own template
+    # adds or saves its difference
     base = _text_tokens(_template(SOLVE))
-    own = _text_tokens(_template(template)) if template is not None else base
+    own = _text_tokens(_template(template))
     prompt = (p.prompt_tokens if p.prompt_tokens is not None else CHAT_TOKENS + QUESTION_TOKENS + base) + own - base
     answer = min(p.answer_tokens or max_tokens, max_tokens)
     step = min(p.step_tokens or STEP_TOKENS, max_tokens)
@@ -179,7 +181,7 @@ def lengths(priors: Priors | None, max_tokens: int, depth: int, template: str | 
         answer_steps=p.answer_steps or max(1.0, answer / STEP_TOKENS),
         step=step,
         search_steps=max(1.0, min(steps, depth)),
-        revise_extra=_text_tokens(_template(REVISE)) - base,
+        revise_extra=_text_tokens(_template(REVISE)) - own,
     )
 
 
@@ -253,7 +255,8 @@ class Estimator:
     def lengths(self, node: int) -> Lengths:
         params = self.graph.nodes[node]["params"]
         decl = self.graph.graph["models"][params["model"]]
-        template = self.graph.graph["prompts"].get(params["prompt"]) if "prompt" in params else None
+        answer = self.graph.graph.get("answer", {"kind": "number"})
+        template = solve_template(params, self.graph.graph["prompts"], answer) or SOLVE_PROMPTS[answer["kind"]]
         return lengths(
             self.priors(params["model"]),
             int(params.get("max_tokens", decl.get("max_tokens", 256))),
@@ -534,7 +537,7 @@ def estimate(
 def _priors_used(est: Estimator, model: str) -> PriorsUsed:
     decl = est.graph.graph["models"][model]
     p = est.priors(model)
-    ln = lengths(p, int(decl.get("max_tokens", 256)), 10**9, None)
+    ln = lengths(p, int(decl.get("max_tokens", 256)), 10**9, SOLVE_PROMPTS["number"])
     # priors come only from a calibration
     source = "program" if p is None else f"calibration {cast(Calibration, est.calibration).source or ''}".strip()
     return PriorsUsed(

@@ -1,9 +1,12 @@
 """Question sets: the built-in arithmetic generator, and JSONL files such as GSM8K.
 
 `load("arith", limit=100, seed=0)` or `load("arith:3", ...)` draws built-in questions;
-`load("path.jsonl")` reads one {"question": ..., "answer": ...} object per line, where an
-answer may be GSM8K's worked solution ending in "#### 72". A malformed line is reported with
-its line number, and either skipped (with a warning, counted) or fatal (`strict=True`).
+`load("path.jsonl")` reads one object per line: {"question", "answer"}, where an answer may be
+GSM8K's worked solution ending in "#### 72", or MATH's {"problem", "solution"} (the final
+answer is the solution's last `\\boxed{...}`, or an "answer" field where the line has one);
+other field names are chosen with `fields=Fields("prompt", "target")`. Answers are kept as
+written: the program's answer kind compares them. A malformed line is reported with its line
+number, and either skipped (with a warning, counted) or fatal (`strict=True`).
 
 `arith(n, level, seed)` draws distinct questions of one level (1 to 5), each with its answer
 computed by Python, so grading is exact:
@@ -29,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ttcl.errors import UsageError
-from ttcl.runtime.answers import normalize
+from ttcl.runtime.answers import last_boxed
 from ttcl.source import read_regular_file
 
 LEVELS = (1, 2, 3, 4, 5)
@@ -41,6 +44,27 @@ _GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$")
 MAX_DATASET_BYTES = 1 << 30  # a dataset file (GSM8K's train split is 4 MB)
 
 
+@dataclass(frozen=True)
+class Fields:
+    """Which fields of a JSONL line hold the question and the answer; None tries the usual
+    names in turn ("question" then "problem"; "answer" then "solution")."""
+
+    question: str | None = None
+    answer: str | None = None
+
+    def question_of(self, item: dict) -> tuple[str, object]:
+        return _field(item, (self.question,) if self.question else ("question", "problem"))
+
+    def answer_of(self, item: dict) -> tuple[str, object]:
+        return _field(item, (self.answer,) if self.answer else ("answer", "solution"))
+
+
+def _field(item: dict, names: tuple[str, ...]) -> tuple[str, object]:
+    """The first of `names` the item has, and its value (the first name and None if none)."""
+    name = next((n for n in names if n in item), names[0])
+    return name, item.get(name)
+
+
 @dataclass
 class Dataset:
     """Questions ({"question", "answer", and "level" for arith}) and the lines skipped."""
@@ -50,14 +74,17 @@ class Dataset:
     skipped: list[str] = field(default_factory=list)  # "path:line: why", one per bad line
 
 
-def load(spec: str, limit: int | None = None, seed: int = 0, strict: bool = False) -> Dataset:
+def load(
+    spec: str, limit: int | None = None, seed: int = 0, strict: bool = False, fields: Fields = Fields()
+) -> Dataset:
     """A dataset by name: "arith" (levels 1 to 5 in turn), "arith:N" (level N), "arith:1-2"
-    (levels 1 and 2 in turn), or a JSONL file. `limit` keeps the first questions; for arith, as many are drawn."""
+    (levels 1 and 2 in turn), or a JSONL file (its `fields`). `limit` keeps the first
+    questions; for arith, as many are drawn."""
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be positive, not {limit}")
     if spec == "arith" or spec.startswith("arith:"):
         return Dataset(spec, _arith_spec(spec, limit or 100, seed))
-    data = read_jsonl(spec, strict)
+    data = read_jsonl(spec, strict, fields=fields)
     data.questions = data.questions[:limit]
     return data
 
@@ -81,11 +108,12 @@ def _arith_spec(spec: str, n: int, seed: int) -> list[dict]:
     return [q for group in zip(*per_level) for q in group][:n]
 
 
-def read_jsonl(path: str, strict: bool = False, need_answers: bool = True) -> Dataset:
-    """Questions from a JSONL file, one {"question", "answer"} object per line (blank lines
-    are fine); each question also holds its "line" number, for messages. A GSM8K answer's
-    "#### N" is its final answer. Without `need_answers` an answer is optional (None where
-    absent)."""
+def read_jsonl(path: str, strict: bool = False, need_answers: bool = True, fields: Fields = Fields()) -> Dataset:
+    """Questions from a JSONL file, one object per line (blank lines are fine): its `fields`,
+    by default {"question", "answer"} or MATH's {"problem", "solution"}; each question also
+    holds its "line" number, for messages. A GSM8K answer's "#### N" and a solution's last
+    `\\boxed{...}` are its final answer. Without `need_answers` an answer is optional (None
+    where absent)."""
     if not os.path.lexists(path):
         raise UsageError(f"dataset not found: {path} (use arith, arith:1..5 or a JSONL file)")
     try:  # a regular file of bounded size: /dev/zero or a FIFO would never end
@@ -97,7 +125,7 @@ def read_jsonl(path: str, strict: bool = False, need_answers: bool = True) -> Da
         if not line.strip():
             continue
         try:
-            data.questions.append({**_question(line, need_answers), "line": number})
+            data.questions.append({**_question(line, need_answers, fields), "line": number})
         except ValueError as e:
             problem = f"{path}:{number}: {e}"
             if strict:
@@ -108,24 +136,36 @@ def read_jsonl(path: str, strict: bool = False, need_answers: bool = True) -> Da
     return data
 
 
-def _question(line: str, need_answer: bool) -> dict:
+def _question(line: str, need_answer: bool, fields: Fields) -> dict:
     try:
         item = json.loads(line)
     except json.JSONDecodeError as e:
         raise ValueError(f"not valid JSON ({e.msg})") from None
     except RecursionError:
         raise ValueError("JSON nested too deeply to read") from None
-    if not isinstance(item, dict) or not isinstance(item.get("question"), str) or not item["question"].strip():
-        raise ValueError('expected an object with a "question" string')
-    answer = item.get("answer")
+    if not isinstance(item, dict):
+        raise ValueError("expected a JSON object")
+    name, question = fields.question_of(item)
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f'expected a "{name}" string' + ("" if fields.question else ' (or "problem")'))
+    name, answer = fields.answer_of(item)
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)
     if answer is None and not need_answer:
-        return {"question": item["question"], "answer": None}
+        return {"question": question, "answer": None}
     if not isinstance(answer, str) or not answer.strip():
-        raise ValueError('expected an "answer" (a string or a number)')
-    final = _GSM8K_ANSWER.search(answer)
-    return {"question": item["question"], "answer": normalize(final.group(1) if final else answer)}
+        raise ValueError(f'expected an "{name}" (a string or a number)' + ("" if fields.answer else ' or a "solution"'))
+    return {"question": question, "answer": final_answer(answer)}
+
+
+def final_answer(answer: str) -> str:
+    """The final answer of a reference answer: GSM8K's "#### N", else a worked solution's
+    last `\\boxed{...}`, else the whole text (stripped)."""
+    gsm8k = _GSM8K_ANSWER.search(answer)
+    if gsm8k:
+        return gsm8k.group(1)
+    boxed = last_boxed(answer)
+    return boxed.strip() if boxed and boxed.strip() else answer.strip()
 
 
 def arith(n: int, level: int, seed: int = 0) -> list[dict]:

@@ -37,7 +37,7 @@ from ttcl.backends.base import BackendError
 from ttcl.errors import UsageError
 from ttcl.program import Program
 from ttcl.results import Result, cut_torn_line, end_line, program_hash, question_hash, read_lines
-from ttcl.runtime.answers import same_answer
+from ttcl.runtime.answers import AnswerKind, answer_kind
 
 
 class Record(BaseModel):
@@ -355,6 +355,7 @@ class Eval:
         if any((r.program, r.budget) == (label, budget) and r.program_hash != digest for r in self.records):
             raise self._refuse([_edited(label, budget)])
         probes = {n for n, op in bound.graph.nodes(data="op") if op == "difficulty"}
+        answers = answer_kind(bound.ir.answer)  # graded as the program's votes compare answers
         done = {r.key for r in self.records}
         todo = [i for i in range(len(self.questions)) if (label, budget, i) not in done]
         if not todo:
@@ -376,7 +377,7 @@ class Eval:
 
             def write(index: int, result: Result) -> None:
                 if result.stopped != "interrupted":  # unfinished: it runs again on resume
-                    append(self._record(label, budget, index, result, probes, digest))
+                    append(self._record(label, budget, index, result, probes, digest, answers))
 
             def fail(index: int, reason: str) -> None:
                 append(self._failed(label, budget, index, reason, digest))
@@ -392,11 +393,18 @@ class Eval:
             )
 
     def _record(
-        self, label: str, budget: int | None, index: int, result: Result, probes: set[int], digest: str
+        self,
+        label: str,
+        budget: int | None,
+        index: int,
+        result: Result,
+        probes: set[int],
+        digest: str,
+        answers: AnswerKind,
     ) -> Record:
         q = self.questions[index]
         scores = [e.detail["mean_score"] for e in result.trace if e.event == "difficulty"]
-        probed = [same_answer(c.answer, q["answer"]) for c in result.candidates if c.node in probes]
+        probed = [answers.same(c.answer, q["answer"]) for c in result.candidates if c.node in probes]
         return Record(
             program=label,
             budget=budget,
@@ -404,7 +412,7 @@ class Eval:
             question=q["question"],
             expected=q["answer"],
             answer=result.answer,
-            correct=same_answer(result.answer, q["answer"]),
+            correct=answers.same(result.answer, q["answer"]),
             level=q.get("level"),
             bin=result.bin,
             difficulty=scores[0] if scores else None,

@@ -32,7 +32,7 @@ from typing import Any
 
 from ttcl.backends.base import GenerationRequest, SamplingParams
 from ttcl.errors import UsageError
-from ttcl.prompts import DEFAULT_DELIMITER, solve_messages, split_steps, verify_messages
+from ttcl.prompts import DEFAULT_DELIMITER, head_messages, split_steps, verify_messages
 from ttcl.runtime.answers import extract_answer, same_answer
 from ttcl.runtime.prm import Head, step_prefixes
 
@@ -71,7 +71,7 @@ def _decode(text: str) -> Any:
 
 
 def _request(question: str, prefix: str, params: SamplingParams) -> GenerationRequest:
-    return GenerationRequest(messages=solve_messages(question, []), prefix=prefix, params=params)
+    return GenerationRequest(messages=head_messages(question), prefix=prefix, params=params)
 
 
 def _steps(text: str, most: int) -> list[str]:

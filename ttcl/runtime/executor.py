@@ -21,8 +21,10 @@ import networkx as nx
 from ttcl.backends.base import Backend, BackendError, as_backend, split_in_proportion
 from ttcl.cost.flops import counted_flops
 from ttcl.results import Candidate, Cost, NodeCost, Result, TraceEvent
+from ttcl.runtime.answers import answer_kind
 from ttcl.runtime.ops import OPS, Generate, NodeContext, majority
 from ttcl.runtime.verifiers import Hidden, Probs
+from ttcl.signatures import DEFAULT_ANSWER
 
 EventKind = Literal["node", "batch", "score", "difficulty", "stop"]  # a trace event's kind
 StopReason = Literal["budget", "time", "interrupted"]  # why a run ended early
@@ -101,6 +103,7 @@ class Executor:
         self.on_result = on_result
         self.tasks: list[Task] = []
         self.order = list(nx.lexicographical_topological_sort(graph))
+        self.answers = answer_kind(graph.graph.get("answer"))  # votes and the oracle read answers so
 
     # ---- driving ---------------------------------------------------------------------------
 
@@ -184,6 +187,8 @@ class Executor:
             verifiers=self.graph.graph["verifiers"],
             prompts=self.graph.graph["prompts"],
             thresholds=self.thresholds,
+            answer=self.graph.graph.get("answer", DEFAULT_ANSWER),
+            answers=self.answers,
         )
         self.tasks.append(Task(run, node, ctx, OPS[op](ctx)))
 
@@ -326,7 +331,7 @@ class Executor:
             value = run.values.get(node)
             if isinstance(value, Candidate):
                 return value
-        return majority(run.candidates)
+        return majority(run.candidates, self.answers)
 
 
 # what each kind of ask calls on the backend

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ttcl.backends.base import Generation, GenerationRequest, SamplingParams
-from ttcl.prompts import DEFAULT_DELIMITER, solve_messages, split_steps
+from ttcl.prompts import DEFAULT_DELIMITER, solve_messages, solve_template, split_steps
 from ttcl.results import Candidate
-from ttcl.runtime.answers import extract_answer
+from ttcl.runtime.answers import AnswerKind, NumberAnswer
 from ttcl.runtime.verifiers import score
 
 if TYPE_CHECKING:  # the executor imports this module: for annotations only
@@ -58,6 +58,8 @@ class NodeContext:
     verifiers: dict
     prompts: dict
     thresholds: list[float] | None = None
+    answer: dict = field(default_factory=lambda: {"kind": "number"})  # the program's answer declaration
+    answers: AnswerKind = field(default_factory=NumberAnswer)  # how it reads and compares answers
     made: list[Candidate] = field(default_factory=list)
 
     # ---- inputs and requests ---------------------------------------------------------------
@@ -97,9 +99,9 @@ class NodeContext:
         return hash((self.run.seed, self.node) + keys) & 0x7FFFFFFF
 
     def request(self, attempts: list[str], seed: int, prefix: str = "", **overrides) -> GenerationRequest:
-        template = self.prompts.get(self.params["prompt"]) if "prompt" in self.params else None
+        template = solve_template(self.params, self.prompts, self.answer)
         return GenerationRequest(
-            messages=solve_messages(self.run.question, attempts, template),
+            messages=solve_messages(self.run.question, attempts, template, self.answers.name),
             prefix=prefix,
             params=self.sampling(seed, **overrides),
         )
@@ -112,7 +114,7 @@ class NodeContext:
             node=self.node,
             text=text.strip(),
             steps=steps or split_steps(text, self.delimiter),
-            answer=extract_answer(text),
+            answer=self.answers.extract(text),
             prompt_tokens=prompt_tokens,
             generated_tokens=generated_tokens,
             seed=seed,
@@ -124,8 +126,9 @@ class NodeContext:
         return self.candidate(g.text, g.prompt_tokens, g.generated_tokens, seed)
 
     def score(self, candidates: list[Candidate]):
-        name = self.params["v"]
-        return (yield from score(self.run.question, candidates, name, self.verifiers[name], self.run.truth))
+        name, truth = self.params["v"], self.run.truth
+        correct = None if truth is None else (lambda answer: self.answers.same(answer, truth))
+        return (yield from score(self.run.question, candidates, name, self.verifiers[name], correct))
 
 
 # ---- generators ----------------------------------------------------------------------------
@@ -186,22 +189,26 @@ def difficulty_bin(mean_score: float, bins: int, thresholds: list[float] | None 
 # ---- selectors -----------------------------------------------------------------------------
 
 
-def _by_answer(pool: list[Candidate]) -> dict[str, list[Candidate]]:
+def by_answer(pool: list[Candidate], answers: AnswerKind) -> dict[str, list[Candidate]]:
+    """The candidates that state an answer, grouped by equivalent answers (`0.5` and
+    `\\frac{1}{2}` are one group under `answer math`), keyed by each group's first answer."""
     groups: dict[str, list[Candidate]] = defaultdict(list)
-    for c in pool:
-        if c.answer is not None:
-            groups[c.answer].append(c)
+    for c, key in zip(pool, answers.classes([c.answer for c in pool])):
+        if key is not None:
+            groups[key].append(c)
     return groups
 
 
 def op_vote(ctx: NodeContext):
     """Majority over extracted answers; ties go to the answer seen first."""
-    return majority(ctx.pool)
+    return majority(ctx.pool, ctx.answers)
     yield
 
 
-def majority(pool: list[Candidate]) -> Candidate | None:
-    groups = _by_answer(pool)
+def majority(pool: list[Candidate], answers: AnswerKind | None = None) -> Candidate | None:
+    """The first candidate of the largest group of equivalent answers (the first group of
+    equals), or the first candidate where none states an answer."""
+    groups = by_answer(pool, answers or NumberAnswer())
     if not groups:
         return pool[0] if pool else None
     winner = max(groups.values(), key=len)  # max keeps the first of equals
@@ -222,14 +229,11 @@ def op_weighted_vote(ctx: NodeContext):
     if not pool:
         return None
     scores = yield from ctx.score(pool)
-    totals: dict[str, float] = defaultdict(float)
-    for c, s in zip(pool, scores):
-        if c.answer is not None:
-            totals[c.answer] += s
-    if not totals:
+    groups = by_answer(pool, ctx.answers)
+    if not groups:
         return pool[max(range(len(pool)), key=lambda i: scores[i])]
-    winner = max(totals, key=lambda a: totals[a])
-    return max((c for c in pool if c.answer == winner), key=lambda c: c.score or 0.0)
+    winner = max(groups.values(), key=lambda group: sum(c.score or 0.0 for c in group))
+    return max(winner, key=lambda c: c.score or 0.0)
 
 
 # ---- search against a step-level verifier ---------------------------------------------------
@@ -283,7 +287,7 @@ def _scored(ctx: NodeContext, partials: list[Partial], step: int, attempts):
             node=ctx.node,
             text=ctx.delimiter.join(p.steps),
             steps=list(p.steps),
-            answer=extract_answer(ctx.delimiter.join(p.steps)),
+            answer=ctx.answers.extract(ctx.delimiter.join(p.steps)),
         )
         for p in rolled
     ]

@@ -14,9 +14,8 @@ from collections.abc import Callable, Generator, Mapping
 
 from ttcl.backends.base import GenerationRequest
 from ttcl.errors import TTCLError, UsageError
-from ttcl.prompts import solve_messages, verify_messages
+from ttcl.prompts import head_messages, verify_messages
 from ttcl.results import Candidate
-from ttcl.runtime.answers import same_answer
 
 # Python callables registered through the API: name -> fn(question, steps) -> per-step scores
 REGISTERED: dict[str, Callable[[str, list[str]], list[float] | float]] = {}
@@ -66,12 +65,17 @@ def aggregate(scores: list[float], how: str) -> float:
 
 
 def score(
-    question: str, candidates: list[Candidate], name: str, verifier: dict, truth: str | None = None
+    question: str,
+    candidates: list[Candidate],
+    name: str,
+    verifier: dict,
+    correct: Callable[[str | None], bool] | None = None,
 ) -> Generator[Probs, list, list[float]]:
-    """Score each candidate (cached per verifier name) and return the aggregated scores."""
+    """Score each candidate (cached per verifier name) and return the aggregated scores.
+    `correct(answer)` grades an answer against the ground truth, where it is known."""
     todo = [c for c in candidates if name not in c.scores]
     if todo:
-        per_step = yield from _SCORERS[verifier["kind"]](question, todo, verifier, truth)
+        per_step = yield from _SCORERS[verifier["kind"]](question, todo, verifier, correct)
         for c, s in zip(todo, per_step):
             c.scores[name] = s
     totals = [aggregate(c.scores[name], verifier.get("agg", "last")) for c in candidates]
@@ -187,22 +191,22 @@ def _show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _oracle(question, candidates, verifier, truth):
-    if truth is None:
+def _oracle(question, candidates, verifier, correct):
+    if correct is None:
         raise TTCLError("the `oracle` verifier needs the ground-truth answer (run(..., answer=...))")
-    return [[1.0 if same_answer(c.answer, truth) else 0.0] for c in candidates]
+    return [[1.0 if correct(c.answer) else 0.0] for c in candidates]
     yield
 
 
 def _prm(question, candidates, verifier, truth):
     """A trained head on the policy's hidden state at the end of each step, in the context
-    the policy solved the question in (see `ttcl.prm`)."""
+    heads are trained in (`prompts.HEAD_CONTEXT`; see `ttcl.runtime.prm`)."""
     from ttcl.runtime.prm import check_fits, load_head, step_prefixes
 
     head = load_head(verifier["path"])
     every = verifier.get("agg", "last") != "last"
     prefixes = [(i, text) for i, c in enumerate(candidates) for _, text in step_prefixes(c.steps, every)]
-    requests = [GenerationRequest(messages=solve_messages(question, []), prefix=text) for _, text in prefixes]
+    requests = [GenerationRequest(messages=head_messages(question), prefix=text) for _, text in prefixes]
     features = yield Hidden(verifier["m"], requests)
     if len(prefixes):
         check_fits(head, features.shape[1], verifier["m"], verifier["path"])
