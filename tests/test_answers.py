@@ -217,3 +217,13 @@ def test_field_names_are_chosen(tmp_path):
     data = read_jsonl(str(path), fields=Fields("prompt", "target"))
     assert [(q["question"], q["answer"]) for q in data.questions] == [("Capital of France?", "Paris")]
     assert data.skipped == [f'{path}:2: expected an "target" (a string or a number)']
+
+
+def test_the_stdlib_prompts_are_valid_templates_a_program_can_choose():
+    from ttcl.loader import parse, resource_dir
+
+    names = [s.name for s in parse((resource_dir("stdlib") / "prompts.ttcl").read_text()).statements]
+    assert len(names) >= 5
+    for name in names:  # each is checked (holes, {question}) and reaches the model as written
+        program = ttcl.compile(f'import "prompts"\nanswer math(prompt={name})\nprogram main = sample(1) |> vote\n')
+        assert "{question}" in program.ir.prompts[name]
