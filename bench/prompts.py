@@ -42,7 +42,9 @@ def questions(which: str, per_level: int) -> list[dict]:
         return [q for level in LEVELS for q in arith(per_level, level, FIT_SEED)]
     out = []
     for level in LEVELS:
-        taken = {q["question"] for seed in (FIT_SEED, *OTHER_SEEDS) for q in arith(min(100, 4 * per_level), level, seed)}
+        taken = {
+            q["question"] for seed in (FIT_SEED, *OTHER_SEEDS) for q in arith(min(100, 4 * per_level), level, seed)
+        }
         fresh = [q for q in arith(min(810, 10 * per_level), level, TEST_SEED) if q["question"] not in taken]
         out += fresh[:per_level]
     return out

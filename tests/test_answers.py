@@ -50,7 +50,13 @@ def test_number_answers(text, answer):
 
 @pytest.mark.parametrize(
     "a, b",
-    [("\\frac{1}{2}", "0.5"), ("0.5", "1/2"), ("\\frac{1}{2}", "1/2"), ("\\boxed{10^{3}}", "1000"), ("2\\sqrt{2}", "\\sqrt{8}")],
+    [
+        ("\\frac{1}{2}", "0.5"),
+        ("0.5", "1/2"),
+        ("\\frac{1}{2}", "1/2"),
+        ("\\boxed{10^{3}}", "1000"),
+        ("2\\sqrt{2}", "\\sqrt{8}"),
+    ],
 )
 def test_math_equivalence(a, b):
     math = MathAnswer()
@@ -100,7 +106,13 @@ def test_weighted_vote_sums_scores_of_equivalent_answers():
 
 @pytest.mark.parametrize(
     "text, letter",
-    [("The answer is (B).", "B"), ("Answer: c", "C"), ("\\boxed{D}", "D"), ("Options...\n(A)\n", "A"), ("F is odd", None)],
+    [
+        ("The answer is (B).", "B"),
+        ("Answer: c", "C"),
+        ("\\boxed{D}", "D"),
+        ("Options...\n(A)\n", "A"),
+        ("F is odd", None),
+    ],
 )
 def test_choice_extraction(text, letter):
     assert ChoiceAnswer("ABCDE").extract(text) == letter
@@ -111,7 +123,7 @@ def test_choice_program_votes_letters_and_grades_them():
     src = 'answer choice(letters="ABCD")\nprogram main = sample(4) |> vote\n'
     result = run(src, in_turn(texts), question="Which? (A) 1 (B) 2 (C) 3 (D) 4", answer="(B)")
     assert result.answer == "B"
-    oracle = run('answer choice\nprogram main = sample(4) |> best(oracle)\n', in_turn(texts), answer="b")
+    oracle = run("answer choice\nprogram main = sample(4) |> best(oracle)\n", in_turn(texts), answer="b")
     assert oracle.answer == "B"  # the oracle grades with the same equivalence
 
 

@@ -115,7 +115,7 @@ def test_python_dash_m_and_console_script():
     "content, message",
     [
         ('{"question": "a"}\nnot json\n', "q.jsonl:2: not valid JSON"),
-        ('{"q": "a"}\n', 'q.jsonl:1: expected an object with a "question" string'),
+        ('{"q": "a"}\n', 'q.jsonl:1: expected a "question" string (or "problem")'),
         ("\n", "no questions"),
     ],
 )

@@ -1,6 +1,6 @@
 """The compile pipeline and the `Program` an app holds.
 
-    source -> parse + imports (loader) -> check -> passes -> lower -> Program (AST, IR, graph)
+    source -> parse + imports (loader) -> settings (overrides) -> check -> passes -> lower -> Program
 
 `compile(text)` and `load(path)` are the public entry points; a `.json` path loads a compiled
 artifact instead of a source file.
@@ -12,6 +12,7 @@ limits, backends, parameters) sit beside the methods that take them, so the API 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,9 @@ from ttcl.checker import Checked, check
 from ttcl.errors import CheckError, Diagnostic, TTCLError, UsageError
 from ttcl.loader import load as load_workspace
 from ttcl.lower import lower
+from ttcl.overrides import SOURCE as SETTINGS
+from ttcl.overrides import apply as apply_settings
+from ttcl.overrides import setting_lines
 from ttcl.passes import PassContext, fold_constants, run_passes
 from ttcl.results import Result
 from ttcl.source import MAX_ARTIFACT_BYTES, read_source
@@ -227,11 +231,18 @@ class Program:
 
 
 def compile(
-    text: str, path: str | None = None, program: str | None = None, params: dict[str, Any] | None = None
+    text: str,
+    path: str | None = None,
+    program: str | None = None,
+    params: dict[str, Any] | None = None,
+    settings: Sequence[str] | Mapping[str, Any] | None = None,
 ) -> Program:
     """Compile source text into a `Program` (`main`, or the only program, unless named).
 
-    Raises `TTCLError` (with spans) for any mistake in the text or the parameters.
+    `settings` change the file's declarations before they are checked, as `--set` does: a
+    list of "NAME.OPTION=VALUE" strings (`["policy.max_tokens=64", "prm.agg=min"]`) or a dict
+    (`{"policy.max_tokens": 64}`); see `ttcl.overrides`.
+    Raises `TTCLError` (with spans) for any mistake in the text, the settings or the parameters.
     """
     if not isinstance(text, str):
         hint = " (decode it first)" if isinstance(text, (bytes, bytearray)) else ""
@@ -239,12 +250,18 @@ def compile(
     if path is not None and not isinstance(path, str):
         raise UsageError(f"path must be a str (the file name errors show) or None, not {_kind(path)}")
     _check_program_args(program, params)
-    checked = check_source(text, path)
+    checked = check_source(text, path, settings)
     return build(checked, choose_program(checked, program), params or {})
 
 
-def load(path: str | Path, program: str | None = None, params: dict[str, Any] | None = None) -> Program:
-    """Load a `.ttcl` source file, or a compiled `.json` artifact, as a `Program`."""
+def load(
+    path: str | Path,
+    program: str | None = None,
+    params: dict[str, Any] | None = None,
+    settings: Sequence[str] | Mapping[str, Any] | None = None,
+) -> Program:
+    """Load a `.ttcl` source file, or a compiled `.json` artifact, as a `Program` (`settings`:
+    as `compile` takes them; a source file's only)."""
     if not isinstance(path, (str, PathLike)):
         raise UsageError(f"load takes a file path (str or pathlib.Path), not {_kind(path)}")
     _check_program_args(program, params)
@@ -252,13 +269,25 @@ def load(path: str | Path, program: str | None = None, params: dict[str, Any] | 
     if path.endswith(".json"):
         if program is not None or params:
             raise UsageError("a compiled artifact holds one program with fixed parameters")
+        if setting_lines(settings):
+            raise UsageError(
+                f"{path} is a compiled artifact, whose declarations are fixed: --set (settings) changes a "
+                "source file's, before it is checked; compile the source again with them"
+            )
         return Program(ir.loads(read_source(path, MAX_ARTIFACT_BYTES, "compiled programs"), path))
-    return compile(read_source(path), path, program, params)
+    return compile(read_source(path), path, program, params, settings)
 
 
-def check_source(text: str, path: str | None = None) -> Checked:
-    """Parse, resolve imports and check; raise `TTCLError` listing every problem found."""
-    ws = load_workspace(text, path)
+def check_source(
+    text: str,
+    path: str | None = None,
+    settings: Sequence[str] | Mapping[str, Any] | None = None,
+    later: bool = False,
+) -> Checked:
+    """Parse, resolve imports, apply the settings and check; raise `TTCLError` listing every
+    problem found. `later`: a setting may name what the text does not declare (yet), as in a
+    session (`overrides.apply`)."""
+    ws = apply_settings(load_workspace(text, path), settings, later)
     try:
         return check(ws)
     except RecursionError:
@@ -311,8 +340,21 @@ def build(checked: Checked, name: str, params: dict[str, Any]) -> Program:
     except RecursionError:
         raise CheckError(f"program `{name}` is nested too deeply", decl.name_span).with_sources(sources) from None
     except TTCLError as e:
-        raise e.with_sources(sources) from None
+        raise _settings_located(e).with_sources(sources) from None
     return Program(ir.to_document(graph, values), checked)
+
+
+def _settings_located(e: TTCLError) -> TTCLError:
+    """`e` without the "in strategy ... called at" notes on errors in a `--set` value: a model
+    is lowered where a stage first uses it, which may be inside a strategy, and that place says
+    nothing about the setting (the same value written in the file gets no such note)."""
+    e.diagnostics = [
+        dataclasses.replace(d, notes=tuple(n for n in d.notes if not n.startswith("in strategy `")))
+        if d.span is not None and d.span.path == SETTINGS
+        else d
+        for d in e.diagnostics
+    ]
+    return e
 
 
 def check_budget(graph: nx.DiGraph, decl: ast.ProgramDecl) -> None:

@@ -1,4 +1,4 @@
-"""The command line (`ttcl run|check|fmt|graph|cost|eval|optimize|train-prm|repl`): the argparse
+"""The command line (`ttcl run|check|fmt|graph|cost|eval|optimize|train-prm|repl|doc`): the argparse
 entry in `app`, one module per command family, and the REPL.
 
 `main` here is the console entry (`ttcl = "ttcl.cli:main"`): it imports the rest itself, so a

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from ttcl.cli.doc import SECTIONS
 from ttcl.cli.present import err, node_costs, out, params_of, report_error
 from ttcl.errors import TTCLError, UsageError
 
@@ -120,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="set a program parameter (repeatable)"
     )
+    _settings_arg(e)
     _dataset_args(e)
     e.add_argument("--budgets", metavar="N,N,...", help="run each program with its budget parameter at each value")
     e.add_argument("--budget-param", metavar="NAME", help="the parameter --budgets binds (default: the only int one)")
@@ -140,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
         "file", metavar="FILE", help="models and verifiers to use; a program's match arms are the search space"
     )
     z.add_argument("--program", metavar="NAME", help="the program whose arms are the search space (default: main)")
+    _settings_arg(z)
     _dataset_args(z)
     z.add_argument(
         "--budget", type=int, default=16, metavar="N", help="generations per question, probes included (default 16)"
@@ -191,12 +194,23 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("repl", help="an interactive session: declarations, pipelines (type, DAG, cost), :run")
     i.add_argument("file", nargs="?", metavar="FILE", help="load this file's declarations first")
+    _settings_arg(i)
     i.set_defaults(run=cmd_repl)
 
     o = sub.add_parser("compile", help="write the compiled program as a JSON artifact")
     _program_args(o)
     o.add_argument("-o", "--output", required=True, metavar="OUT.json")
     o.set_defaults(run=cmd_compile)
+
+    d = sub.add_parser("doc", help="the built-ins and the stdlib: each one's options, types, defaults and limits")
+    d.add_argument(
+        "name",
+        nargs="?",
+        metavar="NAME",
+        help="one built-in or stdlib strategy (llama, sample, beam_search, ...), or a section: " + ", ".join(SECTIONS),
+    )
+    d.add_argument("--markdown", action="store_true", help="print Markdown (the reference tables of docs/language.md)")
+    d.set_defaults(run=cmd_doc)
     return p
 
 
@@ -205,6 +219,18 @@ def _program_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--program", metavar="NAME", help="which program of the file (default: main)")
     p.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="set a program parameter (repeatable)"
+    )
+    _settings_arg(p)
+
+
+def _settings_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME.OPTION=VALUE",
+        help="change an option of a model, a verifier or the answer before checking, "
+        "e.g. policy.max_tokens=64 or prm.agg=min (repeatable)",
     )
 
 
@@ -226,7 +252,7 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
 def _load(args):
     from ttcl.program import load
 
-    return load(args.file, args.program, params_of(args))
+    return load(args.file, args.program, params_of(args), args.set)
 
 
 # ---- commands ------------------------------------------------------------------------------
@@ -300,6 +326,8 @@ def cmd_parse(args) -> int:
     from ttcl.parser import parse
     from ttcl.source import read_source
 
+    if args.set:
+        raise UsageError("--set changes the compiled program, not the parsed file: use it with --emit ir")
     module = parse(read_source(args.file), args.file)
     sys.stdout.write(json.dumps(to_data(module), indent=1) + "\n")
     return 0
@@ -345,3 +373,9 @@ def cmd_repl(args) -> int:
     from ttcl.cli.repl import repl_command
 
     return repl_command(args, out, err)
+
+
+def cmd_doc(args) -> int:
+    from ttcl.cli.doc import doc_command
+
+    return doc_command(args, out)

@@ -40,7 +40,7 @@ def eval_command(args, out: Console, err: Console) -> int:
     data = load_dataset(args.dataset, args.limit, strict=args.strict)
     for problem in data.skipped:
         err.print(f"[yellow]skipped[/] {problem}")
-    programs = [(_label(f, args.files), load(f, args.program, params_of(args))) for f in args.files]
+    programs = [(_label(f, args.files), load(f, args.program, params_of(args), args.set)) for f in args.files]
     budgets = _budgets(args.budgets)
     output = args.output or _default_output(args.files, args.dataset)
     # every output is checked, and the results file's records against this eval, before any work
@@ -164,6 +164,7 @@ def optimize_command(args, out: Console, err: Console) -> int:
 
     text = read_source(args.file)
     base = opt.read_base(text, args.file, args.program or "main")
+    base.settings = list(args.set)
     verifier = _verifier(args.verifier, opt.verifiers(text, args.file))
     probe = args.probe if args.probe is not None else (base.probe or 4)
     opt.check_options(args.budget, probe, args.bins)  # before the dataset is read

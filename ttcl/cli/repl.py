@@ -75,8 +75,8 @@ _KINDS = {
 class Repl:
     """Handles one input at a time; errors are shown and the session goes on."""
 
-    def __init__(self, out: Console, err: Console):
-        self.session = Session()
+    def __init__(self, out: Console, err: Console, settings: list[str] | None = None):
+        self.session = Session(settings)
         self.out, self.err = out, err
         self.last: Result | None = None
         self.failures = 0
@@ -327,9 +327,11 @@ def history_path() -> Path:
 
 def repl_command(args, out: Console, err: Console) -> int:
     """`ttcl repl [FILE]`: a prompt on a terminal, else the inputs read from stdin."""
-    repl = Repl(out, err)
+    repl = Repl(out, err, args.set)
     if args.file:
         repl.handle(f":load {args.file}")
+    for setting in repl.session.waiting():
+        err.print(Text(f"note: --set {setting} waits for a declaration of what it names", style="yellow"))
     if not sys.stdin.isatty():
         return piped(repl, sys.stdin)
     interactive(repl)

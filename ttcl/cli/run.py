@@ -182,7 +182,7 @@ def _answered(path: str, hashes: list[str], digest: str, seed: int, err: Console
             )
         if line["program_hash"] != digest:
             found.setdefault(
-                "program", "the program differs (edited since, another --program, or other --param values?)"
+                "program", "the program differs (edited since, another --program, or other --param or --set values?)"
             )
         if line.get("stopped") != "interrupted":
             answered.add(index)

@@ -24,6 +24,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
 from ttcl import ast
 from ttcl.checker import Checked
 from ttcl.errors import Diagnostic, ParseError, TTCLError, UsageError
+from ttcl.overrides import waiting
 from ttcl.parser import STATEMENT_KEYWORDS, check_brackets, grammar_parser, parse
 from ttcl.program import Program, build, check_programs, check_source
 from ttcl.signatures import ANSWER, QUESTION, Stage
@@ -124,10 +125,13 @@ class Session:
     declared). Every method either succeeds and updates the session or raises `TTCLError` and
     leaves it as it was."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: list[str] | None = None) -> None:
         self.entries: list[Entry] = []
         self.path: str | None = None  # the loaded file: imports are relative to it
         self.current: Entry | None = None  # a program declaration, or a bare pipeline's wrapper
+        # `--set`s: applied to the declarations each time they are checked, each once the
+        # session declares what it names (declarations come one at a time)
+        self.settings = list(settings or [])
         self.checked: Checked = self._check([])
 
     @property
@@ -169,7 +173,7 @@ class Session:
         """Replace the session with a file's declarations; its `main` (or last) program that
         needs no parameters is current."""
         text = normalize_newlines(read_source(path))
-        checked = check_source(text, path)
+        checked = check_source(text, path, self.settings, later=True)
         check_programs(checked)
         self.entries = [Entry.of(s, text, path) for s in checked.workspace.main.statements]
         self.path, self.checked, self.current = path, checked, None
@@ -186,6 +190,10 @@ class Session:
             raise UsageError("no program yet: type a pipeline such as `sample(4) |> vote`, or declare a `program`")
         extra = [self.current] if self.current.header else []
         return self._compile(self.entries + extra, self.current.key[1])
+
+    def waiting(self) -> list[str]:
+        """The settings that name what the session does not declare (yet)."""
+        return waiting(self.checked.workspace.main, self.settings)
 
     def models(self) -> list[Entry]:
         """The model declarations; the first is the policy, the default of every stage."""
@@ -248,7 +256,7 @@ class Session:
         was written."""
         text, placed = _assemble(entries)
         try:
-            return check_source(text, self.path)
+            return check_source(text, self.path, self.settings, later=True)
         except TTCLError as e:
             raise self._relocated(e, placed, text) from None
 

@@ -27,6 +27,7 @@ from ttcl import ast
 from ttcl.errors import TTCLError, UsageError
 from ttcl.eval.evaluate import Eval, Record
 from ttcl.formatter import format_source, layout
+from ttcl.overrides import rewrite_source
 from ttcl.parser import parse
 from ttcl.program import Program, compile
 from ttcl.runtime.ops import difficulty_bin
@@ -61,13 +62,14 @@ class Base:
     path: str | None
     arms: list[str] = field(default_factory=list)  # the input program's match arms, if any
     probe: int | None = None  # its difficulty probes
+    settings: list[str] = field(default_factory=list)  # `--set`s applied to every candidate and written out
 
     def program(self, expr: str) -> Program:
         """The candidate `expr` as the base's `main`; an error in `expr` is located in it
         (path `--candidate`), not at a line of the file that the file does not have."""
         head = f"{self.text}\nprogram main = "
         try:
-            return compile(f"{head}{expr}\n", self.path)
+            return compile(f"{head}{expr}\n", self.path, settings=self.settings)
         except TTCLError as e:
             raise _in_candidate(e, head, expr, self.path) from None
 
@@ -257,7 +259,7 @@ def render(base: Base, choice: Choice, verifier: str, probe: int, budget: int, n
     text = "\n".join(
         [NOTE + line for line in note]
         + [
-            base.text.rstrip(),
+            rewrite_source(base.text, base.path, base.settings).rstrip(),
             "",
             f"budget {budget} generations",
             "",

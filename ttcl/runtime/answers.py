@@ -228,13 +228,13 @@ def extract_answer(text: str) -> str | None:
 
     An explicit statement wins (boxed, `####`, "the answer is", "Answer:"), the last one: a
     box's contents, or the statement's number, or the result after its last "=" ("The answer
-    is 2 + 3 = 5" is 5). A statement
-    with a letter where the number belongs ("The answer is N.", copied from a prompt) states
-    none. Without a statement the last number in the text is taken, as graders of GSM8K-style
+    is 2 + 3 = 5" is 5). A statement with a letter where the number belongs ("The answer is
+    N.", copied from a prompt) states none. Without a statement the last number in the text is taken, as graders of GSM8K-style
     data do.
     """
-    boxed = last_boxed(text)
-    if boxed is not None and boxed.strip() and _last_match(_STATED, text).group(0).startswith("\\"):
+    last = _last_match(_STATED, text)
+    boxed = last_boxed(text) if last is not None and last.group(0).startswith("\\") else None
+    if boxed is not None and boxed.strip():
         return normalize(boxed)  # a box holds the answer alone, whatever it is
     stated = _last_statement(text)
     if stated is not None:
