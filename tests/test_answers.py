@@ -239,3 +239,20 @@ def test_the_stdlib_prompts_are_valid_templates_a_program_can_choose():
     for name in names:  # each is checked (holes, {question}) and reaches the model as written
         program = ttcl.compile(f'import "prompts"\nanswer math(prompt={name})\nprogram main = sample(1) |> vote\n')
         assert "{question}" in program.ir.prompts[name]
+
+
+def test_eval_reads_chosen_fields_and_grades_by_the_programs_answer_kind(tmp_path, monkeypatch, capsys):
+    from ttcl.cli.app import main
+
+    backend = ScriptedBackend(lambda req: "So it is \\boxed{0.5}.")
+    monkeypatch.setattr(ttcl.backends, "backend_for", lambda decl: backend)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"task": "Half of 1?", "gold": "\\frac{1}{2}"}) + "\n")
+    program = tmp_path / "p.ttcl"
+    program.write_text("answer math\nprogram main(n: int = 1) = sample(n) |> vote\n")
+    out = tmp_path / "r.jsonl"
+    argv = ["eval", program, "--dataset", data, "--question-field", "task", "--answer-field", "gold", "-o", out]
+    assert main([str(a) for a in argv]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    [record] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["question"] == "Half of 1?" and record["correct"] is True

@@ -181,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME|FILE.jsonl",
         help="arith, arith:N, arith:A-B, or a JSONL file (default: arith)",
     )
+    _field_args(t)
     t.add_argument("--limit", type=int, default=100, metavar="N", help="questions (default: 100)")
     t.add_argument("--out", required=True, metavar="HEAD.safetensors")
     t.add_argument("--samples", type=int, default=4, help="solutions per question (default: 4)")
@@ -234,6 +235,14 @@ def _settings_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _field_args(p: argparse.ArgumentParser) -> None:
+    """Which fields of a JSONL dataset hold the question and the answer."""
+    p.add_argument(
+        "--question-field", metavar="NAME", help='the question\'s field (default: "question", else "problem")'
+    )
+    p.add_argument("--answer-field", metavar="NAME", help='the answer\'s field (default: "answer", else "solution")')
+
+
 def _dataset_args(p: argparse.ArgumentParser) -> None:
     """The questions and how they run, alike for eval and optimize."""
     p.add_argument(
@@ -241,8 +250,10 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
         required=True,
         metavar="NAME|FILE.jsonl",
         help="arith (levels 1-5 interleaved), arith:1 .. arith:5, or a JSONL file "
-        '({"question", "answer"} per line; GSM8K\'s "#### N" is understood)',
+        '({"question", "answer"} or MATH\'s {"problem", "solution"} per line; GSM8K\'s "#### N" '
+        "and a solution's last \\boxed{} are understood)",
     )
+    _field_args(p)
     p.add_argument("--limit", type=int, metavar="N", help="the first N questions (default: arith 100, a file all)")
     p.add_argument("--strict", action="store_true", help="a malformed dataset line is fatal (default: skipped)")
     p.add_argument("--seed", type=int, default=0)

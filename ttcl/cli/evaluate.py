@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ttcl.cli.present import progress_bar
+from ttcl.cli.present import fields_of, progress_bar
 from ttcl.errors import UsageError
 from ttcl.eval.datasets import load as load_dataset
 from ttcl.eval.evaluate import (
@@ -37,7 +37,7 @@ def eval_command(args, out: Console, err: Console) -> int:
     from ttcl.cli.present import params_of
     from ttcl.program import load
 
-    data = load_dataset(args.dataset, args.limit, strict=args.strict)
+    data = load_dataset(args.dataset, args.limit, strict=args.strict, fields=fields_of(args))
     for problem in data.skipped:
         err.print(f"[yellow]skipped[/] {problem}")
     programs = [(_label(f, args.files), load(f, args.program, params_of(args), args.set)) for f in args.files]
@@ -171,7 +171,7 @@ def optimize_command(args, out: Console, err: Console) -> int:
     candidates = args.candidate or base.arms or opt.default_space(opt.arm_budget(args.budget, probe), verifier)
     for expr in candidates:  # each must compile, before anything runs
         base.program(expr)
-    data = load_dataset(args.dataset, args.limit, strict=args.strict)
+    data = load_dataset(args.dataset, args.limit, strict=args.strict, fields=fields_of(args))
     for problem in data.skipped:
         err.print(f"[yellow]skipped[/] {problem}")
     output = args.runs or f"{Path(args.file).stem}.{_dataset_name(args.dataset)}.optimize.jsonl"

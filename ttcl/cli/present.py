@@ -10,6 +10,7 @@ from rich.text import Text
 
 from ttcl.cost.estimator import short_number
 from ttcl.errors import TTCLError, UsageError
+from ttcl.eval.datasets import Fields
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -67,3 +68,8 @@ def progress_bar(console: Console) -> Progress:
         console=console,
         transient=True,
     )
+
+
+def fields_of(args) -> Fields:
+    """The dataset fields named by --question-field and --answer-field."""
+    return Fields(args.question_field, args.answer_field)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ttcl.backends import backend_for
+from ttcl.cli.present import fields_of
 from ttcl.errors import UsageError
 from ttcl.eval.datasets import load
 from ttcl.eval.train_prm import Settings, train
@@ -23,7 +24,7 @@ def train_prm_command(args, out, err) -> int:
         max_tokens=args.max_tokens,
         seed=args.seed,
     )
-    data = load(args.dataset, args.limit, args.seed, args.strict)
+    data = load(args.dataset, args.limit, args.seed, args.strict, fields_of(args))
     for line in data.skipped:
         err.print(f"[yellow]skipped[/] {line}")
     backend = backend_for({"kind": args.backend, "path": args.model, "n_ctx": 2048})
