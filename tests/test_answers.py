@@ -135,6 +135,7 @@ def test_regex_program_reads_the_last_match():
 
 
 def test_registered_answer_through_the_api():
+    assert ttcl.register_answer is register_answer  # public, beside register_verifier
     register_answer("last_word", lambda text: text.split()[-1].strip("."), lambda a, b: a.lower() == b.lower())
     texts = ["It is Lyon.", "Surely LYON", "Maybe Nice"]
     result = run('answer registered("last_word")\nprogram main = sample(3) |> vote\n', in_turn(texts))

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ttcl.errors import TTCLError
     from ttcl.program import Program, compile, load
     from ttcl.results import Candidate, Cost, Result
+    from ttcl.runtime.answers import register_answer
     from ttcl.runtime.verifiers import register_verifier
 
 _EXPORTS = {  # public name -> the module that defines it
@@ -28,10 +29,22 @@ _EXPORTS = {  # public name -> the module that defines it
     "TTCLError": "ttcl.errors",
     "compile": "ttcl.program",
     "load": "ttcl.program",
+    "register_answer": "ttcl.runtime.answers",
     "register_verifier": "ttcl.runtime.verifiers",
 }
 
-__all__ = ["Candidate", "Cost", "Program", "Result", "TTCLError", "compile", "load", "register_verifier", "__version__"]
+__all__ = [
+    "Candidate",
+    "Cost",
+    "Program",
+    "Result",
+    "TTCLError",
+    "compile",
+    "load",
+    "register_answer",
+    "register_verifier",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:
