@@ -434,6 +434,7 @@ def test_llama_and_torch_hidden_states_of_the_same_weights_are_close(llama_backe
 
 
 @pytest.mark.slow
+@pytest.mark.cuda
 def test_torch_on_a_gpu_matches_the_cpu_greedily(torch_backend):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
