@@ -35,3 +35,19 @@ def errors_of():
 def _run_from_the_repository_root(monkeypatch):
     """Tests name files like `programs/beam.ttcl`, relative to the repository root."""
     monkeypatch.chdir(ROOT)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` skip at once where torch sees no GPU (not after loading a model)."""
+    gpu = [item for item in items if item.get_closest_marker("cuda")]
+    if not gpu:
+        return
+    try:
+        import torch
+
+        available = torch.cuda.is_available()
+    except ImportError:
+        available = False
+    if not available:
+        for item in gpu:
+            item.add_marker(pytest.mark.skip(reason="no CUDA GPU"))
