@@ -256,6 +256,13 @@ def repl_piped(text: str, *args):
     )
 
 
+def test_an_answer_declaration_in_a_session_replaces_the_last():
+    done = repl_piped("answer choice\nanswer math(prompt=p)\nanswer math\nsample(2) |> vote\n")
+    assert done.returncode == 1  # the second names an undeclared prompt; the session goes on
+    assert "answer choice\n" in done.stdout and "answer math\n" in done.stdout
+    assert "estimated cost: 2 generations" in done.stdout
+
+
 def test_statements_from_a_pipe():
     done = repl_piped("strategy bon(n: int) =\n  sample(n) |> vote\nbon(2)\n:graph mermaid\n")
     assert done.returncode == 0, done.stderr

@@ -69,6 +69,7 @@ _KINDS = {
     "ProgramDecl": "program",
     "BudgetDecl": "budget",
     "Import": "import",
+    "AnswerDecl": "answer",
 }
 
 
@@ -225,7 +226,7 @@ class Repl:
 
 def _described(entry: Entry, strategy_types: dict) -> str:
     kind = _KINDS[type(entry.stmt).__name__]
-    if kind in ("budget", "import"):  # the text as written: from a loaded file, so made printable
+    if kind in ("budget", "import", "answer"):  # the text as written: from a loaded file, so made printable
         return printable(f"{'imported' if kind == 'import' else kind} {' '.join(entry.text.split()[1:])}")
     shown = f"defined {kind} {entry.key[1]}"
     if kind == "program" and needs_params(cast(ast.ProgramDecl, entry.stmt)):
