@@ -220,6 +220,11 @@ def op_best(ctx: NodeContext):
     if not pool:
         return None
     scores = yield from ctx.score(pool)
+    return highest(pool, scores)
+
+
+def highest(pool: list[Candidate], scores: list[float]) -> Candidate:
+    """The candidate with the highest score (the first of equals)."""
     return pool[max(range(len(pool)), key=lambda i: scores[i])]
 
 
@@ -229,11 +234,18 @@ def op_weighted_vote(ctx: NodeContext):
     if not pool:
         return None
     scores = yield from ctx.score(pool)
-    groups = by_answer(pool, ctx.answers)
+    return weighted_choice(pool, scores, ctx.answers)
+
+
+def weighted_choice(pool: list[Candidate], scores: list[float], answers: AnswerKind) -> Candidate:
+    """The best-scored candidate of the answer whose candidates' scores sum highest (the
+    highest-scored candidate where none states an answer)."""
+    groups = by_answer(pool, answers)
     if not groups:
-        return pool[max(range(len(pool)), key=lambda i: scores[i])]
-    winner = max(groups.values(), key=lambda group: sum(c.score or 0.0 for c in group))
-    return max(winner, key=lambda c: c.score or 0.0)
+        return highest(pool, scores)
+    score = {id(c): s for c, s in zip(pool, scores)}
+    winner = max(groups.values(), key=lambda group: sum(score[id(c)] for c in group))
+    return max(winner, key=lambda c: score[id(c)])
 
 
 # ---- search against a step-level verifier ---------------------------------------------------
