@@ -126,6 +126,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--budgets", metavar="N,N,...", help="run each program with its budget parameter at each value")
     e.add_argument("--budget-param", metavar="NAME", help="the parameter --budgets binds (default: the only int one)")
     e.add_argument(
+        "--no-pool",
+        action="store_true",
+        help="run every budget on its own, even where the smaller ones could come from the largest one's samples",
+    )
+    e.add_argument(
         "-o",
         "--output",
         metavar="OUT.jsonl",

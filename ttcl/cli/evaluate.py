@@ -8,6 +8,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from rich import box
 from rich.console import Console
@@ -29,6 +30,7 @@ from ttcl.eval.evaluate import (
     summarize,
     summarize_by,
 )
+from ttcl.eval.sweep import PoolPlan, pool_plan
 from ttcl.results import check_writable
 from ttcl.source import write_text
 
@@ -62,12 +64,21 @@ def eval_command(args, out: Console, err: Console) -> int:
     ev = Eval(output, data.questions, seed=args.seed, resume=args.resume, on_record=on_record, isolate=True)
     ev.expect([(label, b, bind_budget(prog, b, param)) for label, prog, b, param in runs])
     keys = {(label, b) for label, _, b, _ in runs}
+    pools = _pools(programs, budgets, args, err)
     with progress:
         bar = progress.add_task("questions", total=len(runs) * len(data.questions))
         progress.advance(bar, sum((r.program, r.budget) in keys for r in ev.records))
         for label, prog, budget, param in runs:
+            plan = pools.get(label)
+            if plan is not None and budget != max(cast(list[int], budgets)):
+                continue  # evaluated from the largest budget's pool
             progress.update(bar, description=f"{label}" + (f" {param}={budget}" if param else ""))
-            if not ev.run(prog, label, budget, param):
+            finished = (
+                ev.run_pooled(prog, label, cast(list[int], budgets), cast(str, param), plan)
+                if plan is not None
+                else ev.run(prog, label, budget, param)
+            )
+            if not finished:
                 _notes(ev, err)
                 err.print(f"interrupted: {len(ev.records)} results are in {output}; run again with --resume to finish")
                 return 130
@@ -110,7 +121,7 @@ def _show(summaries: list[Summary], title: str, out: Console) -> None:
     for s in summaries:
         table.add_row(
             s.program,
-            "" if s.budget is None else str(s.budget),
+            "" if s.budget is None else str(s.budget) + (f" (pool {s.pooled_from})" if s.pooled_from else ""),
             str(s.questions),
             f"{s.accuracy:.1%}",
             f"{s.low:.1%}–{s.high:.1%}",
@@ -119,6 +130,24 @@ def _show(summaries: list[Summary], title: str, out: Console) -> None:
             *([str(s.failed)] if failures else []),
         )
     out.print(table)
+
+
+def _pools(programs, budgets: Sequence[int | None], args, err: Console) -> dict[str, PoolPlan]:
+    """The programs whose budgets come from one pool (`ttcl.eval.sweep`), by label; each
+    other program with several budgets is told why it runs them one by one."""
+    if len(budgets) < 2 or args.no_pool:
+        return {}
+    plans = {}
+    for label, prog in programs:
+        plan = pool_plan(prog, budget_param(prog, args.budget_param), cast(list[int], budgets))
+        if isinstance(plan, str):
+            err.print(Text("note ", style="yellow"), Text(f"{label}: each budget runs on its own: {plan}"), sep="")
+        else:
+            plans[label] = plan
+            err.print(
+                f"{label}: budgets {', '.join(map(str, budgets))} from one pool of {max(cast(list[int], budgets))} samples"
+            )
+    return plans
 
 
 def _notes(ev: Eval, err: Console) -> None:

@@ -26,8 +26,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
@@ -35,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ttcl.backends.base import BackendError
 from ttcl.errors import UsageError
+from ttcl.eval.sweep import PoolPlan, outcomes
 from ttcl.program import Program
 from ttcl.results import Result, cut_torn_line, end_line, program_hash, question_hash, read_lines
 from ttcl.runtime.answers import AnswerKind, answer_kind
@@ -65,6 +68,10 @@ class Record(BaseModel):
     question_hash: str | None = None  # `ttcl.results.question_hash` of `question`
     program_hash: str | None = None  # `ttcl.results.program_hash` of the program as bound
     error: str | None = None  # why the question failed (then counted wrong); None: it ran
+    # a budget evaluated from a pool drawn at a larger budget (`ttcl.eval.sweep`): that budget,
+    # and the share of resampled subsets answered right (`correct`: the answer chosen most often)
+    pooled_from: int | None = None
+    share: float | None = None
 
     @property
     def key(self) -> tuple[str, int | None, int]:
@@ -73,6 +80,11 @@ class Record(BaseModel):
     @property
     def failed(self) -> bool:
         return self.error is not None
+
+    @property
+    def value(self) -> float:
+        """How right it is: the share of a pool's subsets answered right, else 1 or 0."""
+        return self.share if self.share is not None else float(self.correct)
 
 
 class Summary(BaseModel):
@@ -88,6 +100,7 @@ class Summary(BaseModel):
     flops: float | None  # mean per question that ran (failed ones spent nothing measured)
     tokens: float
     failed: int = 0  # questions that could not run (counted wrong), such as a prompt too long
+    pooled_from: int | None = None  # evaluated from a pool drawn at this budget (`ttcl.eval.sweep`)
 
 
 def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -360,20 +373,7 @@ class Eval:
         todo = [i for i in range(len(self.questions)) if (label, budget, i) not in done]
         if not todo:
             return True
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._mend()
-            sink = open(self.path, "a", encoding="utf-8")
-        except OSError as e:
-            raise UsageError(f"{self.path}: cannot write: {e.strerror or e}") from None
-        with sink:
-
-            def append(record: Record) -> None:
-                sink.write(record.model_dump_json() + "\n")
-                sink.flush()
-                os.fsync(sink.fileno())  # a killed process keeps every line it reported
-                self.records.append(record)
-                self.on_record(record)
+        with self._appending() as append:
 
             def write(index: int, result: Result) -> None:
                 if result.stopped != "interrupted":  # unfinished: it runs again on resume
@@ -391,6 +391,79 @@ class Eval:
                 seed=self.seed,
                 backend=self.backend,
             )
+
+    def run_pooled(self, program: Program, label: str, budgets: list[int], param: str, plan: PoolPlan) -> bool:
+        """Run `program` once per question at the largest of `budgets` and evaluate every
+        budget from that pool (`ttcl.eval.sweep`): each question's records, one per budget,
+        are appended together, marked `pooled_from`. Returns False if it was interrupted."""
+        largest = max(budgets)
+        bound = {b: bind_budget(program, b, param) for b in budgets}
+        digests = {b: program_hash(bound[b].ir) for b in budgets}
+        if any(
+            r.program == label and r.budget in digests and r.program_hash != digests[r.budget] for r in self.records
+        ):
+            raise self._refuse([_edited(label, next(r.budget for r in self.records if r.program == label))])
+        done = {r.key for r in self.records}
+        todo = [i for i in range(len(self.questions)) if any((label, b, i) not in done for b in budgets)]
+        if not todo:
+            return True
+        answers = answer_kind(bound[largest].ir.answer)
+        with self._appending() as append:
+
+            def write(index: int, result: Result) -> None:
+                if result.stopped == "interrupted":  # unfinished: it runs again on resume
+                    return
+                q = self.questions[index]
+                rng = random.Random(f"{self.seed}:{label}:{index}")  # the same subsets on every run
+                for budget, o in outcomes(result, plan, sorted(budgets), answers, q["answer"], rng).items():
+                    if (label, budget, index) not in done:
+                        record = self._record(label, budget, index, result, set(), digests[budget], answers)
+                        update: dict[str, object] = {
+                            "answer": o.answer,
+                            "correct": answers.same(o.answer, q["answer"]),
+                            "share": o.share,
+                            "pooled_from": largest,
+                            "flops": o.flops,
+                            "tokens": round(o.tokens),
+                            "generations": o.generations,
+                            "elapsed_s": result.elapsed_s * o.generations / largest,
+                        }
+                        append(record.model_copy(update=update))
+
+            def fail(index: int, reason: str) -> None:
+                for budget in budgets:
+                    if (label, budget, index) not in done:
+                        append(self._failed(label, budget, index, reason, digests[budget]))
+
+            return run_isolating(
+                bound[largest],
+                self.questions,
+                todo,
+                write,
+                fail if self.isolate else None,
+                seed=self.seed,
+                backend=self.backend,
+            )
+
+    @contextmanager
+    def _appending(self) -> Iterator[Callable[[Record], None]]:
+        """A function that appends a record to the file, durably, and reports it."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._mend()
+            sink = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"{self.path}: cannot write: {e.strerror or e}") from None
+        with sink:
+
+            def append(record: Record) -> None:
+                sink.write(record.model_dump_json() + "\n")
+                sink.flush()
+                os.fsync(sink.fileno())  # a killed process keeps every line it reported
+                self.records.append(record)
+                self.on_record(record)
+
+            yield append
 
     def _record(
         self,
@@ -483,7 +556,10 @@ def summarize_by(records: list[Record], key: Callable[[Record], int | None]) -> 
 
 def _summary(program: str, budget: int | None, records: list[Record]) -> Summary:
     n, correct = len(records), sum(r.correct for r in records)
-    low, high = wilson(correct, n)
+    pooled = next((r.pooled_from for r in records if r.pooled_from is not None), None)
+    values = [r.value for r in records]
+    # a pooled budget's questions score fractions: their interval is a bootstrap over questions
+    low, high = bootstrap(values) if pooled is not None else wilson(correct, n)
     ran = [r for r in records if not r.failed]  # a failed question's cost is not measured
     flops = None if not ran or any(r.flops is None for r in ran) else sum(cast(float, r.flops) for r in ran) / len(ran)
     return Summary(
@@ -491,13 +567,25 @@ def _summary(program: str, budget: int | None, records: list[Record]) -> Summary
         budget=budget,
         questions=n,
         correct=correct,
-        accuracy=correct / n,
+        accuracy=sum(values) / n,
         low=low,
         high=high,
         flops=flops,
         tokens=sum(r.tokens for r in ran) / len(ran) if ran else 0.0,
         failed=n - len(ran),
+        pooled_from=pooled,
     )
+
+
+def bootstrap(values: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """The 95% percentile bootstrap interval of the mean of `values` (questions resampled with
+    replacement; seeded, so a report is the same every time)."""
+    if not values:
+        return 0.0, 1.0
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(resamples))
+    return means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
 
 
 def plot(summaries: list[Summary], path: str, title: str = "") -> None:
