@@ -105,6 +105,16 @@ def test_each_bin_gets_its_best_candidate_and_cross_validation_reports_it(tmp_pa
     assert all(r.probe_accuracy is not None for r in probes)
 
 
+def test_pass_rate_bins_are_absolute_three_bins(tmp_path):
+    candidates = ["majority(2)", "sequential_revisions(2, prm)"]
+    _, results, scores, probes = optimize(tmp_path, read_base(BASE, "base.ttcl"), candidates)
+    choice = choose(candidates, results, scores, list(range(len(QUESTIONS))), binning="pass-rate")
+    assert choice.thresholds == [0.1, 0.5] and sorted(choice.winners) == [1, 2, 3]
+    # scores 0.9 .. 0.1 (1 - A/10): A <= 5 is easy (majority misses A = 5), 6 .. 9 medium
+    assert choice.winners[1] == choice.winners[2] == "sequential_revisions(2, prm)"
+    assert quantile_thresholds(scores, 3) != choice.thresholds  # not fitted to these scores
+
+
 def test_the_written_program_compiles_routes_by_its_thresholds_and_is_a_fixed_point(tmp_path):
     base = read_base(BASE, "base.ttcl")
     candidates = ["majority(2)", "sequential_revisions(2, prm)"]

@@ -153,7 +153,14 @@ def _parser() -> argparse.ArgumentParser:
         "--budget", type=int, default=16, metavar="N", help="generations per question, probes included (default 16)"
     )
     z.add_argument("--probe", type=int, metavar="P", help="probe samples that predict difficulty (default 4)")
-    z.add_argument("--bins", type=int, default=5, help="difficulty bins (default 5)")
+    z.add_argument("--bins", type=int, default=5, help="difficulty bins (default 5; pass-rate bins are 3)")
+    z.add_argument(
+        "--bins-by",
+        choices=("quantile", "pass-rate"),
+        default="quantile",
+        help="quantile: bins of equal size at quantiles of the probes' score; pass-rate: easy >= 50%%, "
+        "medium 10-50%%, hard < 10%% (the score as an estimated pass rate)",
+    )
     z.add_argument("--verifier", metavar="NAME", help="the verifier that scores probes (default: the only one)")
     z.add_argument(
         "--candidate",

@@ -234,6 +234,7 @@ def optimize_command(args, out: Console, err: Console) -> int:
             args.bins,
             note,
             on_start=lambda label: progress.update(bar, description=label),
+            binning=args.bins_by,
         )
     _notes(ev, err)
     if found is None:

@@ -200,13 +200,33 @@ class Choice:
     winners: dict[int, str]  # bin -> candidate
 
 
+# Absolute difficulty bins, as compute-optimal-tts draws them from the policy's pass rate:
+# hard below 10%, medium 10-50%, easy from 50%; here on the probes' mean verifier score,
+# which estimates that pass rate without the ground truth.
+PASS_RATE_THRESHOLDS = [0.1, 0.5]
+
+
+def thresholds_for(scores: list[float], bins: int, binning: str = "quantile") -> list[float]:
+    """The difficulty thresholds: quantiles of `scores` (`bins` bins of about equal size), or
+    the absolute pass-rate cut points (three bins, whatever the scores)."""
+    if binning == "pass-rate":
+        return list(PASS_RATE_THRESHOLDS)
+    return quantile_thresholds(scores, bins)
+
+
 def choose(
-    candidates: list[str], results: dict[str, list[Record]], scores: list[float], questions: list[int], bins: int = 5
+    candidates: list[str],
+    results: dict[str, list[Record]],
+    scores: list[float],
+    questions: list[int],
+    bins: int = 5,
+    binning: str = "quantile",
 ) -> Choice:
-    """Fit thresholds on `questions`' scores, then per bin the candidate with the most right
-    answers on those questions (ties: fewer FLOPs, then the earlier candidate). An empty bin
-    takes the winner over all the questions."""
-    thresholds = quantile_thresholds([scores[i] for i in questions], bins)
+    """Fit thresholds on `questions`' scores (or take the pass-rate ones), then per bin the
+    candidate with the most right answers on those questions (ties: fewer FLOPs, then the
+    earlier candidate). An empty bin takes the winner over all the questions."""
+    thresholds = thresholds_for([scores[i] for i in questions], bins, binning)
+    bins = len(thresholds) + 1
     overall = _best(candidates, results, questions)
     winners = {}
     for b in range(1, bins + 1):
@@ -224,7 +244,12 @@ def _best(candidates: list[str], results: dict[str, list[Record]], questions: li
 
 
 def cross_validate(
-    candidates: list[str], results: dict[str, list[Record]], scores: list[float], probe: list[Record], bins: int = 5
+    candidates: list[str],
+    results: dict[str, list[Record]],
+    scores: list[float],
+    probe: list[Record],
+    bins: int = 5,
+    binning: str = "quantile",
 ) -> tuple[float, float]:
     """Two-fold cross-validated accuracy and mean FLOPs per question (probes included) of
     choosing per bin: each half is answered by the choice made on the other half."""
@@ -232,7 +257,7 @@ def cross_validate(
     folds = [list(range(0, n, 2)), list(range(1, n, 2))]
     correct, flops = 0, 0.0
     for k in (0, 1):
-        choice = choose(candidates, results, scores, folds[1 - k], bins)
+        choice = choose(candidates, results, scores, folds[1 - k], bins, binning)
         for i in folds[k]:
             record = results[choice.winners[predicted_bin(scores[i], choice.thresholds)]][i]
             correct += record.correct
@@ -341,12 +366,13 @@ def optimize(
     bins: int = 5,
     note: list[str] | None = None,
     on_start=lambda label: None,
+    binning: str = "quantile",
 ) -> Optimized | None:
     """The compute-optimal workflow, the one entry point `ttcl optimize` and the benchmark
     share: run the probes and every candidate (the default search space at the budget less the
     probes, unless given) on `ev`'s questions, bin the questions by the probes' score, choose
-    the best candidate per bin, cross-validate that choice, and write the per-difficulty
-    program. None if interrupted (what finished is in `ev`'s file, for --resume)."""
+    the best candidate per bin (`binning`: quantile bins, or absolute pass-rate bins),
+    cross-validate that choice, and write the per-difficulty program. None if interrupted (what finished is in `ev`'s file, for --resume)."""
     check_options(budget, probe, bins)
     candidates = candidates or default_space(arm_budget(budget, probe), verifier)
     results = run_all(ev, base, candidates, verifier, probe, on_start)
@@ -354,8 +380,8 @@ def optimize(
         return None
     probes = results.pop(PROBE_LABEL)
     scores = [cast(float, r.difficulty) for r in probes]  # every probe record has its score
-    choice = choose(candidates, results, scores, list(range(len(scores))), bins)
-    cv_accuracy, cv_flops = cross_validate(candidates, results, scores, probes, bins)
+    choice = choose(candidates, results, scores, list(range(len(scores))), bins, binning)
+    cv_accuracy, cv_flops = cross_validate(candidates, results, scores, probes, bins, binning)
     text = render(base, choice, verifier, probe, budget, note or [])
     return Optimized(candidates, results, probes, scores, choice, cv_accuracy, cv_flops, text)
 
