@@ -5,8 +5,8 @@ declaration's `prompt=`, or the default written for the program's answer kind. A
 `{question}` hole takes the question and `{attempts}` the previous attempts (revisions, or a
 Pool fed to a generator).
 
-The defaults show the model the form of a finished answer with a worked example rather than
-a placeholder: asked to "finish with 'The answer is N.'", a small model copies the N.
+The defaults name no placeholder: asked to "finish with 'The answer is N.'", a small model
+copies the N. The `number` default was chosen on held-out arithmetic (bench/prompts.py).
 """
 
 from __future__ import annotations
@@ -15,12 +15,7 @@ from ttcl.backends.base import Message
 
 # The default solve prompt of each answer kind (`answer number` is the default kind).
 SOLVE_PROMPTS = {
-    "number": (
-        "Solve the problem step by step, then give the final answer on its own line.\n\n"
-        "Example:\nProblem: What is 6 + 7 * 2?\n"
-        "Solution: First 7 * 2 = 14.\nThen 6 + 14 = 20.\nThe answer is 20.\n\n"
-        "Problem: {question}\nSolution:"
-    ),
+    "number": "Calculate: {question}\nShow the calculation, then write the result.",
     "math": (
         "{question}\n\nSolve it step by step. Put the final answer, in simplest form, in \\boxed{{}}, "
         "for example: the answer is $\\boxed{{\\frac{{3}}{{4}}}}$."
