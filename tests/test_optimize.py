@@ -53,6 +53,7 @@ def test_the_default_space_is_the_papers_strategies_at_the_budget():
     space = default_space(12, "prm")
     assert space == [
         "majority(12)",
+        "adaptive_majority(12)",
         "weighted_best_of_n(12, prm)",
         "beam_search(12, prm, width=3)",
         "beam_search(12, prm, width=4)",

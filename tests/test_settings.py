@@ -181,7 +181,7 @@ def test_an_unknown_option_gets_a_suggestion_and_the_options_there_are():
         "--set:1:8: error: `llama` has no parameter `max_token`; did you mean `max_tokens`?\n"
         " 1 | policy.max_token=8\n"
         "   |        ^^^^^^^^^\n"
-        "  note: `llama` takes: path, temperature, top_p, top_k, max_tokens, n_ctx, n_gpu_layers, threads"
+        "  note: `llama` takes: path, temperature, top_p, top_k, max_tokens, n_ctx, n_gpu_layers, threads, batch"
     )
     text = "program main = sample(2) |> vote"
     assert "note: the file declares no `answer`, so it is `number`" in errors(["answer.letters=ABCD"], text)

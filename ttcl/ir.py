@@ -289,9 +289,9 @@ def _check_declarations(doc: IRDocument, bad: _Problems) -> None:
     for verifier, decl in doc.verifiers.items():
         kind = decl.get("kind")
         where = f"verifier {verifier!r}"
-        if kind == "oracle":
-            if decl != BUILTIN_VERIFIERS["oracle"]:
-                bad(f"{where} is not the built-in oracle")
+        if kind in ("oracle", "confidence"):  # built in, with nothing to set
+            if decl != BUILTIN_VERIFIERS[kind]:
+                bad(f"{where} is not the built-in {kind}")
             continue
         if not isinstance(kind, str) or kind not in VERIFIERS:
             bad(f"{where} is of unknown kind {kind!r}")

@@ -33,6 +33,9 @@ class Candidate(BaseModel):
     prompt_tokens: int = 0
     generated_tokens: int = 0
     seed: int | None = None
+    # the mean log-probability of its generated tokens, where the program asked for them (it
+    # scores with the `confidence` verifier); None otherwise, and in records written before
+    mean_logprob: float | None = None
 
 
 class NodeCost(BaseModel):
@@ -70,11 +73,12 @@ class Cost(BaseModel):
 
 
 class TraceEvent(BaseModel):
-    """One thing that happened: a node finishing, a batch sent, a verifier pass."""
+    """One thing that happened: a node finishing, a batch sent, a verifier pass, an
+    `adaptive` stage stopping (how many it drew and why)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    event: Literal["node", "batch", "score", "difficulty", "stop"]
+    event: Literal["node", "batch", "score", "difficulty", "stop", "adaptive"]
     node: int | None = None
     op: str | None = None
     detail: dict = Field(default_factory=dict)

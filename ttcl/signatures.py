@@ -98,6 +98,14 @@ def _multiple_of_width(args: dict) -> str | None:
     return None
 
 
+def _settled_confidence(args: dict) -> str | None:
+    # 0.5 would stop at a tie (a Beta(v+1, v+1) is above 1/2 with probability 1/2), and no
+    # finite count of votes makes the probability 1: both ends are refused, not clamped
+    if not 0.5 < args["confidence"] < 1:
+        return f"confidence must be strictly between 0.5 and 1, got {args['confidence']:g}"
+    return None
+
+
 # Options every generator takes; None means "inherit from the model".
 GENERATOR_OPTIONS = (
     Param("model", "model", None, doc="the policy model (default: the file's first model)"),
@@ -120,6 +128,34 @@ _STAGES = (
         (_N,) + GENERATOR_OPTIONS,
         "n independent samples, one batched call with the prompt prefilled once",
         generations=lambda a: a["n"],
+    ),
+    Signature(
+        "adaptive",
+        "generator",
+        (
+            Param("n", "int", minimum=1, maximum=MAX_COUNT, doc="the most generations it may draw"),
+            Param(
+                "round", "int", 4, minimum=1, maximum=MAX_COUNT, doc="samples per round; the rule is read after each"
+            ),
+            Param(
+                "confidence",
+                "float",
+                0.95,
+                doc="for `beta`: how sure it must be that the leading answer is the majority "
+                "(strictly between 0.5 and 1)",
+            ),
+            Param(
+                "rule",
+                "str",
+                "beta",
+                choices=("beta", "window"),
+                doc="`beta`: Adaptive-Consistency's Beta posterior; `window`: a round whose answers all agree",
+            ),
+        )
+        + GENERATOR_OPTIONS,
+        "samples in rounds until the leading answer is settled (adaptive self-consistency), at most n",
+        generations=lambda a: a["n"],
+        rule=_settled_confidence,
     ),
     Signature(
         "revise",
@@ -229,6 +265,15 @@ MODELS: dict[str, Signature] = {
                 Param("n_ctx", "int", 4096, minimum=16, maximum=1_048_576, doc="tokens of context (prompt + answer)"),
                 Param("n_gpu_layers", "int", 0, minimum=-1, doc="layers on the GPU (a GPU build); -1: all"),
                 Param("threads", "int", 0, minimum=0, doc="0: one per core"),
+                Param(
+                    "batch",
+                    "int",
+                    0,
+                    minimum=0,
+                    maximum=512,
+                    doc="the most sequences one decode call of a generation step carries; "
+                    "0: measured per model on first use, and kept in the cache directory",
+                ),
             ),
             "a GGUF model run by llama.cpp",
         ),
@@ -402,11 +447,14 @@ ANSWERS: dict[str, Signature] = {
 DEFAULT_ANSWER = {"kind": "number"}
 
 # Verifiers that exist without a declaration. `oracle` grades against the ground truth, so it
-# scores whole answers only and serves evaluation and oracle difficulty.
+# scores whole answers only and serves evaluation and oracle difficulty. `confidence` scores a
+# whole answer by its own sampled tokens' probabilities (no verifier pass; see
+# `runtime.verifiers`), so generators ask for log-probabilities where a program uses it.
 # `prm`, when a program uses it without declaring it, is the shipped head trained on SmolLM2
 # (for a SmolLM2 policy) or the policy's self-verification (see `lower.default_prm`).
 BUILTIN_VERIFIERS: dict[str, dict[str, Any]] = {
     "oracle": {"kind": "oracle", "agg": "last", "steps": False},
+    "confidence": {"kind": "confidence", "agg": "last", "steps": False},
     "prm": {"kind": "prm", "agg": "last"},
 }
 

@@ -4,12 +4,14 @@ The script is a function from a request to the text the "model" writes. Tokens a
 whitespace-separated words, so token counts are easy to check by hand; stop strings and
 `max_tokens` behave as on a real backend. `next_token_probs` asks a second function, and
 `hidden_states` a third (by default a few features of the prompt's text, so a PRM head can
-be trained and scored on them in tests).
+be trained and scored on them in tests). Where a request asks for log-probabilities, a fourth
+gives them for the text written (by default log 1/2 for every token).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 from ttcl.backends.base import Backend, Finish, Generation, GenerationRequest
 
@@ -30,11 +32,14 @@ class ScriptedBackend(Backend):
         probs: Callable[[GenerationRequest, list[str]], list[float]] | None = None,
         name: str = "scripted",
         hidden: Callable[[GenerationRequest], list[float]] | None = None,
+        logprobs: Callable[[GenerationRequest, str], float | Sequence[float]] | None = None,
     ):
         super().__init__(name)
         self.script = script
         self.probs = probs or (lambda request, options: [1.0 / len(options)] * len(options))
         self.hidden = hidden or text_features
+        # (request, text written) -> every token's log-probability, or one for each token
+        self.logprobs = logprobs or (lambda request, text: math.log(0.5))
         self.batch_sizes: list[int] = []
 
     def count_tokens(self, text: str) -> int:
@@ -64,7 +69,18 @@ class ScriptedBackend(Backend):
         self.counters.prompt_tokens += prompt_tokens
         self.counters.generated_tokens += generated
         self.counters.decode_calls += 1
-        return Generation(text=text, prompt_tokens=prompt_tokens, generated_tokens=generated, finish=finish)
+        logprobs = self._logprobs(request, text, generated) if request.params.logprobs else None
+        return Generation(
+            text=text, prompt_tokens=prompt_tokens, generated_tokens=generated, finish=finish, logprobs=logprobs
+        )
+
+    def _logprobs(self, request: GenerationRequest, text: str, tokens: int) -> tuple[float, ...]:
+        """One log-probability per generated token, from the `logprobs` function."""
+        given = self.logprobs(request, text)
+        values = [float(given)] * tokens if isinstance(given, (int, float)) else [float(x) for x in given]
+        if len(values) != tokens:
+            raise ValueError(f"the logprobs function gave {len(values)} values for {tokens} tokens")
+        return tuple(values)
 
     def next_token_probs(self, requests: list[GenerationRequest], options: list[str]) -> list[list[float]]:
         self._read(requests)

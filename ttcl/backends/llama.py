@@ -10,8 +10,11 @@ call runs its requests together:
    whose prompt passes through it: the same cells `llama_memory_seq_cp` would give the other
    sequences, without the copy. Identical prompts cost one prompt; prompts that share a
    question but differ in a partial solution share the question.
-3. Then each `llama_decode` call advances every live sequence by one token, each with its own
-   sampler chain and seed, until EOS/EOG, `max_tokens` or a stop string.
+3. Then each decode step advances every live sequence by one token, each with its own
+   sampler chain and seed, until EOS/EOG, `max_tokens` or a stop string. A step is one
+   `llama_decode` call, or several of at most `decode_batch` sequences each: how many
+   sequences one call should carry depends on the model, the threads and the CPU, so it is
+   measured (see `INVARIANCE_SIZES`).
 4. The sequences stay in the cache when the call ends, and a later call forks from them
    (see `PrefixCache`): a request whose prompt starts with a cached sequence's tokens gets
    those cells with `llama_memory_seq_cp` and decodes only the rest. So the beams of the next
@@ -40,17 +43,23 @@ import codecs
 import contextlib
 import ctypes
 import functools
+import hashlib
+import json
 import os
+import platform
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ttcl.backends.base import Backend, BackendError, Generation, GenerationRequest, SamplingParams
 from ttcl.backends.chat import first_token, prompt_tokens, render_chat
 from ttcl.backends.decoding import Sequence, declared, first_stop, shared
-from ttcl.backends.models import check_model_file, resolve_model_path
+from ttcl.backends.models import cache_dir, check_model_file, resolve_model_path
 from ttcl.backends.prefix import Fork, PrefixCache, common_prefix, plan_prompts
 
 _DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp reads this seed as "pick a random one": never pass it
@@ -183,8 +192,9 @@ def render_prompt(model: _Model, request: GenerationRequest, name: str) -> str:
 # cells in cell order, so its result does not depend on the other sequences in the cache. The
 # tiled path (64 or more query tokens in a call) and the split-KV path (exactly one query
 # token, 512 or more KV cells) group cells into tiles or per-thread chunks, and their rounding
-# depends on where a sequence's cells lie. So every decode call carries 2 to 63 tokens: more
-# are split into near-equal calls, and a lone token gets a pad token on a spare sequence.
+# depends on where a sequence's cells lie. So every decode call carries 2 to 63 tokens (fewer
+# where the matmul kernels change with the rows, see `INVARIANCE_SIZES`): more are split into
+# near-equal calls, and a lone token gets a pad token on a spare sequence.
 MAX_CALL_TOKENS = 63
 _SPLIT_KV_CELLS = 256  # a lone token gets a pad once the cache may reach 512 cells (256-cell padding)
 
@@ -197,6 +207,98 @@ def call_sizes(n: int, most: int = MAX_CALL_TOKENS) -> list[int]:
     calls = -(-n // most)
     base, extra = divmod(n, calls)
     return [base + 1] * extra + [base] * (calls - extra)
+
+
+# --------------------------------------------------------------------------- measured call sizes
+
+# Two things about decode calls depend on the model file's tensor types, the llama.cpp build,
+# the threads and the CPU, so they are measured on first use (`LlamaBackend._settle`) and kept
+# in the cache directory per (file, threads, CPU, llama.cpp version, OpenMP wait policy):
+# - the largest call whose rows come out bit for bit as in calls of one token. Some matmul
+#   kernels change their algorithm with the number of rows (the K-quant ones from 8 rows, on
+#   the development machine: Qwen2.5's Q4_K_M file), and a request must give alone what it
+#   gives in a batch, so no call is larger (`max_call`);
+# - the most sequences one call of a generation step carries. One call over many sequences
+#   reads each weight row once for all of them, but past some count a call can be slower per
+#   token than several smaller ones. A short timed probe picks it (`decode_batch`).
+INVARIANCE_SIZES = (2, 3, 4, 5, 6, 7, 8, 16, 32, MAX_CALL_TOKENS)
+PROBE_BATCHES = (2, 4, 8, 16)  # one per call is never faster: a call each, and pads past 256 cells
+PROBE_ROUNDS = 3  # each round times every candidate once, so slow spells hit them alike
+PROBE_STEPS = 1  # decode steps of all the probe's sequences per candidate and round
+_PROBE_TEXT = "The quick brown fox jumps over the lazy dog, then counts 1, 2, 3 and 4 sheep. " * 8
+_RECORDS: dict[str, dict] = {}  # this process's measurements, by probe key
+
+
+def probe_key(path: str, threads: int) -> dict[str, str]:
+    """What the measured call sizes depend on: the model file (path, size, modification
+    time), the threads, the CPU, llama.cpp's version and OpenMP's wait policy."""
+    import llama_cpp
+
+    stat = os.stat(path)
+    return {
+        "file": f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}",
+        "threads": str(threads),
+        "cpu": _cpu_model(),
+        "llama_cpp": str(getattr(llama_cpp, "__version__", "")),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+    }
+
+
+@functools.cache
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()} x{os.cpu_count()}"
+
+
+def _record_path(key: dict[str, str]) -> Path:
+    return cache_dir("batch") / (hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest() + ".json")
+
+
+def read_record(key: dict[str, str]) -> dict | None:
+    """The measurement kept for this key (in this process, else on disk), or None:
+    {"invariant": bool, "max_call": int, "batch": int, "tokens_per_s": {batch: figure}}."""
+    name = json.dumps(key, sort_keys=True)
+    if name not in _RECORDS:
+        try:
+            stored = json.loads(_record_path(key).read_text())
+            if stored.get("key") != key or int(stored["max_call"]) < 1 or int(stored["batch"]) < 1:
+                return None
+            _RECORDS[name] = {k: stored[k] for k in ("invariant", "max_call", "batch", "tokens_per_s")}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return None
+    return _RECORDS[name]
+
+
+def write_record(key: dict[str, str], record: dict) -> None:
+    """Keep a measurement for later backends and processes. Written atomically; a read-only
+    cache directory only means measuring again in the next process."""
+    _RECORDS[json.dumps(key, sort_keys=True)] = record
+    path = _record_path(key)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"key": key, **record}, f, indent=1)
+            os.replace(temp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)  # gone after the rename; a half-written record is removed
+
+
+def best_batch(tokens_per_s: dict[int, float], most: int) -> int:
+    """The batch size to use from the probe's figures: the largest within 10 % of the fastest
+    (bigger calls are fewer calls, and the figures are noisy), and `most` (no cap but the
+    call's own) when that is the largest size probed."""
+    fastest = max(tokens_per_s.values())
+    chosen = max(b for b, v in tokens_per_s.items() if v >= 0.9 * fastest)
+    return most if chosen == max(tokens_per_s) else chosen
 
 
 # --------------------------------------------------------------------------- the backend
@@ -216,13 +318,15 @@ Entry = tuple[int, int, list[int], bool]  # token, position, seq_ids, whether it
 class LlamaBackend(Backend):
     """A llama.cpp model behind the `Backend` contract (see the module docstring).
 
-    path: a GGUF file, or "smollm2-135m" / "gemma3-270m". n_ctx: the context of one sequence
-    (prompt + max_tokens must fit). n_gpu_layers: layers offloaded on a GPU build (-1: all).
-    threads: CPU threads, 0 for all cores. n_seq_max: sequences decoded together; more
-    requests run in chunks. kv_cells: the unified KV cache shared by the live sequences of a
-    chunk (default 4 × n_ctx). ignore_eos: mask end-of-generation tokens so every sequence
-    runs to max_tokens (for benchmarks). `batch_invariant`: on the CPU (n_gpu_layers 0), a
-    request gives the same result alone as in any batch."""
+    path: a GGUF file, or a known name (`models.KNOWN_MODELS`). n_ctx: the context of one
+    sequence (prompt + max_tokens must fit). n_gpu_layers: layers offloaded on a GPU build
+    (-1: all). threads: CPU threads, 0 for all cores. n_seq_max: sequences decoded together;
+    more requests run in chunks. batch: the most sequences one decode call of a generation
+    step carries, 0 to measure it on first use (see `INVARIANCE_SIZES`). kv_cells: the unified
+    KV cache shared by the live sequences of a chunk (default 4 × n_ctx). ignore_eos: mask
+    end-of-generation tokens so every sequence runs to max_tokens (for benchmarks).
+    `batch_invariant`: on the CPU (n_gpu_layers 0), a request gives the same result alone as
+    in any batch."""
 
     def __init__(
         self,
@@ -235,6 +339,7 @@ class LlamaBackend(Backend):
         *,
         kv_cells: int = 0,
         ignore_eos: bool = False,
+        batch: int = 0,
     ):
         super().__init__(name or path)
         self.path = resolve_model_path(path)
@@ -247,6 +352,11 @@ class LlamaBackend(Backend):
         # kernels change with batch size anyway, so calls are as big as the GPU likes.
         self.batch_invariant = n_gpu_layers == 0
         self.max_call = MAX_CALL_TOKENS if self.batch_invariant else 512
+        if batch < 0:
+            raise BackendError(f"model {self.name}: batch must be 0 (measure it) or positive, not {batch}")
+        self._batch_option = batch  # 0: measured on first use (see `_settle`)
+        self.decode_batch = min(batch or self.max_call, self.max_call)
+        self._settled = not self.batch_invariant  # on a GPU there is nothing to measure
         # seq_ids: twice n_seq_max for requests (a chunk's sequences and the cached ones they
         # fork from), then the spare sequence that pad tokens go to, then the retired one
         self.cache = PrefixCache(2 * n_seq_max)
@@ -311,13 +421,14 @@ class LlamaBackend(Backend):
         return self.facts.params_non_embedding
 
     def __repr__(self) -> str:
-        return f"LlamaBackend({self.name!r}, n_ctx={self.n_ctx}, n_seq_max={self.n_seq_max})"
+        return f"LlamaBackend({self.name!r}, n_ctx={self.n_ctx}, n_seq_max={self.n_seq_max}, batch={self.decode_batch})"
 
     # ----------------------------------------------------------------- the contract
 
     def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
         """Run all requests together (in chunks of n_seq_max); results in request order."""
         with self._lock:
+            self._settle()
             self.counters.batches += 1
             prompts = [self._prompt(r, r.params.max_tokens) for r in requests]
             results: list[Generation] = []
@@ -331,6 +442,7 @@ class LlamaBackend(Backend):
         """For each request, the probability of each option's first token as the next token."""
         option_tokens = [self._first_token(o) for o in options]
         with self._lock:
+            self._settle()
             prompts = [self._prompt(r, 0) for r in requests]
             results: list[list[float]] = []
             for chunk in self._chunks(prompts, [0] * len(prompts)):
@@ -346,6 +458,7 @@ class LlamaBackend(Backend):
 
         lib = _lib()
         with self._lock:
+            self._settle()
             prompts = [self._prompt(r, 0) for r in requests]
             rows: list[Any] = []
             lib.llama_set_embeddings(self._ctx, True)
@@ -418,12 +531,12 @@ class LlamaBackend(Backend):
 
     # ----------------------------------------------------------------- decoding
 
-    def _decode(self, entries: list[Entry], on_output: Callable[[int, int], None]) -> None:
-        """Decode entries in calls of 2..max_call tokens (see `call_sizes`); after each call,
-        on_output(entry number, index in the call) for each entry whose logits are needed
-        (they are gone after the next call)."""
+    def _decode(self, entries: list[Entry], on_output: Callable[[int, int], None], most: int = 0) -> None:
+        """Decode entries in calls of 2..`most` tokens (default and at most max_call; see
+        `call_sizes`); after each call, on_output(entry number, index in the call) for each
+        entry whose logits are needed (they are gone after the next call)."""
         start = 0
-        for size in call_sizes(len(entries), self.max_call):
+        for size in call_sizes(len(entries), min(most or self.max_call, self.max_call)):
             call = entries[start : start + size]
             for i, (token, pos, seq_ids, output) in enumerate(call):
                 self._set_entry(i, token, pos, seq_ids, output)
@@ -441,6 +554,111 @@ class LlamaBackend(Backend):
                 if output:
                     on_output(start + i, i)
             start += size
+
+    # ----------------------------------------------------------------- measured call sizes
+
+    def _settle(self) -> None:
+        """Before the first decode on the CPU: the largest call that keeps results
+        batch-invariant and the batch size, read from the cache directory or measured now
+        (see `INVARIANCE_SIZES`). A model whose rows change even between calls of one and
+        two tokens is not batch-invariant here, and says so."""
+        if self._settled:
+            return
+        self._settled = True
+        key = probe_key(self.path, self.threads)
+        known = read_record(key)
+        record = known or self._measure()
+        if known is None and "tokens_per_s" in record:
+            write_record(key, record)  # only a whole measurement: a small context skips the timing
+        self.batch_invariant = bool(record["invariant"])
+        self.max_call = min(int(record["max_call"]), MAX_CALL_TOKENS)
+        self.decode_batch = min(self._batch_option or int(record["batch"]), self.max_call)
+
+    def _measure(self) -> dict:
+        """Measure the largest invariant call, then time the batch sizes where there is room
+        (16 sequences); uses the context's cells and clears them after, counts nothing."""
+        saved = self.counters.model_copy()
+        try:
+            most = self.largest_invariant_call()
+            invariant = most >= 2  # else no call size helps: calls stay as large as they may
+            most = most if invariant else MAX_CALL_TOKENS
+            record: dict[str, Any] = {"invariant": invariant, "max_call": most, "batch": most}
+            n = max(PROBE_BATCHES)
+            if n <= self.cache.n_ids and self._probe_cells(n) <= self.kv_cells:
+                self.max_call = most
+                batches = sorted({b for b in PROBE_BATCHES if b <= most} | {min(most, n)})
+                figures = self.probe(n, tuple(batches))
+                record.update(batch=best_batch(figures, most), tokens_per_s=figures)
+            return record
+        finally:
+            self._clear()
+            for name, value in saved:
+                setattr(self.counters, name, value)
+
+    def largest_invariant_call(self) -> int:
+        """The largest of `INVARIANCE_SIZES` such that a prompt decoded in one call of that
+        many tokens, and in every smaller size tried, gives bit for bit the logits of the
+        same tokens decoded one call each (1 if not even 2 does). Past 8 tokens the reference
+        is decoded in calls of the largest size already shown equal to calls of one."""
+        import numpy as np
+
+        tokens = ((self.model.tokenize(_PROBE_TEXT, special=False) or [0]) * MAX_CALL_TOKENS)[:MAX_CALL_TOKENS]
+        sizes = [size for size in INVARIANCE_SIZES if size <= min(len(tokens), self.kv_cells - 1)]
+        reference = self._prompt_logits(tokens[:8], 1)
+        most = 1
+        for size in sizes:
+            if size > len(reference):
+                reference = self._prompt_logits(tokens, most)
+            rows = self._prompt_logits(tokens[:size], size)
+            if not all(np.array_equal(row, ref) for row, ref in zip(rows, reference)):
+                break
+            most = size
+        self._clear()
+        return most
+
+    def _prompt_logits(self, tokens: list[int], most: int) -> list[Any]:
+        """The logits after every token of one fresh sequence, decoded in calls of `most`."""
+        self._clear()
+        rows: list[Any] = []
+        for start in range(0, len(tokens), most):
+            call = tokens[start : start + most]
+            rows += self._one_call([(t, start + i, [0], True) for i, t in enumerate(call)])
+        return rows
+
+    @staticmethod
+    def _probe_cells(n: int) -> int:
+        return n * (1 + PROBE_ROUNDS * len(PROBE_BATCHES) * PROBE_STEPS) + 1
+
+    def probe(self, n: int, batches: tuple[int, ...] = PROBE_BATCHES) -> dict[int, float]:
+        """Tokens per second of decode steps over `n` sequences, in calls of at most each of
+        `batches` sequences (the best of PROBE_ROUNDS rounds of PROBE_STEPS steps each).
+        Uses the context's cells and clears them after."""
+        token = (self.model.tokenize("1", special=False) or [0])[0]
+        best = dict.fromkeys(batches, float("inf"))
+        self._clear()
+        try:
+            self._decode([(token, 0, list(range(n)), False)], lambda *_: None)
+            pos = 1
+            for _ in range(PROBE_ROUNDS):
+                for batch in batches:
+                    start = time.perf_counter()
+                    for _ in range(PROBE_STEPS):
+                        self._decode([(token, pos, [s], True) for s in range(n)], lambda *_: None, batch)
+                        pos += 1
+                    best[batch] = min(best[batch], time.perf_counter() - start)
+        finally:
+            self._clear()
+        return {batch: n * PROBE_STEPS / seconds for batch, seconds in best.items()}
+
+    def _one_call(self, entries: list[Entry]) -> list[Any]:
+        """Decode `entries` in exactly one call; copies of the logits of those that want them."""
+        for i, (token, pos, seq_ids, output) in enumerate(entries):
+            self._set_entry(i, token, pos, seq_ids, output)
+        self._llama_decode(len(entries))
+        self._cells += len(entries)
+        return [self._logits(i).copy() for i, entry in enumerate(entries) if entry[3]]
+
+    # ----------------------------------------------------------------- llama.cpp calls
 
     def _set_entry(self, i: int, token: int, pos: int, seq_ids: list[int], output: bool) -> None:
         batch = self._batch
@@ -572,7 +790,7 @@ class _Run:
                     # finished sequences keep their cells: freeing them would let new tokens take
                     # lower cells, out of position order (see `call_sizes` and `PrefixCache`)
                     entries = [(seqs[s].sampled[-1], seqs[s].pos, [self.ids[s]], True) for s in live]
-                    b._decode(entries, functools.partial(self._sample_live, seqs, live))
+                    b._decode(entries, functools.partial(self._sample_live, seqs, live), b.decode_batch)
                     live = [s for s in live if seqs[s].finish is None]
         finally:
             for seq in seqs:
@@ -629,7 +847,13 @@ def _logprob(logits: Any, token: int) -> float:
 
 
 def load_backend(
-    path: str, n_ctx: int = 4096, n_gpu_layers: int = 0, threads: int = 0, n_seq_max: int = 64, kv_cells: int = 0
+    path: str,
+    n_ctx: int = 4096,
+    n_gpu_layers: int = 0,
+    threads: int = 0,
+    n_seq_max: int = 64,
+    kv_cells: int = 0,
+    batch: int = 0,
 ) -> LlamaBackend:
     """The shared backend for a model file and settings: the same file (by name or by path)
     and settings give the same object, so one loaded model, one context and one set of
@@ -638,12 +862,13 @@ def load_backend(
     kv_cells = max(kv_cells or 4 * n_ctx, n_ctx)
     path = resolve_model_path(path)
     name = os.path.basename(path)  # the file: one backend serves every name the file goes by
-    return shared(LlamaBackend, path, n_ctx, n_gpu_layers, threads, n_seq_max, name, kv_cells=kv_cells)
+    return shared(LlamaBackend, path, n_ctx, n_gpu_layers, threads, n_seq_max, name, kv_cells=kv_cells, batch=batch)
 
 
 def backend_for(model: dict) -> LlamaBackend:
     """The shared backend for a model declaration such as {"kind": "llama", "path":
     "smollm2-135m", "temperature": 0.8, "max_tokens": 256, "n_ctx": 4096, ...}. Sampling
     keys are the caller's business (they go in each request's SamplingParams); optional
-    "n_seq_max" and "kv_cells" keys size the context (`load_backend`'s parameters)."""
+    "n_seq_max" and "kv_cells" keys size the context, "batch" sets the sequences per decode
+    call (`load_backend`'s parameters)."""
     return load_backend(**declared(model, load_backend, "llama"))

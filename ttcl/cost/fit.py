@@ -13,7 +13,7 @@ from ttcl.cost.calibration import Calibration, Priors, model_key
 from ttcl.cost.estimator import estimate
 from ttcl.results import Result
 
-WHOLE = ("sample", "revise", "difficulty")  # ops whose candidates are whole answers
+WHOLE = ("sample", "adaptive", "revise", "difficulty")  # ops whose candidates are whole answers
 SEARCH = ("beam", "lookahead", "dvts")
 
 

@@ -42,9 +42,10 @@ NOTE = "# ttcl optimize: "  # the header it writes, and drops when it reads a pr
 def default_space(budget: int, verifier: str) -> list[str]:
     """The paper's candidates at a budget of n generations: majority voting, best-of-N
     weighted, beam search with width 4 and √n, sequential revisions, and chains of revisions
-    at each sequential/parallel ratio that divides n."""
+    at each sequential/parallel ratio that divides n; and majority voting that stops once its
+    answer is settled (at most n), which may win a bin of easy questions on FLOPs."""
     n, v = budget, verifier
-    space = [f"majority({n})", f"weighted_best_of_n({n}, {v})"]
+    space = [f"majority({n})", f"adaptive_majority({n})", f"weighted_best_of_n({n}, {v})"]
     for width in sorted({4, max(2, round(math.sqrt(n)))}):
         if n % width == 0 and n > width:
             space.append(f"beam_search({n}, {v}, width={width})")

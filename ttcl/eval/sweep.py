@@ -102,10 +102,10 @@ def outcomes(
         else:
             subsets = [sorted(rng.sample(range(len(pool)), budget)) for _ in range(RESAMPLES)]
         chosen = [
-            _select(plan.op, [pool[i] for i in s], [scores[i] for i in s] if scores else [], answers) for s in subsets
+            select(plan.op, [pool[i] for i in s], [scores[i] for i in s] if scores else [], answers) for s in subsets
         ]
         right = [answers.same(c.answer if c else None, truth) for c in chosen]
-        costs = [_cost(result, plan, pool, s) for s in subsets]
+        costs = [subset_cost(result, plan, pool, s) for s in subsets]
         flops = [f for _, f in costs]
         out[budget] = Outcome(
             share=sum(right) / len(right),
@@ -117,7 +117,8 @@ def outcomes(
     return out
 
 
-def _select(op: str, pool: list[Candidate], scores: list[float], answers: AnswerKind) -> Candidate | None:
+def select(op: str, pool: list[Candidate], scores: list[float], answers: AnswerKind) -> Candidate | None:
+    """What the selector `op` chooses from `pool` (with its candidates' `scores`)."""
     if not pool:
         return None
     if op == "vote":
@@ -132,17 +133,20 @@ def _most_chosen(chosen: list[Candidate | None], answers: AnswerKind) -> str | N
     return Counter(classes).most_common(1)[0][0] if classes else None
 
 
-def _cost(result: Result, plan: PoolPlan, pool: list[Candidate], subset: list[int]) -> tuple[float, float | None]:
+def subset_cost(
+    result: Result, plan: PoolPlan, pool: list[Candidate], subset: list[int], scored: list[int] | None = None
+) -> tuple[float, float | None]:
     """A subset's tokens and FLOPs run alone: the shared prompt once and its own generated
-    tokens, at the pool's measured FLOPs per token, plus its share of the verifier's work."""
+    tokens, at the pool's measured FLOPs per token, plus the verifier's work on the candidates
+    `scored` (by default the subset; [] for a selector without a verifier)."""
     sampled, selected = result.cost.per_node.get(plan.sample), result.cost.per_node.get(plan.selector)
     if sampled is None or not pool:
         return 0.0, None
-    generated = sum(pool[i].generated_tokens for i in subset)
-    own = sampled.prompt_tokens + generated
+    scored = subset if scored is None else scored
+    own = sampled.prompt_tokens + sum(pool[i].generated_tokens for i in subset)
     # a backend scores identical candidates once (their prompts are one): the verifier's work
     # is per distinct text
-    share = len({pool[i].text for i in subset}) / len({c.text for c in pool})
+    share = len({pool[i].text for i in scored}) / len({c.text for c in pool}) if scored else 0.0
     tokens = own + (selected.tokens * share if selected else 0.0)
     flops = None
     if sampled.flops is not None and (selected is None or selected.flops is not None):

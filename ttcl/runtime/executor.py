@@ -26,7 +26,7 @@ from ttcl.runtime.ops import OPS, Generate, NodeContext, majority
 from ttcl.runtime.verifiers import Hidden, Probs
 from ttcl.signatures import DEFAULT_ANSWER
 
-EventKind = Literal["node", "batch", "score", "difficulty", "stop"]  # a trace event's kind
+EventKind = Literal["node", "batch", "score", "difficulty", "stop", "adaptive"]  # a trace event's kind
 StopReason = Literal["budget", "time", "interrupted"]  # why a run ended early
 Value = Any  # a question (str), a Pool (list of candidates) or an Answer (a candidate or None)
 

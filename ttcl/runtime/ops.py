@@ -9,10 +9,12 @@ list of candidates), an Answer (one candidate, or None) or the question.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ttcl.backends.base import Generation, GenerationRequest, SamplingParams
+from ttcl.cost.stopping import beta_tail, lead, rounds, settled
 from ttcl.prompts import DEFAULT_DELIMITER, solve_messages, solve_template, split_steps
 from ttcl.results import Candidate
 from ttcl.runtime.answers import AnswerKind, NumberAnswer
@@ -43,6 +45,7 @@ class Partial:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     seed: int | None = None
+    logprobs: list[float] | None = field(default_factory=list)  # every token's so far; None: not reported
 
 
 @dataclass
@@ -91,7 +94,15 @@ class NodeContext:
         decl = self.models[self.model]
         values = {k: decl[k] for k in ("temperature", "top_p", "top_k", "max_tokens") if k in decl}
         values.update({k: self.params[k] for k in ("temperature", "max_tokens") if k in self.params})
+        if self.wants_logprobs:
+            values["logprobs"] = True
         return SamplingParams(seed=seed, **{**values, **overrides})
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """Whether generations report their tokens' log-probabilities: only where the program
+        scores with the `confidence` verifier, which reads them (they cost a softmax a token)."""
+        return any(v.get("kind") == "confidence" for v in self.verifiers.values())
 
     def seed(self, *keys: int) -> int:
         """A per-request seed derived from the run's seed, the node and the request's place,
@@ -107,7 +118,13 @@ class NodeContext:
         )
 
     def candidate(
-        self, text: str, prompt_tokens: int, generated_tokens: int, seed: int | None, steps: list[str] | None = None
+        self,
+        text: str,
+        prompt_tokens: int,
+        generated_tokens: int,
+        seed: int | None,
+        steps: list[str] | None = None,
+        logprobs: Sequence[float] | None = None,
     ) -> Candidate:
         c = Candidate(
             id=self.run.next_id(),
@@ -118,12 +135,13 @@ class NodeContext:
             prompt_tokens=prompt_tokens,
             generated_tokens=generated_tokens,
             seed=seed,
+            mean_logprob=sum(logprobs) / len(logprobs) if logprobs else None,
         )
         self.made.append(c)
         return c
 
     def from_generation(self, g: Generation, seed: int) -> Candidate:
-        return self.candidate(g.text, g.prompt_tokens, g.generated_tokens, seed)
+        return self.candidate(g.text, g.prompt_tokens, g.generated_tokens, seed, logprobs=g.logprobs)
 
     def score(self, candidates: list[Candidate]):
         name, truth = self.params["v"], self.run.truth
@@ -139,6 +157,35 @@ def op_sample(ctx: NodeContext):
     seeds = [ctx.seed(i) for i in range(ctx.params["n"])]
     results = yield Generate(ctx.model, [ctx.request(attempts, s) for s in seeds], len(seeds))
     return [ctx.from_generation(g, s) for g, s in zip(results, seeds)]
+
+
+def op_adaptive(ctx: NodeContext):
+    """Adaptive self-consistency: samples in rounds of `round` (the last one smaller, so it
+    never draws past n) until the answers drawn so far settle the vote under `rule` (`beta`
+    or `window`, see `ttcl.cost.stopping`), and gives every candidate drawn. Each round counts
+    its own generations, so a run is charged what it drew; the trace says how many and why
+    it stopped."""
+    n, size = ctx.params["n"], ctx.params.get("round", 4)
+    rule, confidence = ctx.params.get("rule", "beta"), ctx.params.get("confidence", 0.95)
+    attempts = ctx.context_attempts()
+    drawn: list[Candidate] = []
+    keys: list[str | None] = []
+    done = False
+    for s in rounds(n, size):
+        seeds = [ctx.seed(len(drawn) + i) for i in range(s)]  # the seeds `sample(n)` would use
+        results = yield Generate(ctx.model, [ctx.request(attempts, seed) for seed in seeds], s)
+        drawn += [ctx.from_generation(g, seed) for g, seed in zip(results, seeds)]
+        keys = ctx.answers.classes([c.answer for c in drawn])
+        done = settled(rule, keys, s, confidence)
+        if done:
+            break
+    top, second = lead(keys)
+    detail = {"rule": rule, "drawn": len(drawn), "most": n, "stopped": "settled" if done else "maximum"}
+    detail.update(leader=top, runner_up=second)
+    if rule == "beta":
+        detail["posterior"] = float(beta_tail(top, second))  # P(the leader is the majority)
+    ctx.run.event("adaptive", ctx.node, ctx.op, detail)
+    return drawn
 
 
 def op_revise(ctx: NodeContext):
@@ -270,6 +317,7 @@ def _expand(ctx: NodeContext, parents: list[Partial], per_parent: int, step: int
             prompt_tokens=parent.prompt_tokens + g.prompt_tokens,
             generated_tokens=parent.generated_tokens + g.generated_tokens,
             seed=seed,
+            logprobs=None if g.logprobs is None or parent.logprobs is None else parent.logprobs + list(g.logprobs),
         )
         for (parent, seed), g in zip(meta, results)
     ]
@@ -277,7 +325,14 @@ def _expand(ctx: NodeContext, parents: list[Partial], per_parent: int, step: int
 
 def _as_candidates(ctx: NodeContext, partials: list[Partial]) -> list[Candidate]:
     return [
-        ctx.candidate(ctx.delimiter.join(p.steps), p.prompt_tokens, p.generated_tokens, p.seed, steps=list(p.steps))
+        ctx.candidate(
+            ctx.delimiter.join(p.steps),
+            p.prompt_tokens,
+            p.generated_tokens,
+            p.seed,
+            steps=list(p.steps),
+            logprobs=p.logprobs,
+        )
         for p in partials
     ]
 
@@ -370,6 +425,7 @@ def op_output(ctx: NodeContext):
 
 OPS = {
     "sample": op_sample,
+    "adaptive": op_adaptive,
     "revise": op_revise,
     "beam": op_beam,
     "lookahead": op_lookahead,

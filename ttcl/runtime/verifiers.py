@@ -198,6 +198,28 @@ def _oracle(question, candidates, verifier, correct):
     yield
 
 
+def confidence_score(c: Candidate) -> float:
+    """A whole answer's confidence from its own sampled tokens: exp(mean token log-probability),
+    the geometric mean of their probabilities, in (0, 1]. It weights a vote as DeepConf's
+    confidence-weighted majority voting does (Fu et al. 2025, *Deep Think with Confidence*,
+    average trace confidence), with the sampled token's probability in place of DeepConf's
+    mean over the top-k tokens, which backends do not report; no verifier pass is run. An
+    answer of no tokens has no confidence (0)."""
+    if c.mean_logprob is None:
+        if c.generated_tokens == 0:
+            return 0.0
+        raise TTCLError(
+            "the `confidence` verifier needs the log-probabilities of each answer's tokens, "
+            f"and the backend that wrote candidate {c.id} gave none"
+        )
+    return math.exp(min(c.mean_logprob, 0.0))
+
+
+def _confidence(question, candidates, verifier, truth):
+    return [[confidence_score(c)] for c in candidates]
+    yield  # scored from the candidates themselves
+
+
 def _prm(question, candidates, verifier, truth):
     """A trained head on the policy's hidden state at the end of each step, in the context
     heads are trained in (`prompts.HEAD_CONTEXT`; see `ttcl.runtime.prm`)."""
@@ -233,4 +255,5 @@ _SCORERS = {
     "check": _check,
     "registered": _registered,
     "oracle": _oracle,
+    "confidence": _confidence,
 }
