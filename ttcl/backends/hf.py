@@ -205,7 +205,7 @@ def _logprob(logits: Any, token: int) -> float:
 class TorchBackend(Backend):
     """A transformers causal LM on torch behind the `Backend` contract (see the module docstring).
 
-    path: a transformers model directory, a GGUF file, or "smollm2-135m" / "gemma3-270m".
+    path: a transformers model directory, a GGUF file, or a known name ("smollm2-135m", ...).
     device: "cpu" or "cuda". dtype: "float32", "bfloat16" or "float16". n_ctx: the context of
     one sequence (prompt + max_tokens must fit). threads: torch's CPU threads (process-wide;
     0 leaves torch's default, which follows OMP_NUM_THREADS). n_seq_max: sequences decoded
