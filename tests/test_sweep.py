@@ -133,3 +133,16 @@ def test_a_pooled_sweep_resumes_and_its_table_marks_the_pool(tmp_path, scripted,
     assert code == 0 and sum(scripted.batch_sizes) - before == 2 * 8  # two pools drawn again
     assert sorted((r["budget"], r["index"]) for r in records(out)) == sorted((b, i) for b in (2, 8) for i in range(6))
     assert [(s["budget"], s["pooled_from"]) for s in summary] == [(2, 8), (8, 8)]
+
+
+def test_smaller_samples_and_adaptive_draws_are_the_first_draws_of_a_larger_pool():
+    # what bench/compute_optimal.py relies on: sample(k) and adaptive(k) draw the seeds
+    # sample(16) draws first, so on a batch-invariant backend they are its first candidates
+    def texts(src):
+        result = ttcl.compile(src).run("What is 12 + 30?", backend=ScriptedBackend(noisy))
+        return [(c.seed, c.text) for c in result.candidates]
+
+    pool = texts("program main = sample(16) |> vote\n")
+    assert texts("program main = sample(4) |> vote\n") == pool[:4]
+    drawn = texts("program main = adaptive(16) |> vote\n")
+    assert 4 <= len(drawn) <= 16 and drawn == pool[: len(drawn)]
