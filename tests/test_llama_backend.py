@@ -153,7 +153,8 @@ def needs_model():
 @pytest.fixture(scope="module")
 def backend():
     needs_model()
-    return LlamaBackend("smollm2-135m", n_ctx=1024, n_seq_max=16)
+    # batch=16: one call per step for all sequences, not what a timed probe on a busy machine picks
+    return LlamaBackend("smollm2-135m", n_ctx=1024, n_seq_max=16, batch=16)
 
 
 def texts(generations):
