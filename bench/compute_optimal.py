@@ -3,7 +3,7 @@ stopping, at budgets 1 to 16 generations, on held-out questions (Snell et al. 20
 and sections 5-6, at the scale of a 2-core CPU).
 
     python bench/compute_optimal.py [--model qwen2.5-coder-0.5b] [--fit 25] [--test 30] [--gsm8k 12]
-        [--budgets 1,2,4,8,16] [--beam 4,8] [--probe 2] [--bins 3] [--threads 2] [--resume]
+        [--budgets 1,2,4,8,16] [--beam 4,8] [--beam-sets arith,gsm8k] [--probe 2] [--bins 3] [--threads 2] [--resume]
 
 Questions: fit on arithmetic levels 1-5 drawn with seed 11; test on levels 1-5 drawn with seed
 12 (less any fit question, and less the level 1-2 questions of seed 0 the shipped PRM head was
@@ -77,7 +77,7 @@ ROWS = ("(a) weighted best-of-N", "(b) majority", "(c) beam search", "(d) comput
 def base(model: str, threads: int) -> str:
     return (
         'import "parallel"\nimport "search"\n'
-        f'model policy = llama("{model}", temperature=0.7, max_tokens=192, threads={threads})\n'
+        f'model policy = llama("{model}", temperature=0.7, max_tokens=160, threads={threads})\n'
         "verifier prm = self_verify(policy)\n"
     )
 
@@ -250,6 +250,8 @@ def multiple(table: dict, row: str, budgets: list[int], questions: list[int]) ->
     """FLOPs `row` needs to reach (a)'s best accuracy, over (a)'s FLOPs there, on `questions`."""
     a = [curve([table["(a) weighted best-of-N"][b][i] for i in questions]) for b in budgets]
     best = max(acc for acc, *_ in a)
+    if best == 0:  # nothing to reach: no multiple
+        return None
     reference = needed([(f, acc) for acc, _, _, f in a], best)
     points = [curve([table[row][b][i] for i in questions]) for b in budgets if b in table[row]]
     found = needed([(f, acc) for acc, _, _, f in points], best)
@@ -278,6 +280,7 @@ def main() -> None:
     p.add_argument("--gsm8k", type=int, default=12)
     p.add_argument("--budgets", default="1,2,4,8,16")
     p.add_argument("--beam", default="4,8", help="beam search budgets run for real ('' for none)")
+    p.add_argument("--beam-sets", default="arith,gsm8k", help="the test sets beam search runs on")
     p.add_argument("--probe", type=int, default=2)
     p.add_argument("--bins", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
@@ -334,7 +337,7 @@ def main() -> None:
                 table["(d) compute-optimal"][b] = [
                     compute_optimal(r, choices[b][0], b, args.probe, q["answer"]) for r, q in zip(results, qs)
                 ]
-        if beam_budgets:
+        if beam_budgets and name in args.beam_sets.split(","):
             ran = beams(beam_program, qs, beam_budgets, OUT / f"compute_optimal.{tag}.{name}.beam.jsonl", args.resume)
             for b, records in ran.items():
                 table["(c) beam search"][b] = [
@@ -342,6 +345,7 @@ def main() -> None:
                 ]
         report[name] = table
         show(name, table, budgets + [b for b in beam_budgets if b not in budgets], len(qs))
+        sweep_check(results, qs, budgets, table)
     plot(report, args.plot, args.model)
     print(f"wrote {args.plot} and bench/out/compute_optimal.{tag}.*")
 
@@ -371,6 +375,26 @@ def show(name: str, table: dict, budgets: list[int], n: int) -> None:
         print(
             f"{row} FLOPs to reach (a)'s best accuracy, over (a)'s: {shown}{interval}, never in {never:.0%} of resamples"
         )
+
+
+def sweep_check(results: list[Result], qs: list[dict], budgets: list[int], table: dict) -> None:
+    """`ttcl eval`'s pooled sweep (random subsets of the largest pool, `ttcl.eval.sweep`)
+    against the runs it stands for (the pool's first N, which is what weighted best-of-N at N
+    draws): the same accuracy within the sweep's bootstrap interval?"""
+    from ttcl.eval.evaluate import bootstrap
+    from ttcl.eval.sweep import outcomes
+
+    shares = {b: [] for b in budgets}
+    for i, (result, q) in enumerate(zip(results, qs)):
+        rng = random.Random(f"0:sweep:{i}")
+        for b, o in outcomes(result, PLAN, budgets, ANSWERS, q["answer"], rng).items():
+            shares[b].append(o.share)
+    print("(a) as ttcl eval's pooled sweep estimates it, against the runs themselves:")
+    for b in budgets:
+        low, high = bootstrap(shares[b])
+        run = curve(table["(a) weighted best-of-N"][b])[0]
+        inside = "inside" if low - 1e-9 <= run <= high + 1e-9 else "OUTSIDE"
+        print(f"  N={b}: sweep {sum(shares[b]) / len(shares[b]):.1%} [{low:.1%}-{high:.1%}], run {run:.1%} ({inside})")
 
 
 def plot(report: dict, path: str, model: str) -> None:
