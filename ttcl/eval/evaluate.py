@@ -399,10 +399,16 @@ class Eval:
         largest = max(budgets)
         bound = {b: bind_budget(program, b, param) for b in budgets}
         digests = {b: program_hash(bound[b].ir) for b in budgets}
-        if any(
-            r.program == label and r.budget in digests and r.program_hash != digests[r.budget] for r in self.records
-        ):
-            raise self._refuse([_edited(label, next(r.budget for r in self.records if r.program == label))])
+        edited = next(
+            (
+                r
+                for r in self.records
+                if r.program == label and r.budget in digests and r.program_hash != digests[r.budget]
+            ),
+            None,
+        )
+        if edited is not None:  # name the budget whose records differ, not just any of the label's
+            raise self._refuse([_edited(label, edited.budget)])
         done = {r.key for r in self.records}
         todo = [i for i in range(len(self.questions)) if any((label, b, i) not in done for b in budgets)]
         if not todo:
