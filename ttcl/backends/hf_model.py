@@ -24,8 +24,11 @@ sum that a row's result depends on is rounded at all:
 The rest (RMSNorm's per-row mean, RoPE, residual adds, the log-softmax over the vocabulary) is
 elementwise or reduces one row in an order that depends on its length alone. A request then
 gives bit-identical tokens, log-probabilities and hidden states alone, in any batch, forked
-from a cached prefix, prefilled whole or in chunks, and at any thread count, on any x86-64
-CPU (not the same bits across CPUs: exp and the row reductions use the CPU's vector width).
+from a cached prefix, prefilled whole or in chunks, and at any thread count, on the x86-64
+CPUs measured (not the same bits across CPUs: exp and the row reductions use the CPU's vector
+width). One test machine gave log-probabilities that differ by up to 4e-4 (the same tokens)
+between a batch and one request at a time: an operation outside these kernels (exp, RoPE's
+cos and sin, a row reduction) rounds differently there, not yet found.
 The price: float64 products, measured at 2.2x slower decoding than plain float32 kernels on
 SmolLM2-135M (`bench/torch_vs_llama.py`); the fixed point keeps 19 to 24 bits per factor,
 closer to float32 than the GGUF's quantized weights are. bfloat16 and float16, models whose
