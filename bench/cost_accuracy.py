@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ttcl  # noqa: E402
 from ttcl.backends.llama import backend_for  # noqa: E402
+from ttcl.cost.calibration import Calibration  # noqa: E402
 from ttcl.cost.fit import calibrate  # noqa: E402
 from ttcl.eval.datasets import arith  # noqa: E402
 
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         everything = runs[0] + runs[1]
         measured = [statistics.mean(r.cost.flops for r in fold) for fold in runs]
         overall = statistics.mean(r.cost.flops for r in everything)
-        before = prog.cost().expected.flops
+        before = prog.cost(calibration=Calibration()).expected.flops  # the program alone, not the shipped priors
         whole = calibrate(prog.graph, everything)
         same = (prog.cost(calibration=whole).expected.flops - overall) / overall
         fitted = [calibrate(prog.graph, fold) for fold in runs]

@@ -13,6 +13,7 @@ import ttcl
 from ttcl.backends.base import Generation
 from ttcl.backends.fake import ScriptedBackend
 from ttcl.cli.app import main
+from ttcl.cost.calibration import Calibration
 from ttcl.cost.fit import calibrate
 from ttcl.cost.stopping import AGREEMENT, beta_tail, expected_draws, lead, least_lead, rounds, settled
 from ttcl.errors import ArtifactError
@@ -224,9 +225,12 @@ def test_expected_draws_by_hand():
     assert expected_draws(1_000_000, 4, "beta", 0.95)[0] < 100
 
 
+UPPER = Calibration()  # the program's own priors (every answer max_tokens long), as worked out below
+
+
 def test_the_estimate_prices_the_expected_and_the_worst_case():
     prog = ttcl.compile(HEADER + "program main = adaptive(16) |> weighted_vote(confidence)")
-    report = prog.cost()
+    report = prog.cost(calibration=UPPER)
     draws, _ = expected_draws(16, 4, "beta", 0.95)
     assert report.expected.generations == pytest.approx(draws) and report.worst.generations == 16
     assert report.expected.flops < report.worst.flops
@@ -235,10 +239,10 @@ def test_the_estimate_prices_the_expected_and_the_worst_case():
     assert adaptive.decode_tokens == pytest.approx(draws * 64) and report.worst.decode_tokens == 16 * 64
     assert vote.verifier_tokens == 0 and vote.flops == 0  # the confidence verifier costs nothing
     # drawing all 16 costs what sample(16) costs, but for a token re-decoded per later round
-    sampled = ttcl.compile(HEADER + "program main = sample(16) |> vote").cost()
+    sampled = ttcl.compile(HEADER + "program main = sample(16) |> vote").cost(calibration=UPPER)
     assert report.worst.decode_tokens == sampled.worst.decode_tokens
     assert report.worst.prefill_tokens == sampled.worst.prefill_tokens + 3
-    assert prog.cost(flops=False).expected.generations == pytest.approx(draws)
+    assert prog.cost(flops=False).expected.generations == pytest.approx(draws)  # with the shipped priors too
 
 
 def test_the_cost_command_shows_both(capsys, tmp_path):

@@ -76,10 +76,27 @@ def test_not_an_artifact(tmp_path, text, message):
         ttcl.load(path)
 
 
-def test_artifact_parameters_are_fixed(artifact):
+def test_an_artifact_binds_its_parameters_again_from_the_sources_it_carries(artifact):
+    prog, path = artifact
+    loaded = ttcl.load(path)
+    assert loaded.bind(budget=4).ir == prog.bind(budget=4).ir == ttcl.load(path, params={"budget": 4}).ir
+    with pytest.raises(ttcl.TTCLError, match="has no parameter `n`; its parameters: budget"):
+        loaded.bind(n=4)
+
+
+def test_an_artifact_keeps_its_settings_when_bound_again(tmp_path):
+    prog = ttcl.load("programs/bon.ttcl", settings=["policy.max_tokens=64"])
+    prog.save(tmp_path / "p.json")
+    again = ttcl.load(tmp_path / "p.json").bind(n=3)
+    assert again.ir == prog.bind(n=3).ir and again.ir.models["policy"]["max_tokens"] == 64
+
+
+def test_an_artifact_without_its_sources_has_fixed_parameters(artifact):
     _, path = artifact
-    with pytest.raises(ttcl.TTCLError, match="fixed parameters"):
-        ttcl.load(path).bind(budget=4)
+    _rewrite(path, lambda d: d.pop("sources"), fix_checksum=True)
+    loaded = ttcl.load(path)  # as artifacts written before they carried sources: still run
+    with pytest.raises(ttcl.TTCLError, match="without its source, so its parameters are fixed"):
+        loaded.bind(budget=4)
 
 
 def test_round_trip_keeps_difficulty_thresholds(tmp_path):

@@ -121,7 +121,7 @@ def test_every_question_is_graded_and_appended(tmp_path):
     summaries = summarize(records)
     assert [(s.budget, s.questions, s.accuracy) for s in summaries] == [(2, 5, 1.0), (4, 5, 1.0)]
     assert summaries[1].flops > summaries[0].flops  # twice the beams cost more
-    assert "| search | 2 | 5 | 100.0% |" in markdown(summaries, {}, "t")
+    assert "| search | 2 | 5 | 100.0% |" in markdown([("all", summaries)], "t", [])
     with pytest.raises(UsageError, match="already holds results: --resume"):
         evaluate(path)  # nothing is overwritten
 
@@ -195,3 +195,73 @@ def test_a_budget_label_without_a_parameter_runs_the_program_as_written(tmp_path
     ev = Eval(tmp_path / "r.jsonl", QUESTIONS[:2], backend=ScriptedBackend(stepper, lambda r, o: [0.7, 0.3]))
     assert ev.run(ttcl.compile(SEARCH), "search at 4", budget=4)  # recorded at 4, n left at its default
     assert [(r.budget, r.generations) for r in ev.records] == [(4, 4), (4, 4)]
+
+
+# ---- ttcl run --questions ------------------------------------------------------------------
+
+
+def adder(request):
+    """A model that adds right while A < 5."""
+    a, b = (int(x) for x in re.search(r"What is (\d+) \+ (\d+)\?", request.messages[-1].content).groups())
+    return f"The answer is {a + b + (a >= 5)}."
+
+
+class InterruptedAdder(ScriptedBackend):
+    def __init__(self):
+        super().__init__(adder)
+
+    def generate(self, requests):
+        raise KeyboardInterrupt
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.err
+
+
+def test_run_questions_ends_saying_where_how_many_and_how_many_right(tmp_path, monkeypatch, capsys):
+    import json
+
+    import ttcl.backends
+
+    backend = ScriptedBackend(adder)
+    monkeypatch.setattr(ttcl.backends, "backend_for", lambda decl: backend)
+    program = tmp_path / "p.ttcl"
+    program.write_text('model policy = llama("smollm2-135m", max_tokens=16)\nprogram main = sample(2) |> vote\n')
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    out = tmp_path / "r.jsonl"
+    code, err = run_cli(capsys, "run", program, "--questions", questions, "-o", out)
+    assert code == 0 and f"wrote {out} (5 results; accuracy 80.0% (4 of 5))" in err  # 5 + 3 is wrong
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:3]) + "\n")
+    code, err = run_cli(capsys, "run", program, "--questions", questions, "-o", out, "--resume")
+    assert code == 0 and f"wrote {out} (5 results, 2 new; accuracy 80.0% (4 of 5))" in err
+    # to standard output: the same count, on stderr, and no file
+    code, err = run_cli(capsys, "run", program, "--questions", questions)
+    assert code == 0 and err.strip().endswith("5 results; accuracy 80.0% (4 of 5)") and "wrote" not in err
+    # without answers: no accuracy; with some: of those
+    unanswered = tmp_path / "u.jsonl"
+    unanswered.write_text("".join(json.dumps({"question": q["question"]}) + "\n" for q in QUESTIONS))
+    code, err = run_cli(capsys, "run", program, "--questions", unanswered, "-o", tmp_path / "u.out.jsonl")
+    assert code == 0 and err.strip().endswith("(5 results)")
+    unanswered.write_text(unanswered.read_text() + json.dumps({"question": "What is 5 + 5?", "answer": "10"}) + "\n")
+    code, err = run_cli(capsys, "run", program, "--questions", unanswered)
+    assert "accuracy 0.0% (0 of 1 with an answer to check)" in err
+
+
+def test_an_interrupted_run_questions_says_what_is_left_for_resume(tmp_path, monkeypatch, capsys):
+    import json
+
+    import ttcl.backends
+
+    monkeypatch.setattr(ttcl.backends, "backend_for", lambda decl: InterruptedAdder())
+    program = tmp_path / "p.ttcl"
+    program.write_text('model policy = llama("smollm2-135m", max_tokens=16)\nprogram main = sample(2) |> vote\n')
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    out = tmp_path / "r.jsonl"
+    code, err = run_cli(capsys, "run", program, "--questions", questions, "-o", out)
+    assert code == 130 and f"wrote {out} (0 results; 5 interrupted: --resume runs them)" in err

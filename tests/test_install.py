@@ -30,6 +30,7 @@ def test_wheel_ships_grammar_and_stdlib(tmp_path):
     assert "ttcl/grammar/ttcl.lark" in names
     assert {"ttcl/stdlib/parallel.ttcl", "ttcl/stdlib/search.ttcl", "ttcl/stdlib/revision.ttcl"} <= set(names)
     assert {"ttcl/heads/arith.safetensors", "ttcl/heads/arith.json"} <= set(names)  # the default prm
+    assert "ttcl/cost/priors.json" in names  # the priors of the known models
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
@@ -38,7 +39,7 @@ def test_wheel_ships_grammar_and_stdlib(tmp_path):
         f"assert str(p.resource_dir('stdlib')).startswith({str(site)!r}), p.resource_dir('stdlib')\n"
         'prog = ttcl.compile(\'import "search"\\nmodel policy = llama("smollm2-135m")\\n'
         "verifier prm = self_verify(policy)\\nprogram main = beam_search(8, prm)')\n"
-        "print(len(prog.graph))\n"
+        "print(len(prog.graph), prog.cost(flops=False).priors['policy'].source)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],
@@ -48,4 +49,4 @@ def test_wheel_ships_grammar_and_stdlib(tmp_path):
         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "4"
+    assert done.stdout.strip() == "4 shipped"

@@ -171,3 +171,86 @@ def test_an_error_in_a_candidate_is_located_in_the_candidate(candidate, line, co
     span = caught.value.span
     assert (span.path, span.line, span.col) == ("--candidate", line, col)
     assert candidate.splitlines()[line - 1] in caught.value.render()
+
+
+def test_one_winner_in_every_bin_is_written_alone_with_only_the_imports_it_needs(tmp_path):
+    from ttcl.eval.optimize import optimize as run_optimize
+
+    # both candidates answer alike (majority right where A <= 4, and so the weighted vote);
+    # the cheaper wins every bin, so probes would only add their cost
+    ev = Eval(tmp_path / "runs.jsonl", QUESTIONS, backend=ScriptedBackend(script, probs))
+    found = run_optimize(read_base(BASE, "base.ttcl"), ev, 4, "prm", 2, ["majority(2)", "weighted_best_of_n(2, prm)"])
+    assert found.choice.only == "majority(2)"
+    text = found.text
+    assert "program main = majority(2)\n" in text and "difficulty(" not in text and "probe=" not in text
+    assert 'import "parallel"' in text and 'import "search"' not in text and 'import "revision"' not in text
+    assert "# ttcl optimize: one strategy won every bin: it runs alone, without the probes\n" in text
+    program = ttcl.compile(text, "best.ttcl")
+    assert program.ir.generations == 2  # the arm's 2, no probes
+    assert program.run("What is 1 + 1?", backend=ScriptedBackend(script, probs)).answer == "2"
+
+
+def test_a_per_bin_program_keeps_the_imports_its_arms_use_and_no_others(tmp_path):
+    base = read_base('import "search"\n' + BASE, "base.ttcl")
+    choice, *_ = optimize(tmp_path, base, ["majority(2)", "sequential_revisions(2, prm)"])
+    text = render(base, choice, "prm", 2, 4, [])
+    assert 'import "parallel"' in text and 'import "revision"' in text and "search" not in text
+    ttcl.compile(text, "best.ttcl")
+    # an import a declaration of the file needs stays, though no arm uses it
+    own = read_base(BASE + 'import "search"\nstrategy deep(n: int) = beam_search(n, prm, width=2)\n', "b.ttcl")
+    assert 'import "search"' in render(own, choice, "prm", 2, 4, [])
+
+
+@pytest.mark.parametrize(
+    "candidate, line, col, message",
+    [
+        ('majority(2)\nmodel other = llama("x")', 2, 1, "a candidate is one strategy"),
+        ("majority(2)\nbudget 1 generations", 2, 1, "a candidate is one strategy"),
+        ("majority(99)", 1, 1, "needs 99 generations, and each arm has 12"),
+    ],
+)
+def test_a_candidate_is_one_strategy_that_fits_an_arm(candidate, line, col, message):
+    from ttcl import TTCLError
+    from ttcl.eval.optimize import check_candidates
+
+    base = read_base(BASE, "base.ttcl")
+    with pytest.raises(TTCLError, match=message) as caught:
+        check_candidates(base, ["majority(4)", candidate], 12)
+    span = caught.value.span
+    assert (span.path, span.line, span.col) == ("--candidate", line, col)
+    shown = caught.value.render()
+    assert f" {line} | {candidate.splitlines()[line - 1]}\n" in shown + "\n" and "program main" not in shown
+
+
+def test_an_error_inside_a_stdlib_strategy_names_the_call_in_the_candidate():
+    from ttcl import TTCLError
+
+    base = read_base(BASE, "base.ttcl")
+    with pytest.raises(TTCLError, match="must be a multiple of width") as caught:
+        base.program("\n  beam_search(12, prm, width=5)")
+    assert caught.value.diagnostics[0].notes == ("in strategy `beam_search` called at --candidate:2:3",)
+
+
+def test_the_optimize_command_says_when_one_strategy_won_and_shows_candidate_errors_in_them(
+    tmp_path, monkeypatch, capsys
+):
+    import json
+
+    import ttcl.backends
+    from ttcl.cli.app import main
+
+    monkeypatch.setattr(ttcl.backends, "backend_for", lambda decl: ScriptedBackend(script, probs))
+    (tmp_path / "base.ttcl").write_text(BASE)
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    common = ["optimize", tmp_path / "base.ttcl", "--dataset", tmp_path / "q.jsonl", "--budget", "4", "--probe", "2"]
+    common += ["-o", tmp_path / "best.ttcl", "--runs", tmp_path / "runs.jsonl"]
+    code = main([str(a) for a in [*common, "--candidate", "majority(99)"]])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and not (tmp_path / "runs.jsonl").exists()
+    assert err.startswith("--candidate:1:1: error: this candidate needs 99 generations, and each arm has 2")
+    assert " 1 | majority(99)\n   | ^^^^^^^^^^^^\n" in err
+    candidates = ["--candidate", "majority(2)", "--candidate", "weighted_best_of_n(2, prm)"]
+    assert main([str(a) for a in [*common, *candidates]]) == 0
+    out = capsys.readouterr().out
+    assert "majority(2) won every bin, so the program runs it alone, without the probes: accuracy 44.4%" in out
+    assert "program main = majority(2)\n" in (tmp_path / "best.ttcl").read_text()

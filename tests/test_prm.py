@@ -260,8 +260,8 @@ def test_hf_prm_without_a_checkpoint_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--out", "head.bin"], "--out names a .safetensors file"),
-        (["--out", "h.safetensors", "--model", "nowhere.gguf"], "nowhere.gguf"),
+        (["-o", "head.bin"], "-o/--output names a .safetensors file"),
+        (["-o", "h.safetensors", "--model", "nowhere.gguf"], "nowhere.gguf"),
         (["--out", "h.safetensors", "--dataset", "arith:9"], "arith levels are arith:1 to arith:5"),
     ],
 )

@@ -17,7 +17,7 @@ from ttcl.version import __version__
 if TYPE_CHECKING:
     from ttcl.errors import TTCLError
     from ttcl.program import Program, compile, load
-    from ttcl.results import Candidate, Cost, Result
+    from ttcl.results import Candidate, Cost, Result, load_results
     from ttcl.runtime.answers import register_answer
     from ttcl.runtime.verifiers import register_verifier
 
@@ -29,6 +29,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "TTCLError": "ttcl.errors",
     "compile": "ttcl.program",
     "load": "ttcl.program",
+    "load_results": "ttcl.results",
     "register_answer": "ttcl.runtime.answers",
     "register_verifier": "ttcl.runtime.verifiers",
 }
@@ -41,6 +42,7 @@ __all__ = [
     "TTCLError",
     "compile",
     "load",
+    "load_results",
     "register_answer",
     "register_verifier",
     "__version__",

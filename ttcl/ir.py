@@ -2,7 +2,8 @@
 
 `to_document(graph)` turns a lowered graph into a validated pydantic document;
 `from_document(data)` checks one (format, version, checksum, schema, shape) and rebuilds the
-graph. An app can ship the JSON artifact and run it without the `.ttcl` source.
+graph. An app can ship the JSON artifact and run it without the `.ttcl` source; the artifact
+carries that source all the same (`sources`), so its parameters can be bound again.
 """
 
 from __future__ import annotations
@@ -89,10 +90,15 @@ class IRDocument(BaseModel):
     generations: int
     nodes: list[IRNode]
     edges: list[IREdge]
+    # The texts the program was compiled from, by the names its spans and errors use: its
+    # file first, then each file it imports (the stdlib too) in load order, and its `--set`
+    # settings last. `Program.bind` compiles them again with other parameters; an artifact
+    # written before TTCL kept them has none.
+    sources: dict[str, str] = {}
 
 
-def to_document(graph: nx.DiGraph, params: dict[str, Any]) -> IRDocument:
-    """The serializable document of a lowered graph."""
+def to_document(graph: nx.DiGraph, params: dict[str, Any], sources: dict[str, str] | None = None) -> IRDocument:
+    """The serializable document of a lowered graph (and of the sources it was compiled from)."""
     from ttcl.version import __version__
 
     g = graph.graph
@@ -112,6 +118,7 @@ def to_document(graph: nx.DiGraph, params: dict[str, Any]) -> IRDocument:
         generations=g["generations"],
         nodes=nodes,
         edges=edges,
+        sources=sources or {},
     )
 
 

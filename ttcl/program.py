@@ -25,11 +25,13 @@ import networkx as nx
 from ttcl import ast, ir
 from ttcl.checker import Checked, check
 from ttcl.errors import CheckError, Diagnostic, TTCLError, UsageError
+from ttcl.loader import Workspace
 from ttcl.loader import load as load_workspace
 from ttcl.lower import lower
 from ttcl.overrides import SOURCE as SETTINGS
 from ttcl.overrides import apply as apply_settings
 from ttcl.overrides import setting_lines
+from ttcl.parser import parse
 from ttcl.passes import PassContext, fold_constants, run_passes
 from ttcl.results import Result
 from ttcl.source import MAX_ARTIFACT_BYTES, read_source
@@ -62,12 +64,11 @@ class Program:
         return dict(self.ir.params)
 
     def bind(self, **params: Any) -> Program:
-        """The same program compiled with some parameters changed: `prog.bind(budget=64)`."""
-        if self.checked is None:
-            raise UsageError(
-                "a program loaded from a compiled artifact has fixed parameters; compile it from source to change them"
-            )
-        return build(self.checked, self.name, {**self.params, **params})  # `convert` checks each value
+        """The same program compiled with some parameters changed: `prog.bind(budget=64)`. A
+        program loaded from an artifact is compiled again from the sources the artifact carries."""
+        checked = self.checked or check_sources(self.ir)
+        name = choose_program(checked, self.name)
+        return build(checked, name, {**self.params, **params})  # `convert` checks each value
 
     # ---- running ------------------------------------------------------------------------
 
@@ -260,21 +261,23 @@ def load(
     params: dict[str, Any] | None = None,
     settings: Sequence[str] | Mapping[str, Any] | None = None,
 ) -> Program:
-    """Load a `.ttcl` source file, or a compiled `.json` artifact, as a `Program` (`settings`:
-    as `compile` takes them; a source file's only)."""
+    """Load a `.ttcl` source file, or a compiled `.json` artifact, as a `Program` (`params`
+    bind an artifact's again, as `Program.bind` does; `settings`: as `compile` takes them, a
+    source file's only)."""
     if not isinstance(path, (str, PathLike)):
         raise UsageError(f"load takes a file path (str or pathlib.Path), not {_kind(path)}")
     _check_program_args(program, params)
     path = str(path)
     if path.endswith(".json"):
-        if program is not None or params:
-            raise UsageError("a compiled artifact holds one program with fixed parameters")
         if setting_lines(settings):
             raise UsageError(
                 f"{path} is a compiled artifact, whose declarations are fixed: --set (settings) changes a "
                 "source file's, before it is checked; compile the source again with them"
             )
-        return Program(ir.loads(read_source(path, MAX_ARTIFACT_BYTES, "compiled programs"), path))
+        loaded = Program(ir.loads(read_source(path, MAX_ARTIFACT_BYTES, "compiled programs"), path))
+        if program not in (None, loaded.name):
+            raise UsageError(f"{path} is a compiled artifact of one program, `{loaded.name}`, not `{program}`")
+        return loaded.bind(**params) if params else loaded
     return compile(read_source(path), path, program, params, settings)
 
 
@@ -287,11 +290,28 @@ def check_source(
     """Parse, resolve imports, apply the settings and check; raise `TTCLError` listing every
     problem found. `later`: a setting may name what the text does not declare (yet), as in a
     session (`overrides.apply`)."""
-    ws = apply_settings(load_workspace(text, path), settings, later)
+    return _check(apply_settings(load_workspace(text, path), settings, later))
+
+
+def _check(ws: Workspace) -> Checked:
     try:
         return check(ws)
     except RecursionError:
         raise CheckError("program is nested too deeply", ws.main.span).with_sources(ws.sources) from None
+
+
+def check_sources(doc: ir.IRDocument) -> Checked:
+    """Check again the sources an artifact carries, as `check_source` checked them when it was
+    compiled: each file parsed as it was loaded (they hold every import, so no file is read),
+    and the settings applied."""
+    sources = {path: text for path, text in doc.sources.items() if path != SETTINGS}
+    if not sources:
+        raise UsageError(
+            f"this compiled artifact of `{doc.program}` was written by an older TTCL, without its source, so its "
+            "parameters are fixed; compile the program from source to change them"
+        )
+    modules = [parse(text, None if path == "<input>" else path) for path, text in sources.items()]
+    return _check(apply_settings(Workspace(modules, sources), doc.sources.get(SETTINGS, "").splitlines()))
 
 
 def check_programs(checked: Checked) -> list[Program]:
@@ -341,7 +361,7 @@ def build(checked: Checked, name: str, params: dict[str, Any]) -> Program:
         raise CheckError(f"program `{name}` is nested too deeply", decl.name_span).with_sources(sources) from None
     except TTCLError as e:
         raise _settings_located(e).with_sources(sources) from None
-    return Program(ir.to_document(graph, values), checked)
+    return Program(ir.to_document(graph, values, checked.workspace.sources), checked)
 
 
 def _settings_located(e: TTCLError) -> TTCLError:

@@ -1,7 +1,7 @@
 """What a run returns: candidates, the chosen answer, measured cost and the trace (pydantic);
 and the files results are kept in (`ttcl run -o`, `ttcl eval`'s results file): what identifies a
-result (a hash of its question and of its program), a torn last line cut off with a backup, and
-an output path checked before any work is done."""
+result (a hash of its question and of its program), a torn last line cut off with a backup, an
+output path checked before any work is done, and `ttcl run`'s results read back (`load_results`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ttcl.errors import UsageError
 
@@ -36,6 +36,7 @@ class Candidate(BaseModel):
     # the mean log-probability of its generated tokens, where the program asked for them (it
     # scores with the `confidence` verifier); None otherwise, and in records written before
     mean_logprob: float | None = None
+    cut: bool = False  # Ctrl-C came while it was being generated: its text is what it had by then
 
 
 class NodeCost(BaseModel):
@@ -116,9 +117,10 @@ def question_hash(question: str) -> str:
 def program_hash(doc: BaseModel) -> str:
     """What identifies a program in a results file: a hash of its compiled IR document
     (`Program.ir`, with its parameters bound) in canonical JSON, less what does not change
-    what it runs: source positions (spans, and the line:col of each `origin`) and the version
-    of TTCL that compiled it. Another model, prompt, parameter or strategy is another hash."""
-    data = doc.model_dump(mode="json", exclude={"ttcl_version"})
+    what it runs: source positions (spans, and the line:col of each `origin`), the source text
+    itself (a comment) and the version of TTCL that compiled it. Another model, prompt,
+    parameter or strategy is another hash."""
+    data = doc.model_dump(mode="json", exclude={"ttcl_version", "sources"})
     for node in data.get("nodes", []):
         node.pop("span", None)
         node["origin"] = [re.sub(r"@\d+:\d+$", "", o) for o in node.get("origin", [])]
@@ -160,6 +162,39 @@ def _is_json(line: bytes) -> bool:
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return False
     return True
+
+
+def load_results(path: str | Path) -> dict[int, Result]:
+    """The results in a file that `ttcl run --questions` wrote (`-o PATH`, or its standard
+    output), by question index in question order. Each line holds a result without its
+    candidates and trace, which the file does not keep. A question that failed (its line's
+    "error" says why) has no result; a question run again by `--resume` has its last line's.
+    A torn last line (a write cut short) is left out, as `--resume` leaves it."""
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: no such results file")
+    lines, _ = read_lines(path)
+    results: dict[int, Result] = {}
+    for number, text in lines:
+        try:
+            line = json.loads(text)
+        except (ValueError, RecursionError):
+            line = None
+        if not isinstance(line, dict) or not isinstance(line.get("index"), int) or "answer_expected" not in line:
+            raise UsageError(f"{path}:{number}: not a line of `ttcl run --questions` results")
+        if line.get("error") is None:
+            results[line["index"]] = _result_of(line, f"{path}:{number}")
+    return dict(sorted(results.items()))
+
+
+def _result_of(line: dict, where: str) -> Result:
+    """The `Result` in a results line, less what says what it is a result of (its index, hashes
+    and expected answer)."""
+    try:
+        return Result.model_validate({k: v for k, v in line.items() if k in Result.model_fields})
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(map(str, first["loc"]))
+        raise UsageError(f"{where}: not a result: {field}: {first['msg']}") from None
 
 
 def cut_torn_line(path: str | Path, at: int) -> Path:

@@ -17,7 +17,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from ttcl.backends.base import BackendError, Finish, Generation, GenerationRequest
 
@@ -59,9 +59,15 @@ class Sequence:
             self.finish = "length"
         return self.finish is not None
 
+    def cut(self) -> Self:
+        """Mark the sequence cut by Ctrl-C if it was still going (its `result` is then what
+        it had generated); a finished one keeps its finish."""
+        self.finish = self.finish or "cut"
+        return self
+
     def result(self, text: str, prompt_tokens: int) -> Generation:
-        """The finished sequence as a `Generation`: `text` (all it decoded to, the final EOS
-        left out) cut before the first stop string."""
+        """The finished (or cut) sequence as a `Generation`: `text` (all it decoded to, the
+        final EOS left out) cut before the first stop string."""
         return Generation(
             text=text if self.stop_at is None else text[: self.stop_at],
             prompt_tokens=prompt_tokens,

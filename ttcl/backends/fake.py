@@ -6,6 +6,10 @@ whitespace-separated words, so token counts are easy to check by hand; stop stri
 `hidden_states` a third (by default a few features of the prompt's text, so a PRM head can
 be trained and scored on them in tests). Where a request asks for log-probabilities, a fourth
 gives them for the text written (by default log 1/2 for every token).
+
+`interrupt_after=k` plays Ctrl-C: the next `generate` call stops after k decoding steps (k
+words of every request, as a real batch advances each sequence a token a step) and raises
+`Cut` with what each request had written by then.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from ttcl.backends.base import Backend, Finish, Generation, GenerationRequest
+from ttcl.backends.base import Backend, Cut, Finish, Generation, GenerationRequest
 
 
 def render(request: GenerationRequest) -> str:
@@ -33,6 +37,7 @@ class ScriptedBackend(Backend):
         name: str = "scripted",
         hidden: Callable[[GenerationRequest], list[float]] | None = None,
         logprobs: Callable[[GenerationRequest, str], float | Sequence[float]] | None = None,
+        interrupt_after: int | None = None,
     ):
         super().__init__(name)
         self.script = script
@@ -41,6 +46,7 @@ class ScriptedBackend(Backend):
         # (request, text written) -> every token's log-probability, or one for each token
         self.logprobs = logprobs or (lambda request, text: math.log(0.5))
         self.batch_sizes: list[int] = []
+        self.interrupt_after = interrupt_after  # Ctrl-C after this many steps of the next call
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
@@ -49,9 +55,13 @@ class ScriptedBackend(Backend):
         self.counters.batches += 1
         self.batch_sizes.append(len(requests))
         seen: set[str] = set()
-        return [self._one(r, seen) for r in requests]
+        steps, self.interrupt_after = self.interrupt_after, None
+        results = [self._one(r, seen, steps) for r in requests]
+        if steps is not None:
+            raise Cut(results)
+        return results
 
-    def _one(self, request: GenerationRequest, seen: set[str]) -> Generation:
+    def _one(self, request: GenerationRequest, seen: set[str], steps: int | None = None) -> Generation:
         prompt = render(request)
         # identical prompts in one batch are decoded once, as a real backend shares them
         prompt_tokens = 0 if prompt in seen else self.count_tokens(prompt)
@@ -61,6 +71,8 @@ class ScriptedBackend(Backend):
         finish: Finish = "eos"
         if len(words) > request.params.max_tokens:
             text, finish = " ".join(words[: request.params.max_tokens]), "length"
+        if steps is not None and len(text.split(" ")) > steps:  # Ctrl-C came first
+            text, finish = " ".join(text.split(" ")[:steps]), "cut"
         generated = self.count_tokens(text)
         for stop in request.params.stop:
             if stop in text:

@@ -1,4 +1,5 @@
-"""The command line (`ttcl run|check|fmt|graph|cost|eval|optimize|train-prm|repl|doc`): the argparse
+# PYTHON_ARGCOMPLETE_OK (argcomplete completes the console script only where it sees this mark)
+"""The command line (`ttcl run|check|fmt|graph|cost|eval|optimize|train-prm|repl|doc|completion`): the argparse
 entry in `app`, one module per command family, and the REPL.
 
 `main` here is the console entry (`ttcl = "ttcl.cli:main"`): it imports the rest itself, so a

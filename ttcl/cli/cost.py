@@ -5,34 +5,20 @@ Exit status 1 when the estimate cannot fit a `--budget`, so scripts can gate on 
 
 from __future__ import annotations
 
-import re
 import sys
-from typing import cast
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from ttcl.cli.present import parse_budget
 from ttcl.cost.estimator import UNITS, CostReport, short_number
 from ttcl.errors import UsageError
 from ttcl.program import Program
 
-_BUDGET = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)\s*([a-z]*)\s*$")
-
-
-def parse_budget(text: str) -> tuple[str, float]:
-    """`--budget` values: "64" (generations), "2e5 tokens", "1e13flops"."""
-    match = _BUDGET.match(text)
-    unit = (match.group(2) or "generations") if match else ""
-    if not match or unit not in UNITS or float(match.group(1)) <= 0:
-        raise UsageError(
-            f"--budget takes a positive AMOUNT and a unit ({', '.join(UNITS)}), "
-            f'such as "64 generations" or "1e13 flops"; got {text!r}'
-        )
-    return unit, float(match.group(1))
-
 
 def cost_command(args, program: Program, out: Console) -> int:
+    """`ttcl cost FILE`: the estimate as a table or JSON; exit 1 when it cannot fit a budget."""
     if args.fit:
         return fit_command(args, program, out)
     report = program.cost(model=args.model, calibration=args.calibration, vs_params=args.vs_params, ratio=args.ratio)
@@ -54,70 +40,25 @@ def fit_command(args, program: Program, out: Console) -> int:
     if args.fit not in program.params:
         raise UsageError(f"program `{program.name}` has no parameter `{args.fit}`")
     n = fit_parameter(program, args.fit, unit, amount, args.calibration)
+    priors = program.cost(calibration=args.calibration, flops=False).priors.values()
     out.print(
         f"{args.fit} = {n}: the largest value whose estimated cost fits {short_number(amount)} {unit} "
-        f"per question ({'calibrated' if args.calibration else 'every answer as long as its max_tokens'})"
+        f"per question (priors: {'; '.join(sorted({priors_source(p.source, p.step_tokens) for p in priors}))})"
     )
     return 0
 
 
 def show(report: CostReport, out: Console) -> None:
     """The per-node table, the totals, the priors and facts used, budgets and the exchange."""
-    flops = report.expected.flops is not None
-    table = Table(title=f"estimated cost of {report.program}, per question", box=box.SIMPLE_HEAD)
-    for column in ("node", "op", "where", "runs", "gens", "prefill", "decode", "verifier") + (("FLOPs", "share"),)[
-        0
-    ] * flops:
-        table.add_column(column, justify="left" if column in ("op", "where") else "right", no_wrap=True)
-    total = report.expected.flops or 0.0
-    for e in report.nodes:
-        if not (e.generations or e.tokens):
-            continue
-        row = [
-            f"n{e.node}",
-            e.op,
-            e.where.split(" ")[0].rsplit("/", 1)[-1],
-            f"{e.runs:.0%}" if e.runs < 1 else "",
-            _n(e.generations),
-            _n(e.prefill_tokens),
-            _n(e.decode_tokens),
-            _n(e.verifier_tokens),
-        ]
-        if flops:
-            row += [short_number(e.flops or 0.0), f"{(e.flops or 0.0) * e.runs / total:.0%}" if total else ""]
-        table.add_row(*row)
-    for name, t in (("expected", report.expected), ("worst case", report.worst)):
-        if name == "worst case" and t == report.expected:
-            continue
-        table.add_row(
-            f"[bold]{name}[/]",
-            "",
-            "",
-            "",
-            _n(t.generations),
-            _n(t.prefill_tokens),
-            _n(t.decode_tokens),
-            _n(t.verifier_tokens),
-            # both totals price FLOPs, or neither does
-            *([f"[bold]{short_number(cast(float, t.flops))}[/]", ""] if flops else []),
-            end_section=name == "expected",
-        )
-    # the columns stay whole in a pipe too, where rich would assume 80 columns
-    Console(file=out.file, width=max(out.width, 120), highlight=False).print(table)
+    # the widest table that fits the terminal: the source location goes first, then the shares
+    optional = [(), ("where",), ("where", "share")]
+    out.print(fitting(out, [_table(report, dropped) for dropped in optional]))
     for name, p in report.priors.items():
         steps = f", search answers in {p.search_steps:.1f} steps" if p.search_steps else ""
         verify = f", verifier {p.verify_tokens:.1f} tokens per pass" if p.verify_tokens else ""
-        source = (
-            (
-                "the program: each answer as long as its max_tokens, steps of "
-                f"{p.step_tokens:.0f} tokens, prompts from their templates"
-            )
-            if p.source == "program"
-            else p.source
-        )
         out.print(
-            f"priors for {name}: {source} (prompt {p.prompt_tokens:.0f}, answer {p.answer_tokens:.0f} "
-            f"tokens in {p.answer_steps:.1f} steps{steps}{verify})"
+            f"priors for {name}: {priors_source(p.source, p.step_tokens)} (prompt {p.prompt_tokens:.0f}, answer "
+            f"{p.answer_tokens:.0f} tokens in {p.answer_steps:.1f} steps{steps}{verify})"
         )
     for name, f in report.models.items():
         out.print(
@@ -138,6 +79,65 @@ def show(report: CostReport, out: Console) -> None:
             + ("[green]cheaper[/]" if report.program_multiple <= x.multiple else "[red]dearer[/]")
             + " than the larger model"
         )
+
+
+def _table(report: CostReport, dropped: tuple[str, ...]) -> Table:
+    """The estimate per node and its totals, without the `dropped` columns (and without
+    `runs` where every node always runs, nor FLOPs where they cannot be priced)."""
+    columns = ["node", "op", "where", "runs", "gens", "prefill", "decode", "verifier", "FLOPs", "share"]
+    gone = set(dropped) | ({"runs"} if all(e.runs >= 1 for e in report.nodes) else set())
+    gone |= {"FLOPs", "share"} if report.expected.flops is None else set()
+    shown = [c for c in columns if c not in gone]
+    table = Table(title=f"estimated cost of {report.program}, per question", box=box.SIMPLE_HEAD, show_edge=False)
+    for column in shown:
+        table.add_column(column, justify="left" if column in ("op", "where") else "right", no_wrap=True)
+    total = report.expected.flops or 0.0
+    for e in report.nodes:
+        if not (e.generations or e.tokens):
+            continue
+        flops = e.flops or 0.0
+        cells = {
+            "node": f"n{e.node}",
+            "op": e.op,
+            "where": e.where.split(" ")[0].rsplit("/", 1)[-1],
+            "runs": f"{e.runs:.0%}" if e.runs < 1 else "",
+            "FLOPs": short_number(flops),
+            "share": f"{flops * e.runs / total:.0%}" if total else "",
+        }
+        table.add_row(*(cells[c] if c in cells else _n(getattr(e, _FIELDS[c])) for c in shown))
+    for name, t in (("expected", report.expected), ("worst case", report.worst)):
+        if name == "worst case" and t == report.expected:
+            continue
+        # named in the op column, the wide one; both totals price FLOPs, or neither does
+        cells = {"op": f"[bold]{name}[/]", "FLOPs": f"[bold]{short_number(t.flops or 0.0)}[/]"}
+        row = [cells[c] if c in cells else _n(getattr(t, _FIELDS[c])) if c in _FIELDS else "" for c in shown]
+        table.add_row(*row, end_section=name == "expected")
+    return table
+
+
+_FIELDS = {"gens": "generations", "prefill": "prefill_tokens", "decode": "decode_tokens", "verifier": "verifier_tokens"}
+
+
+def fitting(console: Console, tables: list[Table]) -> Table:
+    """The first of `tables` (widest first) whose columns fit the console's width whole, else
+    the last: a narrow terminal gets fewer columns rather than figures cut or wrapped."""
+    unbounded = console.options.update_width(1 << 16)  # else rich measures within the width
+    for table in tables:
+        if console.measure(table, options=unbounded).maximum <= console.width:
+            return table
+    return tables[-1]
+
+
+def priors_source(source: str, step_tokens: float) -> str:
+    """Where an estimate's priors came from, in words (`PriorsUsed.source`)."""
+    if source == "program":
+        return (
+            "the program (an upper bound): each answer as long as its max_tokens, steps of "
+            f"{step_tokens:.0f} tokens, prompts from their templates"
+        )
+    if source == "shipped":
+        return "measured on the model and shipped with TTCL; --calibration gives your own"
+    return source
 
 
 def _budget_line(report: CostReport, unit: str, limit: float, out: Console) -> None:

@@ -4,18 +4,21 @@ Markdown and JSON, and for optimize the program it writes."""
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ttcl.cli.present import fields_of, progress_bar
+from ttcl.cli.present import fields_of, progress_bar, wrote
+from ttcl.cli.progress import Meter, work_per_question
 from ttcl.errors import UsageError
 from ttcl.eval.datasets import load as load_dataset
 from ttcl.eval.evaluate import (
@@ -29,10 +32,15 @@ from ttcl.eval.evaluate import (
     plot,
     summarize,
     summarize_by,
+    table_of,
 )
 from ttcl.eval.sweep import PoolPlan, pool_plan
 from ttcl.results import check_writable
 from ttcl.source import write_text
+from ttcl.version import __version__
+
+if TYPE_CHECKING:
+    from ttcl.program import Program
 
 
 def eval_command(args, out: Console, err: Console) -> int:
@@ -57,7 +65,7 @@ def eval_command(args, out: Console, err: Console) -> int:
     progress = progress_bar(err)
 
     def on_record(record: Record) -> None:
-        progress.advance(bar)
+        meter.advance(work=work.get((record.program, record.budget), 1.0))
         if record.error is not None:
             err.print(Text("failed ", style="yellow"), Text(f"{record.program}: {record.error}"), sep="")
 
@@ -65,14 +73,17 @@ def eval_command(args, out: Console, err: Console) -> int:
     ev.expect([(label, b, bind_budget(prog, b, param)) for label, prog, b, param in runs])
     keys = {(label, b) for label, _, b, _ in runs}
     pools = _pools(programs, budgets, args, err)
+    work = _work(runs, pools, budgets)
     with progress:
-        bar = progress.add_task("questions", total=len(runs) * len(data.questions))
-        progress.advance(bar, sum((r.program, r.budget) in keys for r in ev.records))
+        n = len(data.questions)
+        meter = Meter(progress, "questions", len(runs) * n, sum(work.values()) * n)
+        resumed = [work[r.program, r.budget] for r in ev.records if (r.program, r.budget) in keys]
+        meter.resumed(len(resumed), sum(resumed))
         for label, prog, budget, param in runs:
             plan = pools.get(label)
             if plan is not None and budget != max(cast(list[int], budgets)):
                 continue  # evaluated from the largest budget's pool
-            progress.update(bar, description=f"{label}" + (f" {param}={budget}" if param else ""))
+            meter.describe(f"{label}" + (f" {param}={budget}" if param else ""))
             finished = (
                 ev.run_pooled(prog, label, cast(list[int], budgets), cast(str, param), plan)
                 if plan is not None
@@ -85,17 +96,15 @@ def eval_command(args, out: Console, err: Console) -> int:
     _notes(ev, err)
     records = [r for r in ev.records if (r.program, r.budget) in keys]
     summaries = summarize(records)
-    by_bin = summarize_by(records, lambda r: r.bin)
-    by_level = summarize_by(records, lambda r: r.level)
+    tables = [(f"{data.name}: {len(data.questions)} questions, seed {args.seed}", summaries)]
+    for name, key in (("bin", lambda r: r.bin), ("level", lambda r: r.level)):
+        tables += [(f"{name} {k}", rows) for k, rows in summarize_by(records, key).items()]
     if args.json:
         sys.stdout.write(dump_json(summaries) + "\n")
     else:
-        title = f"{data.name}: {len(data.questions)} questions, seed {args.seed}"
-        _show(summaries, title, out)
-        for name, groups in (("bin", by_bin), ("level", by_level)):
-            for key, rows in groups.items():
-                _show(rows, f"{name} {key}", out)
-        err.print(f"results: {output}")
+        for title, rows in tables:
+            _show(rows, title, out)
+    wrote(output, "results, a line per question")
     failed = sum(r.failed for r in records)
     if failed:
         err.print(
@@ -105,31 +114,52 @@ def eval_command(args, out: Console, err: Console) -> int:
                 style="yellow",
             )
         )
+    models = _models(prog for _, prog in programs)  # for the plot's title and the report
     if args.plot:
-        plot(summaries, args.plot, title=f"{data.name}, {len(data.questions)} questions")
+        plot(summaries, args.plot, title=f"{models} on {data.name}, {len(data.questions)} questions")
+        wrote(args.plot, "accuracy against FLOPs")
     if args.report:
-        write_text(args.report, markdown(summaries, by_bin, f"ttcl eval on {data.name}"))
+        facts = [("model", models), ("TTCL", __version__), ("command", f"`{command_line()}`")]
+        link = os.path.relpath(args.plot, Path(args.report).parent) if args.plot else None
+        write_text(args.report, markdown(tables, f"ttcl eval on {data.name}", facts, link))
+        wrote(args.report, "the tables as Markdown")
     return 0
 
 
 def _show(summaries: list[Summary], title: str, out: Console) -> None:
-    failures = any(s.failed for s in summaries)  # the column only where a question failed
+    columns, rows = table_of(summaries)  # the report's table too
     table = Table(title=title, box=box.SIMPLE_HEAD)
-    columns = ["program", "budget", "questions", "accuracy", "95% interval", "FLOPs/question", "tokens/question"]
-    for column in columns + (["failed"] if failures else []):
+    for column in columns:
         table.add_column(column, justify="left" if column == "program" else "right")
-    for s in summaries:
-        table.add_row(
-            s.program,
-            "" if s.budget is None else str(s.budget) + (f" (pool {s.pooled_from})" if s.pooled_from else ""),
-            str(s.questions),
-            f"{s.accuracy:.1%}",
-            f"{s.low:.1%}–{s.high:.1%}",
-            "" if s.flops is None else f"{s.flops:.3g}",
-            f"{s.tokens:.0f}",
-            *([str(s.failed)] if failures else []),
-        )
+    for row in rows:
+        table.add_row(*row)
     out.print(table)
+
+
+def _work(runs, pools: dict[str, PoolPlan], budgets: Sequence[int | None]) -> dict[tuple[str, int | None], float]:
+    """What the cost model expects each record of each run (label, budget) to cost, for the
+    time left (one each where it cannot price them): the records of a pooled program share
+    the cost of its largest budget's pool."""
+    largest = max((b for b in budgets if b is not None), default=None)
+    bound = {(label, b): bind_budget(prog, largest if label in pools else b, param) for label, prog, b, param in runs}
+    costs = work_per_question(bound.values()) or [1.0] * len(bound)
+    return {key: cost / (len(budgets) if key[0] in pools else 1) for key, cost in zip(bound, costs)}
+
+
+def _models(programs: Iterable[Program]) -> str:
+    """The models the programs run, for titles: their names (a file's name without its
+    directory), each once."""
+    names = [
+        Path(str(decl.get("model") or decl.get("path") or name)).name
+        for program in programs
+        for name, decl in program.ir.models.items()
+    ]
+    return ", ".join(dict.fromkeys(names)) or "no model"
+
+
+def command_line() -> str:
+    """The command that is running, as a shell would take it again."""
+    return shlex.join(["ttcl", *sys.argv[1:]])
 
 
 def _pools(programs, budgets: Sequence[int | None], args, err: Console) -> dict[str, PoolPlan]:
@@ -198,8 +228,8 @@ def optimize_command(args, out: Console, err: Console) -> int:
     probe = args.probe if args.probe is not None else (base.probe or 4)
     opt.check_options(args.budget, probe, args.bins)  # before the dataset is read
     candidates = args.candidate or base.arms or opt.default_space(opt.arm_budget(args.budget, probe), verifier)
-    for expr in candidates:  # each must compile, before anything runs
-        base.program(expr)
+    # each must compile and fit an arm, before anything runs
+    programs = opt.check_candidates(base, candidates, opt.arm_budget(args.budget, probe))
     data = load_dataset(args.dataset, args.limit, strict=args.strict, fields=fields_of(args))
     for problem in data.skipped:
         err.print(f"[yellow]skipped[/] {problem}")
@@ -207,13 +237,16 @@ def optimize_command(args, out: Console, err: Console) -> int:
     target = args.output or f"{Path(args.file).stem}.optimized.ttcl"
     check_writable({"--runs": output, "--output": target, "--report": args.report})
     progress = progress_bar(err)
+    labels = opt.runs(candidates, verifier, probe)
+    costs = work_per_question([base.program(labels[opt.PROBE_LABEL]), *programs])
+    work = dict(zip(labels, costs or [1.0] * len(labels)))  # per question, for the time left
     # a question that fails stops optimize (naming it): every arm needs a result for each question
     ev = Eval(
         output,
         data.questions,
         seed=args.seed,
         resume=args.resume,
-        on_record=lambda r: progress.advance(bar),
+        on_record=lambda r: meter.advance(work=work.get(r.program, 1.0)),
         option="--runs",
         isolate=False,
     )
@@ -222,8 +255,11 @@ def optimize_command(args, out: Console, err: Console) -> int:
         f"{probe} probes, arms at {args.budget - probe} generations"
     ]
     with progress:
-        bar = progress.add_task("probe", total=(len(candidates) + 1) * len(data.questions))
-        progress.advance(bar, len(ev.records))
+        meter = Meter(
+            progress, opt.PROBE_LABEL, len(labels) * len(data.questions), sum(work.values()) * len(data.questions)
+        )
+        resumed = [work[r.program] for r in ev.records if r.program in work]
+        meter.resumed(len(resumed), sum(resumed))
         found = opt.optimize(
             base,
             ev,
@@ -233,7 +269,7 @@ def optimize_command(args, out: Console, err: Console) -> int:
             candidates,
             args.bins,
             note,
-            on_start=lambda label: progress.update(bar, description=label),
+            on_start=meter.describe,
             binning=args.bins_by,
         )
     _notes(ev, err)
@@ -246,6 +282,9 @@ def optimize_command(args, out: Console, err: Console) -> int:
         f"per-bin choice, 2-fold cross-validated: accuracy {found.cv_accuracy:.1%}, "
         f"{found.cv_flops:.3g} FLOPs per question (probes included)"
     )
+    alone = _alone(found)
+    if alone:
+        out.print(alone)
     program, cv_accuracy, cv_flops = found.text, found.cv_accuracy, found.cv_flops
     write_text(target, program)
     if args.report:
@@ -256,14 +295,33 @@ def optimize_command(args, out: Console, err: Console) -> int:
             "",
             f"Two-fold cross-validated accuracy of the per-bin choice: {cv_accuracy:.1%}, "
             f"{cv_flops:.3g} FLOPs per question (probes included).",
+            *(["", alone + "."] if alone else []),
             "",
             "```",
             program.rstrip(),
             "```",
         ]
         write_text(args.report, "\n".join(lines) + "\n")
-    err.print(f"wrote {target}; runs: {output}")
+    wrote(target, "the program")
+    wrote(output, "every run's results")
+    if args.report:
+        wrote(args.report, "the per-bin table and the program as Markdown")
     return 0
+
+
+def _alone(found) -> str | None:
+    """Where one strategy won every bin, what it does alone (the program runs it without the
+    probes)."""
+    winner = found.choice.only
+    if winner is None:
+        return None
+    records = found.results[winner]
+    accuracy = sum(r.correct for r in records) / len(records)
+    flops = sum(r.flops or 0.0 for r in records) / len(records)
+    return (
+        f"{winner} won every bin, so the program runs it alone, without the probes: accuracy "
+        f"{accuracy:.1%}, {flops:.3g} FLOPs per question"
+    )
 
 
 def _choice_rows(choice, candidates, results, scores) -> list[list[str]]:

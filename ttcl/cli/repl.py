@@ -306,7 +306,8 @@ def search_tree(result: Result) -> Tree:
                 parent = steps[prefix]
             score = "" if c.score is None else f", score {c.score:.3f}"
             star = ("  ★ chosen", "bold green") if c.id == chosen else ""
-            parent.add(Text.assemble(f"#{c.id} answer {c.answer}{score}", star))
+            cut = (" (cut short by Ctrl-C)", "yellow") if c.cut else ""
+            parent.add(Text.assemble(f"#{c.id} answer {'—' if c.answer is None else c.answer}{score}", cut, star))
     return tree
 
 

@@ -16,11 +16,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ttcl.cli.present import estimate_or_none, progress_bar
+from ttcl.cli.cost import fitting
+from ttcl.cli.present import estimate_or_none, progress_bar, wrote
+from ttcl.cli.progress import Meter
+from ttcl.cost.estimator import short_number
 from ttcl.errors import UsageError
 from ttcl.eval.datasets import read_jsonl
 from ttcl.eval.evaluate import run_isolating, where
@@ -34,6 +38,7 @@ from ttcl.results import (
     question_hash,
     read_lines,
 )
+from ttcl.runtime.answers import AnswerKind, answer_kind
 
 
 def run_command(args, program: Program, out: Console, err: Console) -> int:
@@ -83,14 +88,17 @@ def _check_args(args) -> None:
 
 
 def run_file(args, program: Program, err: Console) -> dict[int, Result]:
-    """Run a questions file; its results (those this run computed) by question index."""
+    """Run a questions file; its results (those this run computed) by question index. Ends
+    saying how many results there are and, where the questions have answers, how many are
+    right."""
     questions = read_jsonl(args.questions, strict=True, need_answers=False).questions
     hashes = [question_hash(q["question"]) for q in questions]
     digest = program_hash(program.ir)
-    done: set[int] = set()
+    lines: dict[int, dict[str, Any]] = {}  # finished lines by question: the file's, then this run's
     if args.output:
-        done = _answered(args.output, hashes, digest, args.seed, err) if args.resume else _fresh(args.output)
-    todo = [i for i in range(len(questions)) if i not in done]
+        lines = _answered(args.output, hashes, digest, args.seed, err) if args.resume else _fresh(args.output)
+    todo = [i for i in range(len(questions)) if i not in lines]
+    before = len(lines)
     try:
         sink = open(args.output, "a", encoding="utf-8") if args.output else sys.stdout
     except OSError as e:
@@ -102,7 +110,9 @@ def run_file(args, program: Program, err: Console) -> dict[int, Result]:
     def write(line: dict[str, Any]) -> None:
         sink.write(json.dumps(line) + "\n")
         sink.flush()
-        progress.advance(task)
+        if line.get("stopped") != "interrupted":
+            lines[line["index"]] = line
+        meter.advance()
 
     def on_result(index: int, result: Result) -> None:
         results[index] = result
@@ -133,15 +143,40 @@ def run_file(args, program: Program, err: Console) -> dict[int, Result]:
 
     try:
         with progress:
-            task = progress.add_task("questions", total=len(todo))
+            meter = Meter(progress, "questions", len(todo))
             run_isolating(program, questions, todo, on_result, on_failure, seed=args.seed, time_limit=args.time_limit)
     finally:
         if sink is not sys.stdout:
             sink.close()
+        kind = answer_kind(program.ir.answer)  # graded as the program's votes compare answers
+        what = _tally(list(lines.values()), len(lines) - before, len(questions), kind, bool(args.output))
+        if args.output:
+            wrote(args.output, what)
+        else:
+            err.print(what)
     return results
 
 
-def _fresh(path: str) -> set[int]:
+def _tally(lines: list[dict[str, Any]], new: int, total: int, kind: AnswerKind, resumable: bool) -> str:
+    """How many results there are (how many new, failed, interrupted) and, of those whose
+    question has an answer, the share right."""
+    parts = [f"{len(lines)} result{'s' if len(lines) != 1 else ''}"]
+    if new != len(lines):
+        parts[0] += f", {new} new"
+    failed = sum("error" in line for line in lines)
+    if failed:
+        parts.append(f"{failed} failed")
+    if len(lines) < total:
+        parts.append(f"{total - len(lines)} interrupted" + (": --resume runs them" if resumable else ""))
+    graded = [line for line in lines if line.get("answer_expected") is not None]
+    if graded:
+        right = sum(kind.same(line.get("answer"), line["answer_expected"]) for line in graded)
+        of = f"{right} of {len(graded)}" + ("" if len(graded) == len(lines) else " with an answer to check")
+        parts.append(f"accuracy {right / len(graded):.1%} ({of})")
+    return "; ".join(parts)
+
+
+def _fresh(path: str) -> dict[int, dict[str, Any]]:
     """Refuse to overwrite results: an output that already holds some needs --resume."""
     target = Path(path)
     if target.is_file() and target.stat().st_size:
@@ -149,17 +184,17 @@ def _fresh(path: str) -> set[int]:
             f"{path} already holds results: --resume to continue it, or choose another --output "
             "(nothing is overwritten)"
         )
-    return set()
+    return {}
 
 
-def _answered(path: str, hashes: list[str], digest: str, seed: int, err: Console) -> set[int]:
-    """The questions a results file already answers, after checking each line is a result of
-    this questions file, program and seed (else `UsageError` saying what differs). A torn
-    last line is cut off, the file as it was kept in PATH.torn. A question whose line says it
-    was interrupted runs again; its new line follows."""
+def _answered(path: str, hashes: list[str], digest: str, seed: int, err: Console) -> dict[int, dict[str, Any]]:
+    """The lines of the questions a results file already answers, by question index, after
+    checking each line is a result of this questions file, program and seed (else `UsageError`
+    saying what differs). A torn last line is cut off, the file as it was kept in PATH.torn. A
+    question whose line says it was interrupted runs again; its new line follows."""
     lines, torn = read_lines(path)
     found: dict[str, str] = {}
-    answered: set[int] = set()
+    answered: dict[int, dict[str, Any]] = {}
     for number, text in lines:
         try:
             line = json.loads(text)
@@ -185,7 +220,7 @@ def _answered(path: str, hashes: list[str], digest: str, seed: int, err: Console
                 "program", "the program differs (edited since, another --program, or other --param or --set values?)"
             )
         if line.get("stopped") != "interrupted":
-            answered.add(index)
+            answered[index] = line
     if found:
         raise UsageError(
             f"{path} holds results of another run: " + "; ".join(found.values()) + ". --resume only continues "
@@ -207,63 +242,88 @@ def _answered(path: str, hashes: list[str], digest: str, seed: int, err: Console
 
 def show(result: Result, out: Console, estimate=None) -> None:
     """The answer, the candidates with their scores, and the measured cost per node beside
-    the estimate."""
+    the estimate; each table as wide as the terminal allows."""
     status = f" [yellow](stopped early: {result.stopped})[/]" if result.stopped else ""
-    out.print(f"[bold]answer:[/] {result.answer}{status}")
-    table = Table(title="candidates", show_lines=False)
-    for column in ("id", "node", "answer", "score", "tokens", "text"):
-        table.add_column(column, overflow="fold")
-    for c in result.candidates:
-        score = "" if c.score is None else f"{c.score:.3f}"
-        text = " ".join(c.text.split())
-        table.add_row(
-            str(c.id),
-            str(c.node),
-            str(c.answer),
-            score,
-            str(c.prompt_tokens + c.generated_tokens),
-            text[:60] + ("..." if len(text) > 60 else ""),
-        )
-    out.print(table)
+    out.print(f"[bold]answer:[/] {_answer(result.answer)}{status}")
+    out.print(candidates_table(result))
+    out.print(fitting(out, [cost_table(result, estimate, compact) for compact in (False, True)]))
+    if estimate is not None:
+        out.print(estimate_line(result, estimate))
     cost = result.cost
-    # the figures stay whole in a pipe too, where rich would assume 80 columns
-    Console(file=out.file, width=max(out.width, 110), highlight=False).print(cost_table(result, estimate))
     flops = "unknown" if cost.flops is None else f"{cost.flops:.3g}"
+    cut = sum(c.cut for c in result.candidates)
+    kept = f", {len(result.candidates)} candidates kept ({cut} cut short)" if result.stopped else ""
     out.print(
         f"generations {cost.generations}, prompt tokens {cost.prompt_tokens}, generated tokens "
         f"{cost.generated_tokens}, verifier tokens {cost.verifier_prompt_tokens}, FLOPs {flops}, "
-        f"{result.elapsed_s:.1f} s" + (f", difficulty bin {result.bin}" if result.bin else "")
+        f"{result.elapsed_s:.1f} s" + (f", difficulty bin {result.bin}" if result.bin else "") + kept
     )
 
 
-def cost_table(result: Result, estimate=None) -> Table:
-    """Measured tokens and FLOPs per node, with the static estimate's FLOPs beside them."""
-    estimated = {e.node: e for e in estimate.nodes} if estimate is not None else {}
-    table = Table(title="cost per node: measured, and estimated before the run")
-    for column in ("node", "op", "gens", "prompt", "generated", "verifier", "FLOPs", "estimate", "error"):
-        table.add_column(column, justify="left" if column == "op" else "right")
+def candidates_table(result: Result) -> Table:
+    """The candidates, a row each: the tokens a candidate generated, and the prompt once per
+    node in the caption. A node decodes its prompt once for all its candidates (the backend
+    charges it to the first), so a per-candidate total would put it all on candidate 0."""
+    table = Table(title="candidates", box=box.SIMPLE_HEAD, show_edge=False, expand=True)
+    for column in ("id", "node", "answer", "score", "generated"):
+        table.add_column(column, justify="left" if column == "answer" else "right", no_wrap=True)
+    # the text takes the width left, on one line: a glance at each, `--json` has them whole
+    table.add_column("text", overflow="ellipsis", no_wrap=True, ratio=1, min_width=12)
+    prompts: dict[int, int] = {}
+    for c in result.candidates:
+        prompts[c.node] = prompts.get(c.node, 0) + c.prompt_tokens
+        text = Text(" ".join(c.text.split()))
+        if c.cut:
+            text = Text.assemble(("(cut) ", "yellow"), text)
+        score = "" if c.score is None else f"{c.score:.3f}"
+        table.add_row(str(c.id), f"n{c.node}", _answer(c.answer), score, str(c.generated_tokens), text)
+    if prompts:
+        table.caption = "prompt tokens, decoded once for a node's candidates: " + ", ".join(
+            f"n{node} {tokens}" for node, tokens in sorted(prompts.items())
+        )
+    return table
+
+
+def cost_table(result: Result, estimate=None, compact: bool = False) -> Table:
+    """Measured tokens and FLOPs per node, with the FLOPs estimated before the run and the
+    ratio of the two; `compact` sums the tokens into one column, for a narrow terminal."""
+    estimated = {e.node: e.flops for e in estimate.nodes} if estimate is not None else {}
+    tokens = ("tokens",) if compact else ("prompt", "generated", "verifier")
+    table = Table(title="cost per node: measured, and estimated before the run", box=box.SIMPLE_HEAD, show_edge=False)
+    for column in ("node", "op", "gens", *tokens, "measured FLOPs", "estimated FLOPs", "measured / estimate"):
+        # the long headings may wrap onto two lines; the figures never do
+        table.add_column(column, justify="left" if column == "op" else "right", no_wrap=" " not in column)
 
     def row(name: str, op: str, c, guess: float | None) -> list[str]:
-        error = f"{(guess - c.flops) / c.flops:+.0%}" if guess and c.flops else ""
-        return [
-            name,
-            op,
-            str(c.generations),
-            str(c.prompt_tokens),
-            str(c.generated_tokens),
-            str(c.verifier_prompt_tokens),
-            _flops(c.flops),
-            _flops(guess),
-            error,
-        ]
+        counts = [c.tokens] if compact else [c.prompt_tokens, c.generated_tokens, c.verifier_prompt_tokens]
+        ratio = f"{c.flops / guess:.2g}" if guess and c.flops is not None else ""
+        return [name, op, str(c.generations), *map(str, counts), _flops(c.flops), _flops(guess), ratio]
 
     for node, c in sorted(result.cost.per_node.items()):
-        guess = estimated[node].flops if node in estimated else None
-        table.add_row(*row(f"n{node}", c.op, c, guess))
+        table.add_row(*row(f"n{node}", c.op, c, estimated.get(node)))
     total = estimate.expected.flops if estimate is not None else None
     table.add_row(*row("total", "", result.cost, total), style="bold")
     return table
 
 
+def estimate_line(result: Result, estimate) -> str:
+    """The estimate's totals beside what was measured, and the priors it used: measured over
+    estimated tokens and FLOPs (1 is exact; under 1, the estimate was high)."""
+    expected, cost = estimate.expected, result.cost
+    parts = [f"tokens {cost.tokens / expected.tokens:.2g}"] if expected.tokens else []
+    if expected.flops and cost.flops is not None:
+        parts.append(f"FLOPs {cost.flops / expected.flops:.2g}")
+    sources = {"program": "the program's upper bounds", "shipped": "shipped, measured on the model"}
+    priors = "; ".join(f"{name}: {sources.get(p.source, p.source)}" for name, p in estimate.priors.items())
+    return (
+        f"estimated before the run: {expected.tokens:.0f} tokens, {_flops(expected.flops) or 'unknown'} FLOPs "
+        f"(priors for {priors}); measured / estimate: {', '.join(parts) or 'unknown'}"
+    )
+
+
+def _answer(answer: str | None) -> str:
+    return "—" if answer is None else answer
+
+
 def _flops(x: float | None) -> str:
-    return "" if x is None else f"{x:.3g}"
+    return "" if x is None else short_number(x)

@@ -9,11 +9,16 @@ A calibration file is JSON:
 
 `ttcl.cost.fit.calibrate(graph, results)` builds one from the `Result`s of a program's runs
 (`ttcl run --calibration-out` and the benchmarks write it); `merge` folds several together.
+
+`shipped()` is the calibration TTCL ships (`priors.json`, measured by bench/priors.py): the
+priors of the known models, which an estimate uses where it is given no calibration.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -23,6 +28,7 @@ from ttcl.errors import UsageError
 from ttcl.source import write_text
 
 FORMAT: Final = "ttcl-calibration"
+SHIPPED: Final = "shipped"  # the source of the priors shipped for the known models
 
 
 class Priors(BaseModel):
@@ -87,6 +93,14 @@ class Calibration(BaseModel):
         for key, theirs in other.models.items():
             models[key] = _weighted(models[key], theirs) if key in models else theirs
         return Calibration(models=models, source=self.source or other.source)
+
+
+@functools.cache
+def shipped() -> Calibration:
+    """The priors measured for the known models (`priors.json` beside this module, written
+    by bench/priors.py), which estimates use where they are given no calibration."""
+    text = resources.files(__package__).joinpath("priors.json").read_text(encoding="utf-8")
+    return Calibration.model_validate_json(text).model_copy(update={"source": SHIPPED})
 
 
 def model_key(decl: dict) -> str:

@@ -9,8 +9,10 @@ Reuse across nodes is not credited, nor is eviction from the cache charged.
 
     question -> sample(16) -> best(prm): one prompt, 16 answers, 16 verifier passes
 
-Priors come from the program (`max_tokens`, `depth`, the prompt templates) or from a
-calibration file written from earlier runs (`Calibration`); the report says which.
+Priors come from a calibration file written from earlier runs (`Calibration`), else for a
+known model from the priors TTCL ships (`calibration.shipped`, measured on its default
+prompts), else from the program (`max_tokens`, `depth`, the prompt templates: an upper
+bound); the report says which.
 
 Why one module: the estimator prices each op kind with one method of `Estimator`, all
 sharing the same priors and the same shared-prefix accounting; the budget diagnostics read
@@ -28,7 +30,7 @@ import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field
 
 from ttcl.backends.models import ModelFacts, facts_for
-from ttcl.cost.calibration import Calibration, Priors, model_key
+from ttcl.cost.calibration import SHIPPED, Calibration, Priors, model_key, shipped
 from ttcl.cost.flops import Exchange, exchange, forward_flops
 from ttcl.cost.stopping import expected_draws, rounds
 from ttcl.errors import Diagnostic
@@ -87,7 +89,7 @@ class PriorsUsed(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: str  # "program" or "calibration FILE"
+    source: str  # "program" (upper bounds), "shipped" (measured for a known model) or "calibration FILE"
     prompt_tokens: float
     answer_tokens: float
     answer_steps: float
@@ -541,10 +543,14 @@ def estimate(
     with_flops: bool = True,
     case: str = "expected",
 ) -> CostReport:
-    """The static estimate of a lowered program. `facts` maps model names to their facts
-    (read from the declarations where not given); `with_flops=False` prices tokens only and
-    reads no model file. `case="worst"` prices the nodes themselves as the worst case does
-    (every `adaptive` stage drawing its maximum), so both totals are the worst case."""
+    """The static estimate of a lowered program. Without a `calibration`, a known model is
+    priced with the priors shipped for it (`shipped()`), any other from the program; an empty
+    `Calibration()` prices every model from the program (upper bounds). `facts` maps model
+    names to their facts (read from the declarations where not given); `with_flops=False`
+    prices tokens only and reads no model file. `case="worst"` prices the nodes themselves as
+    the worst case does (every `adaptive` stage drawing its maximum), so both totals are the
+    worst case."""
+    calibration = shipped() if calibration is None else calibration
     if with_flops:
         facts = {name: (facts or {}).get(name) or facts_for(decl, name) for name, decl in graph.graph["models"].items()}
     else:
@@ -576,8 +582,9 @@ def _priors_used(est: Estimator, model: str) -> PriorsUsed:
     decl = est.graph.graph["models"][model]
     p = est.priors(model)
     ln = lengths(p, int(decl.get("max_tokens", 256)), 10**9, SOLVE_PROMPTS["number"])
-    # priors come only from a calibration
-    source = "program" if p is None else f"calibration {cast(Calibration, est.calibration).source or ''}".strip()
+    # priors come only from a calibration: the one given, or the shipped one
+    given = cast(Calibration, est.calibration).source
+    source = "program" if p is None else given if given == SHIPPED else f"calibration {given}".strip()
     return PriorsUsed(
         source=source,
         prompt_tokens=ln.prompt,

@@ -98,6 +98,8 @@ class _Tally:
         self.verify_tokens = 0
 
     def candidate(self, op: str, c, fresh_prompt: bool) -> None:
+        if c.cut:  # cut short by Ctrl-C: its length says nothing of an answer's
+            return
         if op in WHOLE:
             self.answers.append((c.generated_tokens, len(c.steps)))
             # a batch's shared prompt is charged to its first request; the rest report 0

@@ -1,6 +1,7 @@
 """Question sets: the built-in arithmetic generator, and JSONL files such as GSM8K.
 
-`load("arith", limit=100, seed=0)` or `load("arith:3", ...)` draws built-in questions;
+`load("arith", limit=100, seed=0)`, `load("arith:3", ...)` or `load("arith:1..3", ...)` draws
+built-in questions (a range may also be written `arith:1-3`);
 `load("path.jsonl")` reads one object per line: {"question", "answer"}, where an answer may be
 GSM8K's worked solution ending in "#### 72", or MATH's {"problem", "solution"} (the final
 answer is the solution's last `\\boxed{...}`, or an "answer" field where the line has one);
@@ -77,32 +78,52 @@ class Dataset:
 def load(
     spec: str, limit: int | None = None, seed: int = 0, strict: bool = False, fields: Fields = Fields()
 ) -> Dataset:
-    """A dataset by name: "arith" (levels 1 to 5 in turn), "arith:N" (level N), "arith:1-2"
-    (levels 1 and 2 in turn), or a JSONL file (its `fields`). `limit` keeps the first
-    questions; for arith, as many are drawn."""
+    """A dataset by name: "arith" (levels 1 to 5 in turn), "arith:N" (level N), "arith:1..2"
+    (levels 1 and 2 in turn; "arith:1-2" reads the same), or a JSONL file (its `fields`).
+    `limit` keeps the first questions; for arith, as many are drawn."""
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be positive, not {limit}")
     if spec == "arith" or spec.startswith("arith:"):
-        return Dataset(spec, _arith_spec(spec, limit or 100, seed))
+        name = canonical_name(spec)
+        return Dataset(name, _arith_levels(arith_levels(spec), name, limit or 100, seed))
     data = read_jsonl(spec, strict, fields=fields)
     data.questions = data.questions[:limit]
     return data
 
 
-def _arith_spec(spec: str, n: int, seed: int) -> list[dict]:
-    """ "arith" (levels 1 to 5), "arith:N" (level N) or "arith:A-B" (levels A to B); several
-    levels are interleaved, so any prefix covers them all."""
-    low, _, high = (spec.partition(":")[2] or "1-5").partition("-")
-    high = high or low
-    if not (low.isdigit() and high.isdigit() and int(low) in LEVELS and int(high) in LEVELS and low <= high):
-        raise UsageError(f"unknown dataset {spec!r}: arith levels are arith:1 to arith:5, or a range arith:1-2")
-    levels = range(int(low), int(high) + 1)
+def arith_levels(spec: str) -> range:
+    """The levels of "arith" (1 to 5), "arith:N" (N) or "arith:A..B" (A to B; "arith:A-B" is
+    read the same), or a `UsageError` saying how a range is written."""
+    levels = spec.partition(":")[2] or "1..5"
+    low, between, high = levels.partition(".." if ".." in levels else "-")
+    high = high if between else low
+    if not (low.isdigit() and high.isdigit() and int(low) in LEVELS and int(high) in LEVELS and int(low) <= int(high)):
+        raise UsageError(
+            f"unknown dataset {spec!r}: arith levels are arith:1 to arith:5, or a range of them such as arith:1..3"
+        )
+    return range(int(low), int(high) + 1)
+
+
+def canonical_name(spec: str) -> str:
+    """A dataset's name as messages and file names write it: an arith range as "arith:A..B"
+    however it was given; any other name as it is."""
+    if not spec.startswith("arith:"):
+        return spec
+    try:
+        levels = arith_levels(spec)
+    except UsageError:
+        return spec  # `load` says what is wrong with it
+    return f"arith:{levels[0]}" + (f"..{levels[-1]}" if len(levels) > 1 else "")
+
+
+def _arith_levels(levels: range, name: str, n: int, seed: int) -> list[dict]:
+    """n questions of `levels`, several interleaved so any prefix covers them all."""
     most = len(levels) * min(SIZES[level] for level in levels)
     if n > most:
         fewest = min(levels, key=lambda level: SIZES[level])
         raise UsageError(
-            f"--limit {n} is more than {spec} has: level {fewest} has {SIZES[fewest]} distinct questions"
-            + (f", so {spec} (levels interleaved) has at most {most}" if len(levels) > 1 else "")
+            f"--limit {n} is more than {name} has: level {fewest} has {SIZES[fewest]} distinct questions"
+            + (f", so {name} (levels interleaved) has at most {most}" if len(levels) > 1 else "")
         )
     per_level = [arith(-(-n // len(levels)), level, seed) for level in levels]
     return [q for group in zip(*per_level) for q in group][:n]
@@ -115,7 +136,7 @@ def read_jsonl(path: str, strict: bool = False, need_answers: bool = True, field
     `\\boxed{...}` are its final answer. Without `need_answers` an answer is optional (None
     where absent)."""
     if not os.path.lexists(path):
-        raise UsageError(f"dataset not found: {path} (use arith, arith:1..5 or a JSONL file)")
+        raise UsageError(f"dataset not found: {path} (use arith, arith:N, a range such as arith:1..3, or a JSONL file)")
     try:  # a regular file of bounded size: /dev/zero or a FIFO would never end
         lines = read_regular_file(path, MAX_DATASET_BYTES, "datasets").decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:

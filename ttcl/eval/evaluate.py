@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -595,67 +596,115 @@ def bootstrap(values: list[float], resamples: int = 2000, seed: int = 0) -> tupl
 
 
 def plot(summaries: list[Summary], path: str, title: str = "") -> None:
-    """Accuracy against FLOPs per question (log scale), a line per program with its 95%
-    interval, as the paper's figures show strategies."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: no display is needed or wanted
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UsageError("--plot needs matplotlib (pip install matplotlib)") from None
-    lines: dict[str, list[Summary]] = defaultdict(list)
-    for s in summaries:
-        if s.flops is not None:
-            lines[s.program].append(s)
-    if not lines:
-        raise UsageError("--plot needs measured FLOPs, and no result has them")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for program, points in lines.items():
-        # only summaries with measured FLOPs were kept
-        points.sort(key=lambda s: cast(float, s.flops))
-        xs = [cast(float, s.flops) for s in points]
-        ax.plot(xs, [s.accuracy for s in points], marker="o", label=program)
-        ax.fill_between(xs, [s.low for s in points], [s.high for s in points], alpha=0.15)
-    ax.set_xscale("log")
-    ax.set_xlabel("FLOPs per question")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
+    """Write `figure(summaries, title)` to `path` (the format its suffix names)."""
+    fig = figure(summaries, title)
     try:
         fig.savefig(path, dpi=120)
     except OSError as e:
         raise UsageError(f"{path}: cannot write: {e.strerror or e}") from None
-    finally:
-        plt.close(fig)
 
 
-def markdown(summaries: list[Summary], by_bin: dict[int, list[Summary]], title: str) -> str:
-    """A Markdown report: the table per program and budget, then per bin."""
-    lines = [f"# {title}", "", _md_table(summaries)]
-    for key, rows in by_bin.items():
-        lines += ["", f"## bin {key}", "", _md_table(rows)]
+def figure(summaries: list[Summary], title: str = ""):
+    """Accuracy against FLOPs per question, as the paper's figures show strategies: a line per
+    program with its 95% interval, its points labelled with their budgets and joined in order
+    of FLOPs, the programs in the legend from the cheapest; accuracy in %, FLOPs on a log
+    scale ticked at each power of ten. A matplotlib `Figure`, drawn without pyplot (no display,
+    no global state)."""
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import LogLocator, NullFormatter, PercentFormatter
+    except ImportError:
+        raise UsageError("--plot needs matplotlib (pip install matplotlib)") from None
+    lines: dict[str, list[Summary]] = defaultdict(list)
+    for s in summaries:
+        if s.flops:  # a log axis draws only positive FLOPs
+            lines[s.program].append(s)
+    if not lines:
+        raise UsageError("--plot needs measured FLOPs, and no result has them")
+    fig = Figure(figsize=(7, 4.5), layout="tight")
+    ax = fig.subplots()
+    for program, points in sorted(lines.items(), key=lambda item: (min(map(_flops, item[1])), item[0])):
+        points.sort(key=_flops)
+        xs = [_flops(s) for s in points]
+        (line,) = ax.plot(xs, [s.accuracy for s in points], marker="o", label=program)
+        ax.fill_between(xs, [s.low for s in points], [s.high for s in points], color=line.get_color(), alpha=0.15)
+        for s in points:
+            if s.budget is not None:
+                ax.annotate(
+                    str(s.budget),
+                    (_flops(s), s.accuracy),
+                    xytext=(4, 5),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color=line.get_color(),
+                )
+    ax.set_xscale("log")
+    ax.set_xlim(*decades([_flops(s) for points in lines.values() for s in points]))
+    ax.xaxis.set_major_locator(LogLocator(base=10, numticks=30))
+    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(2, 10)), numticks=30))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("FLOPs per question")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def _flops(s: Summary) -> float:
+    """A summary's FLOPs per question, where it has them (those `figure` draws)."""
+    return cast(float, s.flops)
+
+
+def decades(values: list[float]) -> tuple[float, float]:
+    """The powers of ten just around `values` (at least one decade apart), so the log axis
+    has a tick at each end: 3e11 .. 2e12 is drawn from 1e11 to 1e13."""
+    low = 10.0 ** math.floor(math.log10(min(values)))
+    high = 10.0 ** math.ceil(math.log10(max(values)))
+    return low, max(high, low * 10)
+
+
+def markdown(
+    tables: list[tuple[str, list[Summary]]], title: str, facts: list[tuple[str, str]], plot: str | None = None
+) -> str:
+    """A Markdown report: what made it (`facts`: the model, the version, the command), a link
+    to the plot, and each table under its title."""
+    lines = [f"# {title}", ""] + [f"- {name}: {value}" for name, value in facts]
+    if plot is not None:
+        lines += ["", f"![accuracy against FLOPs per question]({quote(plot)})"]
+    for heading, rows in tables:
+        lines += ["", f"## {heading}", "", _md_table(rows)]
     return "\n".join(lines) + "\n"
 
 
 def _md_table(summaries: list[Summary]) -> str:
-    failures = any(s.failed for s in summaries)  # the column only where a question failed
+    columns, rows = table_of(summaries)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def table_of(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]:
+    """The columns and rows of a table of summaries, alike on the console and in a report:
+    the `failed` column only where a question failed."""
+    failures = any(s.failed for s in summaries)
+    columns = ["program", "budget", "questions", "accuracy", "95% interval", "FLOPs/question", "tokens/question"]
     rows = [
-        "| program | budget | questions | accuracy | 95% interval | FLOPs/question | tokens/question |"
-        + (" failed |" if failures else ""),
-        "|---|---|---|---|---|---|---|" + ("---|" if failures else ""),
+        [
+            s.program,
+            "" if s.budget is None else str(s.budget) + (f" (pool {s.pooled_from})" if s.pooled_from else ""),
+            str(s.questions),
+            f"{s.accuracy:.1%}",
+            f"{s.low:.1%}–{s.high:.1%}",
+            "" if s.flops is None else f"{s.flops:.3g}",
+            f"{s.tokens:.0f}",
+            *([str(s.failed)] if failures else []),
+        ]
+        for s in summaries
     ]
-    for s in summaries:
-        flops = "" if s.flops is None else f"{s.flops:.3g}"
-        rows.append(
-            f"| {s.program} | {'' if s.budget is None else s.budget} | {s.questions} | {s.accuracy:.1%} | "
-            f"{s.low:.1%}–{s.high:.1%} | {flops} | {s.tokens:.0f} |" + (f" {s.failed} |" if failures else "")
-        )
-    return "\n".join(rows)
+    return columns + (["failed"] if failures else []), rows
 
 
 def dump_json(summaries: list[Summary]) -> str:

@@ -9,30 +9,38 @@
    FLOPs). Two-fold cross-validation, as the paper does, says how well the choice holds on
    questions it was not chosen on.
 4. Write the winners as a readable `.ttcl` program: a `match difficulty(...)` with the fitted
-   thresholds as literal numbers and one arm per run of bins with the same winner.
+   thresholds as literal numbers and one arm per run of bins with the same winner (or, where
+   one candidate won every bin, that candidate alone, without probes), importing only the
+   stdlib modules it uses.
 
 Every run goes through `Eval`, so the results file can be resumed. The search space is the
 arms of the input program when it has a `match difficulty`, so optimizing an optimized program
 on the same questions chooses the same arms and writes the same program; otherwise it is
 `default_space(budget)` or the candidates given.
+
+Why one module: reading a file's declarations and arms (`read_base`) and writing the program
+(`render`) are the two halves of that fixed point, and the candidates' checks, the choice and
+the writing share `Base` and `Choice`; split, each part would change with the others.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import cast
 
 from ttcl import ast
-from ttcl.errors import TTCLError, UsageError
+from ttcl.errors import CheckError, TTCLError, UsageError
 from ttcl.eval.evaluate import Eval, Record
 from ttcl.formatter import format_source, layout
 from ttcl.overrides import rewrite_source
 from ttcl.parser import parse
 from ttcl.program import Program, compile
+from ttcl.results import program_hash
 from ttcl.runtime.ops import difficulty_bin
 from ttcl.signatures import DIFFICULTY, MAX_COUNT, Param
-from ttcl.source import Span
+from ttcl.source import Span, normalize_newlines
 
 IMPORTS = ('import "parallel"', 'import "search"', 'import "revision"')
 PROBE_LABEL = "probe"
@@ -67,41 +75,83 @@ class Base:
 
     def program(self, expr: str) -> Program:
         """The candidate `expr` as the base's `main`; an error in `expr` is located in it
-        (path `--candidate`), not at a line of the file that the file does not have."""
+        (path `--candidate`), not at a line of the file that the file does not have. `expr`
+        is one expression: a declaration after it is refused, not added to the program."""
+        expr = normalize_newlines(expr)
         head = f"{self.text}\nprogram main = "
+        text = f"{head}{expr}\n"
         try:
-            return compile(f"{head}{expr}\n", self.path, settings=self.settings)
+            extra = [s for s in parse(text, self.path).statements if s.span.start >= len(head)]
+            if extra:
+                raise CheckError(
+                    "a candidate is one strategy, such as `majority(12)`: this starts a declaration of its own",
+                    extra[0].span,
+                ).with_sources({self.path or "<input>": text})
+            return compile(text, self.path, settings=self.settings)
         except TTCLError as e:
-            raise _in_candidate(e, head, expr, self.path) from None
+            raise _in_candidate(e, text, len(head), self.path) from None
 
 
 CANDIDATE = "--candidate"  # where an error in a candidate's text is said to be
 
 
-def _in_candidate(e: TTCLError, head: str, expr: str, path: str | None) -> TTCLError:
-    """`e` with the diagnostics that point past the base's text moved into the candidate's."""
-    start = len(head)
+def _in_candidate(e: TTCLError, text: str, start: int, path: str | None) -> TTCLError:
+    """`e` with its diagnostics, and the call sites their notes name, moved from the program
+    `text` made of a candidate (from offset `start` on) into the candidate's own text."""
+    expr = text[start:].removesuffix("\n")
+    starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+
+    def point(offset: int) -> tuple[int, int]:
+        before = expr[: offset - start]
+        return before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+
+    def note(n: str) -> str:  # "in strategy `beam_search` called at base.ttcl:7:16"
+        site = re.fullmatch(rf"(.* called at ){re.escape(path or '<input>')}:(\d+):(\d+)", n)
+        if site is None or not 1 <= int(site[2]) <= len(starts):
+            return n
+        offset = starts[int(site[2]) - 1] + int(site[3]) - 1
+        return f"{site[1]}{CANDIDATE}:{':'.join(map(str, point(offset)))}" if offset >= start else n
+
     moved = []
     for d in e.diagnostics:
         span = d.span
         if span is not None and span.path == path and span.start >= start:
-            offset, end = span.start - start, min(span.end - start, len(expr))
-            before = expr[:offset]
-            line, col = before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
-            stop = expr[:end]
+            end = min(span.end, start + len(expr))
+            (line, col), (end_line, end_col) = point(span.start), point(end)
             span = Span(
                 path=CANDIDATE,
                 line=line,
                 col=col,
-                end_line=stop.count("\n") + 1,
-                end_col=end - (stop.rfind("\n") + 1) + 1,
-                start=offset,
-                end=end,
+                end_line=end_line,
+                end_col=end_col,
+                start=span.start - start,
+                end=end - start,
             )
-            d = replace(d, span=span)
-        moved.append(d)
+        moved.append(replace(d, span=span, notes=tuple(note(n) for n in d.notes)))
     e.diagnostics = moved
     return e.with_sources({CANDIDATE: expr})
+
+
+def check_candidates(base: Base, candidates: list[str], arm: int) -> list[Program]:
+    """Each candidate compiled as the base's program, before anything runs: an error in one
+    is located in its text, and so is one that needs more than the `arm` generations each arm
+    has (the written program would exceed its budget)."""
+    programs = []
+    for expr in candidates:
+        program = base.program(expr)
+        if program.ir.generations > arm:
+            lines = expr.splitlines() or [""]
+            whole = Span(
+                path=CANDIDATE, line=1, col=1, end_line=len(lines), end_col=len(lines[-1]) + 1, start=0, end=len(expr)
+            )
+            raise CheckError(
+                f"this candidate needs {program.ir.generations} generations, and each arm has {arm} "
+                "(the budget less the probes)",
+                whole,
+                sources={CANDIDATE: expr},
+            )
+        programs.append(program)
+    return programs
 
 
 def read_base(text: str, path: str | None, program: str = "main") -> Base:
@@ -200,6 +250,12 @@ class Choice:
     thresholds: list[float]
     winners: dict[int, str]  # bin -> candidate
 
+    @property
+    def only(self) -> str | None:
+        """The winner of every bin, where one strategy won them all."""
+        winners = set(self.winners.values())
+        return winners.pop() if len(winners) == 1 else None
+
 
 # Absolute difficulty bins, as compute-optimal-tts draws them from the policy's pass rate:
 # hard below 10%, medium 10-50%, easy from 50%; here on the probes' mean verifier score,
@@ -296,7 +352,44 @@ def render(base: Base, choice: Choice, verifier: str, probe: int, budget: int, n
             "",
         ]
     )
-    return format_source(text, base.path)
+    return _tidy(text, base.path)
+
+
+def render_alone(base: Base, strategy: str, budget: int, note: list[str]) -> str:
+    """The optimized program where one strategy won every bin: that strategy alone, since
+    probes that would choose it every time would cost their generations for nothing."""
+    text = "\n".join(
+        [NOTE + line for line in [*note, "one strategy won every bin: it runs alone, without the probes"]]
+        + [
+            rewrite_source(base.text, base.path, base.settings).rstrip(),
+            "",
+            f"budget {budget} generations",
+            "",
+            f"program main = {strategy}",
+            "",
+        ]
+    )
+    return _tidy(text, base.path)
+
+
+def _tidy(text: str, path: str | None) -> str:
+    """`text` formatted, without the imports it does not use: an import goes where the
+    program compiles to the same IR without it (the base imports every stdlib module, so
+    that any candidate compiles)."""
+    try:
+        same = program_hash(compile(text, path).ir)
+    except TTCLError:  # written all the same, where `ttcl check` will say what is wrong
+        return format_source(text, path)
+    # from the last: cutting an import leaves the spans of those before it where they were
+    for stmt in reversed([s for s in parse(text, path).statements if isinstance(s, ast.Import)]):
+        end = stmt.span.end + (text[stmt.span.end : stmt.span.end + 1] == "\n")
+        without = text[: stmt.span.start] + text[end:]
+        try:
+            if program_hash(compile(without, path).ir) == same:
+                text = without
+        except TTCLError:
+            continue  # a declaration needs it
+    return format_source(text, path)
 
 
 def check_options(budget: int, probe: int, bins: int) -> None:
@@ -322,14 +415,19 @@ def arm_budget(budget: int, probe: int) -> int:
     return budget - probe
 
 
+def runs(candidates: list[str], verifier: str, probe: int) -> dict[str, str]:
+    """What optimize runs, by label: the probe program, then every candidate."""
+    # an arm must take the question: a one-token sample, so the record is the probes' cost
+    probe_program = f"match difficulty({verifier}, probe={probe}) {{ _ => sample(1, max_tokens=1) |> vote }}"
+    return {PROBE_LABEL: probe_program, **{c: c for c in candidates}}
+
+
 def run_all(
     ev: Eval, base: Base, candidates: list[str], verifier: str, probe: int, on_start=lambda label: None
 ) -> dict[str, list[Record]] | None:
     """Run the probe program and every candidate through `ev`; their records by label, in
     question order, or None if interrupted."""
-    # an arm must take the question: a one-token sample, so the record is the probes' cost
-    probe_program = f"match difficulty({verifier}, probe={probe}) {{ _ => sample(1, max_tokens=1) |> vote }}"
-    labels = {PROBE_LABEL: probe_program, **{c: c for c in candidates}}
+    labels = runs(candidates, verifier, probe)
     for label, expr in labels.items():
         on_start(label)
         if not ev.run(base.program(expr), label):
@@ -373,9 +471,12 @@ def optimize(
     share: run the probes and every candidate (the default search space at the budget less the
     probes, unless given) on `ev`'s questions, bin the questions by the probes' score, choose
     the best candidate per bin (`binning`: quantile bins, or absolute pass-rate bins),
-    cross-validate that choice, and write the per-difficulty program. None if interrupted (what finished is in `ev`'s file, for --resume)."""
+    cross-validate that choice, and write the per-difficulty program (or, where one candidate
+    won every bin, that candidate alone). None if interrupted (what finished is in `ev`'s file,
+    for --resume)."""
     check_options(budget, probe, bins)
     candidates = candidates or default_space(arm_budget(budget, probe), verifier)
+    check_candidates(base, candidates, arm_budget(budget, probe))
     results = run_all(ev, base, candidates, verifier, probe, on_start)
     if results is None:
         return None
@@ -383,7 +484,10 @@ def optimize(
     scores = [cast(float, r.difficulty) for r in probes]  # every probe record has its score
     choice = choose(candidates, results, scores, list(range(len(scores))), bins, binning)
     cv_accuracy, cv_flops = cross_validate(candidates, results, scores, probes, bins, binning)
-    text = render(base, choice, verifier, probe, budget, note or [])
+    if choice.only is not None:
+        text = render_alone(base, choice.only, budget, note or [])
+    else:
+        text = render(base, choice, verifier, probe, budget, note or [])
     return Optimized(candidates, results, probes, scores, choice, cv_accuracy, cv_flops, text)
 
 

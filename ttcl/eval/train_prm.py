@@ -153,10 +153,12 @@ def collect(
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> list[dict]:
     """Label every question not yet in the data file, appending each batch's records as it
-    finishes; returns all records. Ctrl-C keeps what was written."""
+    finishes; returns all records. Ctrl-C keeps what was written. `progress(done, total)` is
+    told the questions labelled before any work (those the file holds), then after each batch."""
     records = read_data(path)
     done = {r["index"] for r in records}
     todo = [(i, q) for i, q in enumerate(questions) if i not in done]
+    progress(len(records), len(questions))
     with open(path, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), s.batch_questions):
             for rec in label_batch(backend, todo[start : start + s.batch_questions], s):
@@ -205,6 +207,29 @@ def arrays(records: list[dict]) -> tuple[Any, Any, Any, Any, Any]:
 
 WEIGHT_DECAYS = (0.1, 1.0, 10.0)
 EPOCH_CHOICES = (30, 100, 300)
+
+
+def check_labels(y: Any, data: Path) -> None:
+    """Refuse step labels all of one class (a step is good when at least half its rollouts
+    reached the right answer): a head fitted to them scores every step alike, whatever the
+    features, and would be written as if it had learned something."""
+    good = y >= 0.5
+    if good.any() and not good.all():
+        return
+    n = len(y)
+    if good.all():
+        what = "1 (every rollout reached the right answer)" if (y == 1).all() else "0.5 or more (good)"
+        hint = (
+            "harder questions (e.g. --dataset arith:3..5), more rollouts (--rollouts) or a higher --temperature, "
+            "so that some steps go wrong"
+        )
+    else:
+        what = "0 (no rollout reached the right answer)" if (y == 0).all() else "below 0.5 (bad)"
+        hint = "easier questions (e.g. --dataset arith:1..2), more --samples per question or a stronger --model"
+    raise UsageError(
+        f"all {n} step labels are {what}: a head cannot learn to tell good steps from bad ones from them, "
+        f"so none is written; use {hint}. The labelled steps are kept in {data}: delete it to label afresh"
+    )
 
 
 def choose_regularization(x: Any, y: Any, index: Any, s: Settings, log: Callable[[str], None] = print) -> Settings:
@@ -339,19 +364,24 @@ def train(
     base: dict,
     resume: bool = False,
     log: Callable[[str], None] = print,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """The whole of `ttcl train-prm`: collect (or resume) the data, fit, evaluate, write the
-    head and its card; returns the card."""
+    head and its card; returns the card. `progress(done, total)` follows the labelling (by
+    default, `log` says how far it is); labels of one class are refused before any fitting."""
     data, checkpoint = out.with_suffix(".steps.jsonl"), out.with_suffix(".ckpt.pt")
     if data.exists() and not resume:
         raise UsageError(f"{data} exists: pass --resume to continue it, or delete it to start over")
     started = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
-    records = collect(backend, questions, data, s, lambda done, total: log(f"labelled {done}/{total} questions"))
+    records = collect(
+        backend, questions, data, s, progress or (lambda done, total: log(f"labelled {done}/{total} questions"))
+    )
     x, y, verify, index, last = arrays(records)
     held = index % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
     if held.all() or not held.any():
         raise UsageError("too few questions to hold some out: use --limit 10 or more")
+    check_labels(y[~held], data)
     s = choose_regularization(x[~held], y[~held], index[~held], s, log)
     head = fit(x[~held], y[~held], s, checkpoint, log)
     figures = held_out_figures(head, x, y, verify, held, last)

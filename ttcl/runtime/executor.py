@@ -5,7 +5,7 @@ is waiting on an ask, groups the asks by model and kind, and sends each group to
 as one batch: the samples of one node, the beams of a search, parallel branches and the
 questions of a `run_many` all share a batch. Budgets and time limits are checked before a
 batch goes out; a run that would overrun stops there with the best answer found so far, and
-so does every run on Ctrl-C.
+so does every run on Ctrl-C, keeping as candidates what the batch in flight had generated.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Literal, cast
 
 import networkx as nx
 
-from ttcl.backends.base import Backend, BackendError, as_backend, split_in_proportion
+from ttcl.backends.base import Backend, BackendError, Cut, Generation, as_backend, split_in_proportion
 from ttcl.cost.flops import counted_flops
 from ttcl.results import Candidate, Cost, NodeCost, Result, TraceEvent
 from ttcl.runtime.answers import answer_kind
@@ -216,20 +216,41 @@ class Executor:
             tasks = [t for t in tasks if not t.run.done]
             if not tasks:
                 continue
-            requests = [r for t in tasks for r in t.pending.requests]
             try:
-                backend = self.backends(model)
-                before = backend.counters.model_copy()
-                replies = _ASKS[kind](backend, requests, list(options))
+                replies, spent = self.call(tasks, kind, model, list(options))
             except BackendError as e:
                 node = self.graph.nodes[tasks[0].node]
                 raise BackendError(f"model `{model}`: {e.message} (running `{node['op']}` at {node['span']})") from None
-            self.deliver(tasks, replies, kind, model, _spent(backend, before))
+            for task, mine in zip(tasks, self.charge(tasks, replies, kind, model, spent)):
+                task.ask = None
+                self.step(task, mine)
 
-    def deliver(self, tasks: list[Task], replies: list, kind: str, model: str, spent: tuple[int, float | None]) -> None:
-        """Hand each task its replies, and its share of the batch's cost: a verifier pass
-        reports no per-request tokens, so its tokens are shared by requests; FLOPs are shared
-        in proportion to tokens."""
+    def call(
+        self, tasks: list[Task], kind: str, model: str, options: list[str]
+    ) -> tuple[list, tuple[int, float | None]]:
+        """One batch on the backend: its replies, and what it spent (from the counters). On
+        Ctrl-C, what the batch did is not lost: its cost is charged and the text it had
+        generated becomes each task's candidates, marked cut; then the interrupt goes on."""
+        backend = self.backends(model)
+        before = backend.counters.model_copy()
+        requests = [r for t in tasks for r in t.pending.requests]
+        try:
+            return _ASKS[kind](backend, requests, options), _spent(backend, before)
+        except KeyboardInterrupt as stop:
+            generations = stop.generations if isinstance(stop, Cut) else []
+            if len(generations) != len(requests):  # a backend that kept no text: its counters say what it did
+                generations = _untold(len(requests), backend.counters, before)
+            for task, mine in zip(tasks, self.charge(tasks, generations, kind, model, _spent(backend, before))):
+                if kind == "Generate":
+                    task.ctx.keep_cut(task.pending.requests, mine)
+            raise
+
+    def charge(
+        self, tasks: list[Task], replies: list, kind: str, model: str, spent: tuple[int, float | None]
+    ) -> list[list]:
+        """Each task's replies (in request order), after charging it its share of the batch's
+        cost: a verifier pass reports no per-request tokens, so its tokens are shared by
+        requests; FLOPs are shared in proportion to tokens."""
         parts, at = [], 0
         for task in tasks:  # each task's replies, in request order
             parts.append(replies[at : at + len(task.pending.requests)])
@@ -248,8 +269,7 @@ class Executor:
                 self.graph.nodes[task.node]["op"],
                 {"kind": kind, "model": model, "requests": len(mine), "batch_size": len(replies)},
             )
-            task.ask = None
-            self.step(task, mine)
+        return parts
 
     def account(self, task: Task, replies: list, kind: str, share: int, flops: float | None) -> None:
         run, node = task.run, task.node
@@ -359,6 +379,19 @@ def _spent(backend: Backend, before) -> tuple[int, float | None]:
     n_params = backend.n_params
     tokens = prompt + after.generated_tokens - before.generated_tokens
     return prompt, None if n_params is None else 2.0 * n_params * tokens
+
+
+def _untold(requests: int, after, before) -> list[Generation]:
+    """A generation batch cut short by a backend that kept no text: the tokens its counters
+    say it processed, charged to the first request, and nothing else."""
+    spent = Generation(
+        text="",
+        prompt_tokens=after.prompt_tokens - before.prompt_tokens,
+        generated_tokens=after.generated_tokens - before.generated_tokens,
+        finish="cut",
+    )
+    empty = Generation(text="", prompt_tokens=0, generated_tokens=0, finish="cut")
+    return [spent, *[empty] * (requests - 1)][:requests]
 
 
 def _add_flops(total: float | None, tokens_so_far: int, flops: float | None) -> float | None:

@@ -125,23 +125,38 @@ class NodeContext:
         seed: int | None,
         steps: list[str] | None = None,
         logprobs: Sequence[float] | None = None,
+        cut: bool = False,
     ) -> Candidate:
         c = Candidate(
             id=self.run.next_id(),
             node=self.node,
             text=text.strip(),
             steps=steps or split_steps(text, self.delimiter),
-            answer=self.answers.extract(text),
+            answer=None if cut else self.answers.extract(text),  # cut text may end mid-number
             prompt_tokens=prompt_tokens,
             generated_tokens=generated_tokens,
             seed=seed,
             mean_logprob=sum(logprobs) / len(logprobs) if logprobs else None,
+            cut=cut,
         )
         self.made.append(c)
         return c
 
     def from_generation(self, g: Generation, seed: int) -> Candidate:
         return self.candidate(g.text, g.prompt_tokens, g.generated_tokens, seed, logprobs=g.logprobs)
+
+    def keep_cut(self, requests: list[GenerationRequest], generations: list[Generation]) -> None:
+        """Keep as candidates what a batch that Ctrl-C cut short had generated: each request's
+        text after its prefix (a search's steps so far), with this batch's tokens. A request
+        still going, or a search step that ended at its delimiter (the solution goes on), is
+        marked cut and states no answer; one that wrote nothing is left out (its tokens are
+        charged all the same)."""
+        for r, g in zip(requests, generations):
+            if g.text.strip():
+                cut = g.finish in ("cut", "stop")
+                self.candidate(
+                    r.prefix + g.text, g.prompt_tokens, g.generated_tokens, r.params.seed, logprobs=g.logprobs, cut=cut
+                )
 
     def score(self, candidates: list[Candidate]):
         name, truth = self.params["v"], self.run.truth
