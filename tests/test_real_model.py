@@ -251,4 +251,9 @@ def test_ttcl_eval_and_optimize_on_the_real_model(tmp_path):
         timeout=600,
     )
     assert done.returncode == 0, done.stderr
-    assert "thresholds=[" in best.read_text() and ttcl.load(str(best)).ir.generations == 3
+    written = best.read_text()
+    if "thresholds=[" in written:  # a winner per bin: probes, then the bin's arm
+        assert ttcl.load(str(best)).ir.generations == 3
+    else:  # one winner for every bin is written alone, without probes paid for nothing
+        assert written.rstrip().splitlines()[-1] in ("program main = majority(2)", "program main = best_of_n(2, prm)")
+        assert ttcl.load(str(best)).ir.generations == 2
