@@ -221,18 +221,25 @@ def run_cli(capsys, *argv):
     return code, captured.err
 
 
-def test_run_questions_ends_saying_where_how_many_and_how_many_right(tmp_path, monkeypatch, capsys):
+def questions_file_run(tmp_path, monkeypatch, backend):
+    """A `sample(2) |> vote` program on `backend`, the QUESTIONS as a JSONL file, and where
+    `ttcl run --questions -o` should write: (program, questions, output)."""
     import json
 
     import ttcl.backends
 
-    backend = ScriptedBackend(adder)
     monkeypatch.setattr(ttcl.backends, "backend_for", lambda decl: backend)
     program = tmp_path / "p.ttcl"
     program.write_text('model policy = llama("smollm2-135m", max_tokens=16)\nprogram main = sample(2) |> vote\n')
     questions = tmp_path / "q.jsonl"
     questions.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
-    out = tmp_path / "r.jsonl"
+    return program, questions, tmp_path / "r.jsonl"
+
+
+def test_run_questions_ends_saying_where_how_many_and_how_many_right(tmp_path, monkeypatch, capsys):
+    import json
+
+    program, questions, out = questions_file_run(tmp_path, monkeypatch, ScriptedBackend(adder))
     code, err = run_cli(capsys, "run", program, "--questions", questions, "-o", out)
     assert code == 0 and f"wrote {out} (5 results; accuracy 80.0% (4 of 5))" in err  # 5 + 3 is wrong
     lines = out.read_text().splitlines()
@@ -253,15 +260,6 @@ def test_run_questions_ends_saying_where_how_many_and_how_many_right(tmp_path, m
 
 
 def test_an_interrupted_run_questions_says_what_is_left_for_resume(tmp_path, monkeypatch, capsys):
-    import json
-
-    import ttcl.backends
-
-    monkeypatch.setattr(ttcl.backends, "backend_for", lambda decl: InterruptedAdder())
-    program = tmp_path / "p.ttcl"
-    program.write_text('model policy = llama("smollm2-135m", max_tokens=16)\nprogram main = sample(2) |> vote\n')
-    questions = tmp_path / "q.jsonl"
-    questions.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
-    out = tmp_path / "r.jsonl"
+    program, questions, out = questions_file_run(tmp_path, monkeypatch, InterruptedAdder())
     code, err = run_cli(capsys, "run", program, "--questions", questions, "-o", out)
     assert code == 130 and f"wrote {out} (0 results; 5 interrupted: --resume runs them)" in err

@@ -18,7 +18,15 @@ from typing import Any, Literal, cast
 
 import networkx as nx
 
-from ttcl.backends.base import Backend, BackendError, Cut, Generation, as_backend, split_in_proportion
+from ttcl.backends.base import (
+    NOT_STARTED,
+    Backend,
+    BackendError,
+    Cut,
+    Generation,
+    as_backend,
+    split_in_proportion,
+)
 from ttcl.cost.flops import counted_flops
 from ttcl.results import Candidate, Cost, NodeCost, Result, TraceEvent
 from ttcl.runtime.answers import answer_kind
@@ -390,8 +398,7 @@ def _untold(requests: int, after, before) -> list[Generation]:
         generated_tokens=after.generated_tokens - before.generated_tokens,
         finish="cut",
     )
-    empty = Generation(text="", prompt_tokens=0, generated_tokens=0, finish="cut")
-    return [spent, *[empty] * (requests - 1)][:requests]
+    return [spent, *[NOT_STARTED] * (requests - 1)][:requests]
 
 
 def _add_flops(total: float | None, tokens_so_far: int, flops: float | None) -> float | None:
