@@ -122,13 +122,15 @@ HOSTILE = [m for m in MODES if m != "ok"]
 
 class HostileServer:
     """An OpenAI-compatible server on 127.0.0.1 that answers completions with `mode`'s body
-    (or the HTTP error of `ERRORS`) after its first `good` well-formed replies. Use as a
-    context manager."""
+    (or the HTTP error of `ERRORS`) after its first `good` well-formed replies; each reply
+    waits `delay` seconds, a good one `good_delay` more. Use as a context manager."""
 
-    def __init__(self, mode: str = "ok", good: int = 0, lifetime: float = 120.0, delay: float = 0.0):
+    def __init__(
+        self, mode: str = "ok", good: int = 0, lifetime: float = 120.0, delay: float = 0.0, good_delay: float = 0.0
+    ):
         if mode not in MODES and mode not in ERRORS:
             raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
-        self.mode, self.good, self.lifetime, self.delay = mode, good, lifetime, delay
+        self.mode, self.good, self.lifetime, self.delay, self.good_delay = mode, good, lifetime, delay, good_delay
         self.served = 0  # completion requests answered
         self.lock = threading.Lock()
         server = self
@@ -152,7 +154,7 @@ class HostileServer:
                 with server.lock:
                     server.served += 1
                     mode = "ok" if server.served <= server.good else server.mode
-                time.sleep(server.delay)
+                time.sleep(server.delay + (server.good_delay if mode == "ok" else 0.0))
                 chat = path.endswith("/chat/completions")
                 status, body = ERRORS[mode](chat) if mode in ERRORS else (200, MODES[mode](chat))
                 self.answer(status, body if isinstance(body, bytes) else json.dumps(body).encode())

@@ -215,6 +215,19 @@ def test_an_eval_against_a_hostile_server_keeps_what_finished_and_resumes(mode, 
         assert server.served - served == 4  # no recorded question ran again
 
 
+def test_a_failure_lets_the_other_questions_requests_in_flight_finish():
+    # three questions at once: the first two replies are good but slow, the third is hostile
+    # and comes first; the two good ones are still kept, and the failure is raised as itself
+    finished: dict[int, ttcl.Result] = {}
+    with HostileServer("choices_strings", good=2, good_delay=1.0) as server:
+        prog = program(server.url, "program main = sample(1) |> vote", concurrency=3)
+        questions = [f"What is {i} + 4?" for i in range(3)]
+        with pytest.raises(BackendError, match="not an OpenAI-compatible completion"):
+            prog.run_many(questions, on_result=lambda i, r: finished.__setitem__(i, r))
+    assert server.served == 3
+    assert len(finished) == 2 and all(r.stopped is None and r.answer is not None for r in finished.values())
+
+
 def test_a_real_ctrl_c_is_still_interrupted(tmp_path):
     dataset = tmp_path / "questions.jsonl"
     dataset.write_text("".join(json.dumps({"question": f"What is {i} + 4?", "answer": "5"}) + "\n" for i in range(60)))

@@ -207,8 +207,8 @@ class Backend(ABC):
         """A view of this backend for one question's thread (see `concurrent`): it must have
         counters of its own, since the runtime reads a batch's cost as the change in the
         counters of what it called, and should raise KeyboardInterrupt at its next wait once
-        `cancel` is set (Ctrl-C, or another question's failure). By default the backend itself,
-        which is right for one that is not concurrent."""
+        `cancel` is set (Ctrl-C). By default the backend itself, which is right for one that
+        is not concurrent."""
         return self
 
     def reset(self) -> None:

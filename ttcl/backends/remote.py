@@ -207,8 +207,8 @@ class OpenAIBackend(Backend):
 
     def _map(self, fn: Callable[[Call], Any], calls: list[Call], cancel: threading.Event | None) -> list:
         """fn over calls in the HTTP pool, results in order; the first failure cancels the rest.
-        A set `cancel` event (Ctrl-C, or another thread's failure) raises KeyboardInterrupt here
-        while requests are still pending; replies that all came are returned, not thrown away."""
+        A set `cancel` event (Ctrl-C) raises KeyboardInterrupt here while requests are still
+        pending; replies that all came are returned, not thrown away."""
         futures: list[Future] = [self._pool.submit(fn, c) for c in calls]
         pending = set(futures)
         try:

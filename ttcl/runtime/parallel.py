@@ -9,11 +9,13 @@ keeps at most `concurrency` HTTP requests in flight over all of them.
 
 Each thread reads its models through a session of the shared backend (`session()`), so the
 cost of a batch, read as the change in the session's counters, is that question's alone.
-Ctrl-C, or a failure in one question's thread (a server's error, or any other exception),
-stops every thread at its next request: finished questions are reported as they finish, and
-unfinished ones as interrupted. Then a failure is raised as itself (the first one, if several
-threads failed), so only a real Ctrl-C reads as an interruption; results already reported
-stay reported.
+Ctrl-C stops every thread at once, abandoning the requests in flight. A failure in one
+question's thread (a server's error, or any other exception) stops the others more gently:
+the requests they have in flight are let finish, since the server is already computing them
+and a question they complete is kept, but no thread starts another. Finished questions are
+reported as they finish, and unfinished ones as interrupted. Then a failure is raised as
+itself (the first one, if several threads failed), so only a real Ctrl-C reads as an
+interruption; results already reported stay reported.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def run_concurrently(
 ) -> list[Result]:
     """Run each question through its own `Executor`, `workers` at a time; results in order,
     each reported to `on_result` (from one thread at a time) as it finishes."""
-    cancel = threading.Event()
+    cancel = threading.Event()  # Ctrl-C: sessions abandon what is in flight
     lock = threading.Lock()
     results: list[Result | None] = [None] * len(questions)
     failures: list[BaseException] = []  # the errors that stopped question threads, first first
@@ -58,23 +60,25 @@ def run_concurrently(
                 on_result(index, result)
 
     def one(index: int) -> None:
-        if cancel.is_set():
+        if cancel.is_set() or failures:
             return
         sessions: dict[str, Backend] = {}
 
-        def session(name: str) -> Backend:
+        def session(name: str) -> Backend:  # the executor looks its model up before each batch
+            if failures:  # another question failed: start no request (in-flight ones finish)
+                raise KeyboardInterrupt
             if name not in sessions:
                 sessions[name] = as_backend(backends(name)).session(cancel)
             return sessions[name]
 
         try:
             Executor(graph, session, thresholds, lambda _, r: report(index, r)).run([questions[index]], seed, limits)
-        except KeyboardInterrupt:  # the executor stops on `cancel` itself; this is a late one
-            cancel.set()
+        except KeyboardInterrupt:  # a late Ctrl-C, or the stop after another question's failure
+            if not failures:
+                cancel.set()
         except BaseException as e:  # a TTCLError or not: raised below as itself, not as "interrupted"
             with lock:
                 failures.append(e)
-            cancel.set()
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ttcl-question")
     futures = [pool.submit(one, i) for i in range(len(questions))]
