@@ -24,7 +24,7 @@ from hostile_server import ERRORS, HOSTILE, HostileServer  # noqa: E402
 
 import ttcl  # noqa: E402
 from ttcl.backends import chat  # noqa: E402
-from ttcl.backends.base import Backend, BackendError, Generation, GenerationRequest, Message  # noqa: E402
+from ttcl.backends.base import Backend, BackendError, Generation, GenerationRequest, Message, RequestError  # noqa: E402
 from ttcl.backends.chat import render_chat  # noqa: E402
 
 pytest.importorskip("openai")
@@ -89,6 +89,8 @@ def test_an_http_error_with_a_hostile_body_is_an_error_naming_the_server(mode):
     message = caught.value.message
     assert server.url in message and "the server refused the request (HTTP" in message
     assert len(message) < 1000  # a server's error body is cut short
+    # a 4xx refuses this request (one question's failure), a 5xx is the server's own
+    assert isinstance(caught.value, RequestError) == (ERRORS[mode](True)[0] < 500)
 
 
 @pytest.mark.parametrize("mode", HOSTILE)

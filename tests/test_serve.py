@@ -25,7 +25,7 @@ import openai
 import pytest
 
 import ttcl
-from ttcl.backends.base import BackendError
+from ttcl.backends.base import BackendError, RequestError
 from ttcl.backends.fake import ScriptedBackend
 from ttcl.cli.app import main
 from ttcl.serve import Server
@@ -270,7 +270,7 @@ def test_malformed_http_gets_an_error_body(serve, head, status):
 def test_a_question_the_model_cannot_take_fails_alone(serve):
     def fail(request):
         if number(request) == "9":
-            raise BackendError("context overflow: the prompt is longer than the model's context")
+            raise RequestError("context overflow: the prompt is longer than the model's context")
 
     server = serve(backend=Gated(fail))
     status, body = raw(server, "POST", "/v1/chat/completions", message("What is Q9?"))

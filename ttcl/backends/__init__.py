@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ttcl.backends.base import BackendError
+from ttcl.backends.base import BackendError, RequestError
+
+__all__ = ["BackendError", "RequestError", "backend_for"]
 
 MODULES = {"llama": ".llama", "torch": ".hf", "openai": ".remote"}  # model kind -> the module with its backend_for
 

@@ -98,6 +98,12 @@ class BackendError(TTCLError):
     """A model that cannot be loaded or run: the message names the model (and the node)."""
 
 
+class RequestError(BackendError):
+    """A request the model refuses for what it asks, not for what the model is: a prompt that
+    is empty or longer than the context, a server's HTTP 400, 413 or 422. It is one
+    question's failure, so an eval records it against that question and goes on."""
+
+
 # a request that Ctrl-C stopped before it had generated or decoded anything
 NOT_STARTED = Generation(text="", prompt_tokens=0, generated_tokens=0, finish="cut")
 

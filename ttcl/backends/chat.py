@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
-from ttcl.backends.base import BackendError, GenerationRequest
+from ttcl.backends.base import BackendError, GenerationRequest, RequestError
 
 # What one rendering of a chat template may do. A template comes from a model file, so it is
 # untrusted data: jinja2's sandbox stops it reaching Python, and these stop it hanging a run or
@@ -90,9 +90,9 @@ def prompt_tokens(tokenize: Callable[[str, bool], list[int]], text: str, room: i
     for `room` generated tokens: the same errors on every backend."""
     tokens = tokenize(text, True)
     if not tokens:
-        raise BackendError(f"model {name}: the prompt is empty")
+        raise RequestError(f"model {name}: the prompt is empty")
     if len(tokens) + room > n_ctx:
-        raise BackendError(
+        raise RequestError(
             f"model {name}: context overflow: the prompt has {len(tokens)} tokens and "
             f"max_tokens is {room}: {len(tokens) + room} > n_ctx {n_ctx}"
         )

@@ -51,6 +51,7 @@ from ttcl.backends.base import (
     Finish,
     Generation,
     GenerationRequest,
+    RequestError,
     SamplingParams,
     split_in_proportion,
 )
@@ -307,8 +308,9 @@ class OpenAIBackend(Backend):
             raise BackendError(
                 f"model {self.name}: cannot reach the server (after {self.retries} retries): {e.__cause__ or e}"
             ) from None
-        except openai.APIStatusError as e:
-            raise BackendError(
+        except openai.APIStatusError as e:  # 400, 413, 422: this request's fault (too long, say)
+            refused = RequestError if e.status_code in (400, 413, 422) else BackendError
+            raise refused(
                 f"model {self.name}: the server refused the request (HTTP {e.status_code}): {_message(e)}"
             ) from None
         except openai.OpenAIError as e:

@@ -36,7 +36,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ttcl.backends.base import BackendError
+from ttcl.backends.base import BackendError, RequestError
 from ttcl.errors import UsageError
 from ttcl.eval.sweep import PoolPlan, outcomes
 from ttcl.program import Program
@@ -152,27 +152,6 @@ def _read(path: str | Path) -> tuple[list[Record], int | None]:
     return records, torn
 
 
-# the messages of backend errors that are one question's, not the model's or the program's
-_PER_QUESTION = (
-    "context overflow",  # ttcl's own backends (`chat.prompt_tokens`)
-    "context length",  # servers: "maximum context length is ..."
-    "context window",
-    "too long",
-    "too many tokens",
-    "prompt is empty",
-    "(http 400)",  # a server refusing this request, not failing
-    "(http 413)",
-    "(http 422)",
-)
-
-
-def per_question(error: BackendError) -> bool:
-    """Whether a backend error is one question's own (its prompt longer than the model's
-    context, say), so other questions can still run; any other stops the eval."""
-    text = error.message.lower()
-    return any(marker in text for marker in _PER_QUESTION)
-
-
 def where(question: dict, index: int) -> str:
     """A question for messages: `question 3`, or `question 3 (dataset line 7)` from a file."""
     line = question.get("line")
@@ -191,7 +170,7 @@ def run_isolating(
 ) -> bool:
     """Run `questions[i]` for each i in `indices` batched together, reporting each as
     `on_result(i, result)` as it finishes. If the batch fails with one question's error
-    (`per_question`), the questions it had not finished run again split in halves, batched,
+    (a `RequestError`), the questions it had not finished run again split in halves, batched,
     until the one that fails is alone: `on_failure(i, reason)` gets it and the rest go on
     (without `on_failure`, the error is raised naming it). Any other error is raised, naming
     the question when only it was left. Returns False if interrupted (Ctrl-C); interrupted
@@ -216,11 +195,11 @@ def run_isolating(
     except BackendError as e:
         rest = [i for i in indices if i not in finished]
         if len(rest) == 1:  # the question that failed: it alone was left
-            if on_failure is None or not per_question(e):
-                raise BackendError(f"{where(questions[rest[0]], rest[0])}: {e.message}") from None
+            if on_failure is None or not isinstance(e, RequestError):
+                raise type(e)(f"{where(questions[rest[0]], rest[0])}: {e.message}") from None
             on_failure(rest[0], e.message)
             return True
-        if not per_question(e):
+        if not isinstance(e, RequestError):
             raise
         if not rest:
             return True
@@ -246,7 +225,7 @@ class Eval:
     `resume`, the file's records must be of these questions and this seed (else `UsageError`,
     naming what differs; `option` is the flag that names the file, for that message). `notes`
     says what was done to the file before the first append (a torn last line cut off). With
-    `isolate` (what `ttcl eval` does) a question that fails on its own (`per_question`) is
+    `isolate` (what `ttcl eval` does) a question that fails on its own (a `RequestError`) is
     recorded as failed and the rest go on; without it (what `optimize`, which needs a result
     of every question, does) it stops the eval with an error naming the question."""
 

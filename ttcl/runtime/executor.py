@@ -228,7 +228,8 @@ class Executor:
                 replies, spent = self.call(tasks, kind, model, list(options))
             except BackendError as e:
                 node = self.graph.nodes[tasks[0].node]
-                raise BackendError(f"model `{model}`: {e.message} (running `{node['op']}` at {node['span']})") from None
+                located = f"model `{model}`: {e.message} (running `{node['op']}` at {node['span']})"
+                raise type(e)(located) from None  # a RequestError stays one: it is one question's
             for task, mine in zip(tasks, self.charge(tasks, replies, kind, model, spent)):
                 task.ask = None
                 self.step(task, mine)
