@@ -21,7 +21,7 @@ import pytest
 import ttcl
 from ttcl import draw, ir
 from ttcl.errors import ArtifactError, TTCLError, UsageError
-from ttcl.source import MAX_ARTIFACT_BYTES
+from ttcl.source import MAX_ARTIFACT_BYTES, NotJSON, parse_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -368,6 +368,31 @@ def test_deeply_nested_head_card_is_a_prm_error(tmp_path):
     (tmp_path / "head.json").write_text("{not json")
     with pytest.raises(PRMError, match="not a PRM head's card"):
         read_card(tmp_path / "head.safetensors")
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (DEEP, "JSON nested too deeply to read"),
+        ('{"a": 1,\n "b": }', r"not valid JSON \(Expecting value at line 2\)"),
+        (b'{"a": "\xff"}', "not UTF-8|not valid JSON"),
+        ("9" * 5000, "JSON holding an integer of thousands of digits"),
+        ("", r"not valid JSON \(Expecting value\)"),
+    ],
+    ids=["deep", "invalid", "bytes", "huge-integer", "empty"],
+)
+def test_every_way_json_fails_is_one_error_saying_why(data, reason):
+    with pytest.raises(NotJSON, match=reason):
+        parse_json(data)
+
+
+@pytest.mark.parametrize("text", [DEEP, "9" * 5000, "{"], ids=["deep", "huge-integer", "invalid"])
+def test_a_hostile_model_config_is_a_clear_error(tmp_path, text):
+    from ttcl.backends.models import ModelFactsError, facts_from_config
+
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ModelFactsError, match="cannot read model config"):
+        facts_from_config(tmp_path)
 
 
 # ---- 4. PRM heads ---------------------------------------------------------------------------

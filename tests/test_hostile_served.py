@@ -391,3 +391,16 @@ def test_a_served_models_hostile_template_names_the_model_files(tmp_path):
     message = caught.value.message
     assert files in message and server.url in message and "its chat template exceeded its limits" in message
     assert served == 0  # refused before any request
+
+
+@pytest.mark.parametrize(
+    "tokenizer_config", ["[1, 2]", "[" * 100_000 + "]" * 100_000, b"\xff\xfe{"], ids=["a-list", "deep", "not-utf8"]
+)
+def test_an_unreadable_tokenizer_config_falls_back_to_the_template_file(tmp_path, tokenizer_config):
+    files = Path(tiny_model(tmp_path / "model"))
+    path = files / "tokenizer_config.json"
+    path.write_bytes(tokenizer_config if isinstance(tokenizer_config, bytes) else tokenizer_config.encode())
+    (files / "chat_template.jinja").write_text(CHATML)
+    with HostileServer("ok") as server:
+        result = program(server.url, config=str(files)).run("What is 2 + 3?")
+    assert result.answer is not None and server.served > 0

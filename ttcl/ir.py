@@ -41,7 +41,7 @@ from ttcl.signatures import (
     describe,
     step_level,
 )
-from ttcl.source import Span
+from ttcl.source import NotJSON, Span, parse_json
 
 FORMAT = "ttcl-ir"
 VERSION = 1  # bump when the document's meaning changes; older artifacts are then refused
@@ -162,17 +162,9 @@ def loads(text: str, name: str = "<artifact>") -> IRDocument:
     TTCL relies on is checked again: sizes, the graph's shape, every node's parameters
     against the signatures and every declaration it names (see `validate`)."""
     try:
-        data = json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{name}: not a compiled TTCL program (invalid JSON at line {e.lineno})") from None
-    except RecursionError:
-        raise ArtifactError(f"{name}: not a compiled TTCL program (its JSON is nested too deeply)") from None
-    except _NotJSONNumber as e:
-        raise ArtifactError(f"{name}: not a compiled TTCL program ({e})") from None
-    except ValueError:  # Python refuses to read an integer of thousands of digits
-        raise ArtifactError(
-            f"{name}: not a compiled TTCL program (it holds an integer of thousands of digits)"
-        ) from None
+        data = parse_json(text, parse_float=_finite_float, parse_constant=_no_constant)
+    except (NotJSON, _NotJSONNumber) as e:
+        raise ArtifactError(f"{name}: not a compiled TTCL program: {e}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ArtifactError(f'{name}: not a compiled TTCL program (no "format": "{FORMAT}")')
     if data.get("version") != VERSION:

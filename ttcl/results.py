@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ttcl.errors import UsageError
+from ttcl.source import NotJSON, parse_json
 
 
 class Candidate(BaseModel):
@@ -158,8 +159,8 @@ def read_lines(path: str | Path) -> tuple[list[tuple[int, str]], int | None]:
 
 def _is_json(line: bytes) -> bool:
     try:
-        json.loads(line.decode("utf-8"))
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        parse_json(line)
+    except NotJSON:
         return False
     return True
 
@@ -176,8 +177,8 @@ def load_results(path: str | Path) -> dict[int, Result]:
     results: dict[int, Result] = {}
     for number, text in lines:
         try:
-            line = json.loads(text)
-        except (ValueError, RecursionError):
+            line = parse_json(text)
+        except NotJSON:
             line = None
         if not isinstance(line, dict) or not isinstance(line.get("index"), int) or "answer_expected" not in line:
             raise UsageError(f"{path}:{number}: not a line of `ttcl run --questions` results")

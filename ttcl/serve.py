@@ -40,6 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, cast
 
 from ttcl.errors import TTCLError, UsageError, printable
+from ttcl.source import NotJSON, parse_json
 
 if TYPE_CHECKING:  # the runtime is imported when a batch runs, so `ttcl --help` stays quick
     from ttcl.program import Program
@@ -90,8 +91,8 @@ def parse_request(body: bytes, model: str, default_seed: int = 0) -> Ask:
     wrong. Sampling fields (`temperature`, `max_tokens`, `top_p`, ...) are ignored: the
     program's declarations fix them."""
     try:
-        request = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        request = parse_json(body)
+    except NotJSON:
         raise APIError(400, "the request body is not valid JSON (UTF-8)", code="invalid_json") from None
     if not isinstance(request, dict):
         raise APIError(400, f"the request body must be a JSON object, not {_json_kind(request)}", code="invalid_type")

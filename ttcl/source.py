@@ -1,4 +1,4 @@
-"""Source text: reading program files safely, and spans that point back into them.
+"""Source text: reading program files (and any JSON) safely, and spans that point back into them.
 
 Every AST node, IR node and diagnostic carries a `Span`, so that an error found at any stage
 (checking, lowering, running) can be shown as `path:line:col` with the source line and a caret.
@@ -7,9 +7,11 @@ Every AST node, IR node and diagnostic carries a `Span`, so that an error found 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -102,6 +104,34 @@ def _refuse_irregular(p: Path, mode: int) -> None:
     )
     what = next((name for test, name in kinds if test(mode)), "a special file")
     raise SourceError(f"{p}: is {what}, not a regular file; only regular files are read")
+
+
+class NotJSON(ValueError):
+    """Why a text cannot be read as JSON; the message is a phrase (`not valid JSON (...)`)
+    that a reader puts after what the text should have been."""
+
+
+def parse_json(data: str | bytes, **options: Any) -> Any:
+    """`json.loads(data, **options)`, with every way hostile input makes it fail raised as one
+    `NotJSON` saying why. Besides invalid JSON and bytes that are not UTF-8 (ValueErrors),
+    Python reads nesting by recursion, so a few thousand `[` raise RecursionError, and an
+    integer of over 4300 digits raises a plain ValueError whose advice (a Python setting) is
+    not for a user. Errors raised by the `options` hooks pass through as they are."""
+    try:
+        return json.loads(data, **options)
+    except json.JSONDecodeError as e:
+        where = "" if e.lineno == 1 else f" at line {e.lineno}"
+        raise NotJSON(f"not valid JSON ({e.msg}{where})") from None
+    except UnicodeDecodeError:
+        raise NotJSON("not UTF-8") from None
+    except RecursionError:
+        raise NotJSON("JSON nested too deeply to read") from None
+    except ValueError as e:
+        if type(e) is not ValueError:  # a hook's own error
+            raise
+        if "integer string conversion" in str(e):
+            raise NotJSON("JSON holding an integer of thousands of digits") from None
+        raise NotJSON(f"not valid JSON ({e})") from None
 
 
 def normalize_newlines(text: str) -> str:

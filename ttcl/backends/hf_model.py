@@ -55,6 +55,7 @@ from typing import Any, NamedTuple
 from ttcl.backends.base import BackendError, GenerationRequest
 from ttcl.backends.chat import render_chat
 from ttcl.backends.models import GGUF_MAGIC, file_magic
+from ttcl.source import NotJSON, parse_json
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")
@@ -129,11 +130,9 @@ def _converted(path: str) -> Path:
 
 def _check_architecture(directory: str, transformers: Any) -> None:
     """Refuse a config whose model type transformers has no causal LM for, before loading."""
-    import json
-
     try:
-        config = json.loads(Path(directory, "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        config = parse_json(Path(directory, "config.json").read_bytes())
+    except (OSError, NotJSON) as e:
         raise BackendError(f"cannot read model config {directory}/config.json: {e}") from None
     kind = config.get("model_type") if isinstance(config, dict) else None
     known = transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES

@@ -61,6 +61,7 @@ from ttcl.backends.chat import first_token, prompt_tokens, render_chat
 from ttcl.backends.decoding import Sequence, declared, first_stop, shared
 from ttcl.backends.models import cache_dir, check_model_file, resolve_model_path
 from ttcl.backends.prefix import Fork, PrefixCache, common_prefix, plan_prompts
+from ttcl.source import parse_json
 
 _DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp reads this seed as "pick a random one": never pass it
 
@@ -266,7 +267,7 @@ def read_record(key: dict[str, str]) -> dict | None:
     name = json.dumps(key, sort_keys=True)
     if name not in _RECORDS:
         try:
-            stored = json.loads(_record_path(key).read_text())
+            stored = parse_json(_record_path(key).read_bytes())
             if stored.get("key") != key or int(stored["max_call"]) < 1 or int(stored["batch"]) < 1:
                 return None
             _RECORDS[name] = {k: stored[k] for k in ("invariant", "max_call", "batch", "tokens_per_s")}

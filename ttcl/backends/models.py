@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ttcl.backends.base import BackendError
 from ttcl.errors import TTCLError
+from ttcl.source import NotJSON, parse_json
 
 GGUF_MAGIC = b"GGUF"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -231,7 +232,7 @@ def _stamp_path(target: Path) -> Path:
 def _stamp_matches(model: AssembledModel, target: Path) -> bool:
     """Whether the file is the one last verified: same size, modification time and hash."""
     try:
-        stamp = json.loads(_stamp_path(target).read_text())
+        stamp = parse_json(_stamp_path(target).read_bytes())
         stat = target.stat()
     except (OSError, ValueError):
         return False
@@ -444,10 +445,10 @@ def facts_from_config(directory: str | os.PathLike) -> ModelFacts:
     path = Path(directory)
     path = path / "config.json" if path.is_dir() else path
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = parse_json(path.read_bytes())
     except FileNotFoundError:
         raise ModelFactsError(f"model config not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, NotJSON) as e:
         raise ModelFactsError(f"cannot read model config {path}: {e}") from None
     if not isinstance(config, dict):
         raise ModelFactsError(f"model config {path} is not a JSON object")

@@ -42,6 +42,7 @@ import urllib.request
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ttcl.backends.base import (
@@ -57,6 +58,7 @@ from ttcl.backends.base import (
 )
 from ttcl.backends.chat import render_chat
 from ttcl.backends.decoding import declared, shared
+from ttcl.source import NotJSON, parse_json
 
 TOP_LOGPROBS = 20  # what next_token_probs asks for: vLLM's default ceiling
 # llama.cpp's server samples with top_k 40, min_p 0.05 and a 1.1 repeat penalty unless told
@@ -414,13 +416,11 @@ class MalformedReply(ValueError):
 def _parse_json(raw: bytes) -> Any:
     """A reply body's JSON (MalformedReply if it is none, or nested too deeply to read)."""
     try:
-        return json.loads(raw)
-    except RecursionError:
-        raise MalformedReply("its JSON is nested too deeply to read") from None
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        return parse_json(raw)
+    except NotJSON as e:
         preview = raw[:80].decode("utf-8", "replace")
         shown = repr(preview) + (" ..." if len(raw) > 80 else "") if raw.strip() else "an empty body"
-        raise MalformedReply(f"the body is not JSON ({e}): {shown}") from None
+        raise MalformedReply(f"the body is {e}: {shown}") from None
 
 
 def _kind(value: Any) -> str:
@@ -626,7 +626,7 @@ def _message(error: Any) -> str:
 def _post_json(url: str, body: dict) -> dict:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as reply:
-        return json.loads(reply.read())
+        return parse_json(reply.read())
 
 
 # --------------------------------------------------------------------------- set-up
@@ -665,15 +665,15 @@ def _gguf_template(path: str) -> Template:
 def _directory_template(path: str) -> Template:
     directory = os.path.dirname(path) if path.endswith(".json") else path
     try:
-        with open(os.path.join(directory, "tokenizer_config.json"), encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError):
+        config = parse_json(Path(directory, "tokenizer_config.json").read_bytes())
+    except (OSError, NotJSON):
+        config = {}
+    if not isinstance(config, dict):  # not a tokenizer config: no template from it
         config = {}
     source = config.get("chat_template")
-    jinja = os.path.join(directory, "chat_template.jinja")
-    if source is None and os.path.exists(jinja):
-        with open(jinja, encoding="utf-8") as f:
-            source = f.read()
+    jinja = Path(directory, "chat_template.jinja")
+    if source is None and jinja.is_file():
+        source = jinja.read_text(encoding="utf-8", errors="replace")
 
     def text(token: Any) -> str:
         return token.get("content", "") if isinstance(token, dict) else str(token or "")

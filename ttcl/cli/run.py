@@ -39,6 +39,7 @@ from ttcl.results import (
     read_lines,
 )
 from ttcl.runtime.answers import AnswerKind, answer_kind
+from ttcl.source import NotJSON, parse_json
 
 
 def run_command(args, program: Program, out: Console, err: Console) -> int:
@@ -197,8 +198,8 @@ def _answered(path: str, hashes: list[str], digest: str, seed: int, err: Console
     answered: dict[int, dict[str, Any]] = {}
     for number, text in lines:
         try:
-            line = json.loads(text)
-        except (ValueError, RecursionError):
+            line = parse_json(text)
+        except NotJSON:
             line = None
         if not isinstance(line, dict) or not isinstance(line.get("index"), int):
             raise UsageError(f"{path}:{number}: not a result of `ttcl run --questions`; is this a results file?")

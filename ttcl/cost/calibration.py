@@ -17,7 +17,6 @@ priors of the known models, which an estimate uses where it is given no calibrat
 from __future__ import annotations
 
 import functools
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -25,7 +24,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ttcl.errors import UsageError
-from ttcl.source import write_text
+from ttcl.source import NotJSON, parse_json, write_text
 
 FORMAT: Final = "ttcl-calibration"
 SHIPPED: Final = "shipped"  # the source of the priors shipped for the known models
@@ -67,13 +66,13 @@ class Calibration(BaseModel):
     def load(cls, path: str | Path) -> Calibration:
         """Read a calibration file; a missing or malformed one is a clear `UsageError`."""
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            data = parse_json(Path(path).read_bytes())
         except FileNotFoundError:
             raise UsageError(f"calibration file not found: {path}") from None
-        except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
-            raise UsageError(f"{path}: not a calibration file ({e})") from None
-        except RecursionError:
-            raise UsageError(f"{path}: not a calibration file (JSON nested too deeply)") from None
+        except OSError as e:
+            raise UsageError(f"{path}: cannot read the calibration file: {e.strerror or e}") from None
+        except NotJSON as e:
+            raise UsageError(f"{path}: not a calibration file: {e}") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise UsageError(f'{path}: not a calibration file (no "format": "{FORMAT}")')
         try:

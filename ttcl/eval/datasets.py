@@ -25,7 +25,6 @@ refused at once.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 
 from ttcl.errors import UsageError
 from ttcl.runtime.answers import last_boxed
-from ttcl.source import read_regular_file
+from ttcl.source import parse_json, read_regular_file
 
 LEVELS = (1, 2, 3, 4, 5)
 # the distinct questions of each level, counted from its maker's ranges below:
@@ -158,12 +157,7 @@ def read_jsonl(path: str, strict: bool = False, need_answers: bool = True, field
 
 
 def _question(line: str, need_answer: bool, fields: Fields) -> dict:
-    try:
-        item = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"not valid JSON ({e.msg})") from None
-    except RecursionError:
-        raise ValueError("JSON nested too deeply to read") from None
+    item = parse_json(line)  # a NotJSON is a ValueError, which the caller places
     if not isinstance(item, dict):
         raise ValueError("expected a JSON object")
     name, question = fields.question_of(item)

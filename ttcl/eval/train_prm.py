@@ -35,6 +35,7 @@ from ttcl.errors import UsageError
 from ttcl.prompts import DEFAULT_DELIMITER, head_messages, split_steps, verify_messages
 from ttcl.runtime.answers import extract_answer, same_answer
 from ttcl.runtime.prm import Head, step_prefixes
+from ttcl.source import NotJSON, parse_json
 
 CHECKPOINT_EVERY = 50
 HELD_OUT_EVERY = 5  # question i is held out when i % 5 == 4
@@ -178,8 +179,8 @@ def read_data(path: Path) -> list[dict]:
     records = []
     for n, line in enumerate(lines):
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            records.append(parse_json(line))
+        except NotJSON:
             if n < len(lines) - 1:
                 raise UsageError(f"{path}:{n + 1}: not a JSON record; delete the file to start over") from None
             path.write_text("".join(x + "\n" for x in lines[:-1]), encoding="utf-8")

@@ -19,7 +19,6 @@ step tag after each step, the score P(good) / (P(good) + P(bad)) at the tag).
 from __future__ import annotations
 
 import functools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 from ttcl.errors import TTCLError
 from ttcl.parser import resource_dir
 from ttcl.prompts import DEFAULT_DELIMITER
+from ttcl.source import NotJSON, parse_json
 
 HEADS_DIR = resource_dir("heads")  # the heads shipped with the package
 # the names of the model the shipped head was trained on (a declaration's path, by file name)
@@ -268,11 +268,11 @@ def read_card(head_path: str | Path) -> dict:
     if not card.is_file():
         return {}
     try:
-        data = json.loads(card.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
-        raise PRMError(f"{card}: not a PRM head's card (JSON): {e}") from None
-    except RecursionError:
-        raise PRMError(f"{card}: not a PRM head's card (its JSON is nested too deeply)") from None
+        data = parse_json(card.read_bytes())
+    except OSError as e:
+        raise PRMError(f"{card}: cannot read the PRM head's card: {e.strerror or e}") from None
+    except NotJSON as e:
+        raise PRMError(f"{card}: not a PRM head's card: {e}") from None
     if not isinstance(data, dict):
         raise PRMError(f"{card}: not a PRM head's card (a JSON object)")
     return data
