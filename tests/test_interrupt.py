@@ -81,6 +81,72 @@ def test_a_search_cut_short_keeps_its_partial_solutions():
     assert result.cost.generated_tokens == backend.counters.generated_tokens
 
 
+def ended_early():
+    """A search's steps: of the first round, every other request ends at once; the rest go on."""
+    turn = itertools.count()
+
+    def write(r: GenerationRequest) -> str:
+        if r.prefix:
+            return "Then check.\n\nThe answer is 5."
+        return "The answer is 5." if next(turn) % 2 == 0 else "Add them.\n\nThe answer is 5."
+
+    return write
+
+
+def test_a_search_cut_short_keeps_the_solutions_that_had_ended():
+    prog = ttcl.compile(BON.replace("parallel", "search") + "program main = beam_search(4, prm, width=2)")
+    backend = ScriptedBackend(ended_early(), lambda r, o: [0.6, 0.4])
+    first, calls = backend.generate, itertools.count()
+
+    def generate(requests):  # Ctrl-C in the second round's batch, after one word
+        backend.interrupt_after = 1 if next(calls) == 1 else None
+        return first(requests)
+
+    backend.generate = generate
+    result = prog.run("What is 2 + 3?", backend=backend)
+    assert result.stopped == "interrupted"
+    whole = [c for c in result.candidates if not c.cut]
+    cut = [c for c in result.candidates if c.cut]
+    assert [c.text for c in whole] == ["The answer is 5."] * 2 and all(c.answer == "5" for c in whole)
+    assert [c.steps for c in cut] == [["Add them.", "Then"]] * 2  # the kept beam's continuations
+    assert result.answer == "5"  # the ended solutions answer for the run
+
+
+@pytest.mark.parametrize("op", ["beam_search(4, prm, width=2)", "diverse_tree_search(4, prm, width=2)"])
+def test_a_search_stopped_in_a_verifier_pass_keeps_every_solution_so_far(op):
+    prog = ttcl.compile(BON.replace("parallel", "search") + f"program main = {op}")
+
+    def probs(request, options):
+        raise KeyboardInterrupt
+
+    backend = ScriptedBackend(ended_early(), probs)
+    result = prog.run("What is 2 + 3?", backend=backend)
+    assert result.stopped == "interrupted" and len(result.candidates) == 4
+    assert sorted((c.text, c.cut, c.answer) for c in result.candidates) == [
+        ("Add them.", True, None),
+        ("Add them.", True, None),
+        ("The answer is 5.", False, "5"),
+        ("The answer is 5.", False, "5"),
+    ]
+    assert result.answer == "5"
+
+
+def test_a_search_stopped_by_its_budget_keeps_every_solution_so_far():
+    from ttcl.runtime.executor import Executor, Limits
+
+    short = BON.replace("parallel", "search").replace('"smollm2-135m")', '"smollm2-135m", max_tokens=8)')
+    prog = ttcl.compile(short + "program main = beam_search(4, prm, width=2)")
+    backend = ScriptedBackend(ended_early(), lambda r, o: [0.6, 0.4])
+    # 90 tokens: the first round (51 tokens) and its scores, not the second round's 2 × 8 more
+    (result,) = Executor(prog.graph, lambda name: backend).run([("What is 2 + 3?", None)], 0, Limits(tokens=90))
+    assert result.stopped == "budget" and result.answer == "5" and backend.counters.batches == 1
+    assert sorted((c.text, c.cut) for c in result.candidates) == [
+        ("Add them.", True),
+        ("The answer is 5.", False),
+        ("The answer is 5.", False),
+    ]  # the beam that was to go on, cut; the one pruned is not a solution of this search
+
+
 def test_a_verifier_pass_cut_short_is_still_charged():
     prog = ttcl.compile(BON + "program main = sample(4) |> best(prm)")
 

@@ -330,6 +330,7 @@ class Executor:
         """End a run early, keeping every candidate its unfinished nodes had made."""
         for task in self.tasks:
             if task.run is run:
+                task.ctx.salvage()  # a search's solutions so far
                 run.candidates.extend(task.ctx.made)
         run.candidates.sort(key=lambda c: c.id)
         run.stopped = why

@@ -64,6 +64,8 @@ class NodeContext:
     answer: dict = field(default_factory=lambda: {"kind": "number"})  # the program's answer declaration
     answers: AnswerKind = field(default_factory=NumberAnswer)  # how it reads and compares answers
     made: list[Candidate] = field(default_factory=list)
+    searching: list[Partial] = field(default_factory=list)  # a search's solutions so far (see `salvage`)
+    cut_kept: bool = False  # whether `keep_cut` kept the continuations of a batch Ctrl-C cut
 
     # ---- inputs and requests ---------------------------------------------------------------
 
@@ -151,12 +153,23 @@ class NodeContext:
         still going, or a search step that ended at its delimiter (the solution goes on), is
         marked cut and states no answer; one that wrote nothing is left out (its tokens are
         charged all the same)."""
+        self.cut_kept = True
         for r, g in zip(requests, generations):
             if g.text.strip():
                 cut = g.finish in ("cut", "stop")
                 self.candidate(
                     r.prefix + g.text, g.prompt_tokens, g.generated_tokens, r.params.seed, logprobs=g.logprobs, cut=cut
                 )
+
+    def salvage(self) -> None:
+        """Keep as candidates, when the run stops before this search op ends (Ctrl-C, a budget,
+        a time limit), the partial solutions it holds (`searching`): one that had ended whole,
+        with its answer, and one still going marked cut, unless `keep_cut` already kept its
+        continuation, whose text begins with it. Their tokens were charged when spent."""
+        for p in self.searching:
+            if p.steps and (p.finished or not self.cut_kept):
+                text, tokens = self.delimiter.join(p.steps), (p.prompt_tokens, p.generated_tokens)
+                self.candidate(text, *tokens, p.seed, steps=list(p.steps), logprobs=p.logprobs, cut=not p.finished)
 
     def score(self, candidates: list[Candidate]):
         name, truth = self.params["v"], self.run.truth
@@ -388,10 +401,12 @@ def op_beam(ctx: NodeContext):
         room = n - len(finished)
         if not active or room <= 0:
             break
+        ctx.searching = finished + active  # what a run stopped from here keeps
         scores = yield from _scored(ctx, active, step, attempts)
         keep = max(1, min(len(active), room // width))
-        ranked = sorted(range(len(active)), key=lambda i: -scores[i])[:keep]
-        beams = yield from _expand(ctx, [active[i] for i in ranked], width, step, attempts, False)
+        kept = [active[i] for i in sorted(range(len(active)), key=lambda i: -scores[i])[:keep]]
+        ctx.searching = finished + kept
+        beams = yield from _expand(ctx, kept, width, step, attempts, False)
     else:
         finished += [b for b in beams if b.finished]
     leftover = [b for b in beams if not b.finished]
@@ -410,7 +425,9 @@ def op_dvts(ctx: NodeContext):
         live = [t for t in trees if not t.finished]
         if not live:
             break
+        ctx.searching = [t for t in trees if t.steps]  # what a run stopped from here keeps
         children = yield from _expand(ctx, live, width, step, attempts, step == 0)
+        ctx.searching = [t for t in trees if t.finished] + children
         scores = yield from _scored(ctx, children, step, attempts)
         for i, tree in enumerate(live):
             group = range(i * width, (i + 1) * width)
