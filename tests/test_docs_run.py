@@ -5,7 +5,9 @@ programs/ and heads/, so a later block may use what an earlier one wrote. Its ``
 blocks share one namespace, so a later one builds on an earlier one (one that is not slow,
 on none that is). A ```console block runs each `$ ttcl ...` or `$ python ...` command and compares what it
 prints with the lines shown under it (`...` stands for any text; a line of its own, for any
-lines). A ```bash or ```sh block runs each of its commands. A ```ttcl block is checked as
+lines). A ```repl block is a session: its first line `$ ttcl repl [FILE]` starts it, its
+`ttcl> ` lines (and `  ... ` continuation lines) are what is typed, and the rest is compared
+with what the session prints, as in a console block. A ```bash or ```sh block runs each of its commands. A ```ttcl block is checked as
 `ttcl check` checks a file. Blocks shown, not run, are ```text, ```json or ```jsonl, and none
 of them may show a command.
 
@@ -39,7 +41,7 @@ from ttcl.program import check_programs, check_source
 from ttcl.runtime import answers, verifiers
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-RUN = {"python", "console", "bash", "sh", "ttcl"}
+RUN = {"python", "console", "repl", "bash", "sh", "ttcl"}
 SHOWN = {"text", "json", "jsonl"}
 COMMANDS = {"ttcl", "python"}  # what a command block may run
 COPIED = ("programs", "heads")  # what the blocks name, copied so that none can change the repository
@@ -140,7 +142,7 @@ def problems_of(block: Block) -> list[str]:
         ]
     if block.lang in SHOWN and not block.file and any(COMMAND_LINE.match(line) for line in block.text.splitlines()):
         return [f"{block.id}: a {block.lang} block shows a command: make it console (or bash) so that it runs"]
-    applies = {"expect": {"console"}, "exit": {"console", "bash", "sh", "ttcl"}, "slow": RUN, "skip": RUN}
+    applies = {"expect": {"console"}, "exit": {"console", "repl", "bash", "sh", "ttcl"}, "slow": RUN, "skip": RUN}
     return [
         f"{block.id}: `{option}` does not apply to a {block.lang} block"
         for option, languages in applies.items()
@@ -182,7 +184,7 @@ def test_a_marker_says_what_the_test_cannot_see_and_nothing_else():
         "x.md:11: a doc-test marker must come just before a block",
     ]
     assert problems_of(third) == [
-        "x.md:13: a block of language 'none': a block that runs is bash, console, python, sh, ttcl; "
+        "x.md:13: a block of language 'none': a block that runs is bash, console, python, repl, sh, ttcl; "
         "one only shown is json, jsonl, text"
     ]
     assert problems_of(Block("x.md", 1, "text", "$ ttcl run p.ttcl\n")) != []
@@ -248,7 +250,8 @@ def marked(block: Block):
 def test_the_block_runs_as_written(block, workdirs, monkeypatch):
     work = workdirs(block.doc)
     monkeypatch.chdir(work.path)
-    run = {"python": run_python, "console": run_console, "bash": run_lines, "sh": run_lines, "ttcl": check_ttcl}
+    run = {"python": run_python, "console": run_console, "repl": run_repl, "bash": run_lines, "sh": run_lines}
+    run["ttcl"] = check_ttcl
     run[block.lang](block, work)
 
 
@@ -295,6 +298,17 @@ def console_commands(block: Block) -> list[tuple[str, str]]:
     return [(command, shown) for command, shown in commands]
 
 
+def run_repl(block: Block, work: Workdir) -> None:
+    """Type the session's `ttcl> ` and `  ... ` lines into the command on its first line;
+    compare what it prints with the other lines."""
+    lines = block.text.splitlines()
+    assert lines and lines[0].startswith("$ ttcl repl"), f"{block.id}: a repl block starts with `$ ttcl repl`"
+    typed = [line[len("ttcl> ") :] for line in lines if line.startswith(("ttcl> ", "  ... "))]
+    shown = [line for line in lines[1:] if not line.startswith(("ttcl> ", "  ... "))]
+    output = shell(lines[0][2:], block, work, typed="".join(line + "\n" for line in typed))
+    assert reads_as("\n".join(shown), output), f"{block.id}: the session shows\n{block.text}\nbut printed\n{output}"
+
+
 def run_lines(block: Block, work: Workdir) -> None:
     """Run each command of a bash block (comments and blank lines aside)."""
     for command in re.sub(r"\\\n", " ", block.text).splitlines():
@@ -302,9 +316,10 @@ def run_lines(block: Block, work: Workdir) -> None:
             shell(command, block, work)
 
 
-def shell(command: str, block: Block, work: Workdir) -> str:
+def shell(command: str, block: Block, work: Workdir, typed: str = "") -> str:
     """What a command prints (stdout and stderr, as a terminal shows them, with the repository's
-    own paths relative, as from its root); it must end with the block's exit status."""
+    own paths relative, as from its root), given `typed` as its input; it must end with the
+    block's exit status."""
     name = next((word for word in command.split() if not re.match(r"\w+=", word)), "")
     assert name in COMMANDS, f"{block.id}: runs {name!r}; only ttcl and python run here: mark it skip (REASON)"
     done = subprocess.run(
@@ -312,6 +327,7 @@ def shell(command: str, block: Block, work: Workdir) -> str:
         shell=True,
         cwd=work.path,
         env=ENV,
+        input=typed,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
