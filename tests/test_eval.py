@@ -263,3 +263,35 @@ def test_an_interrupted_run_questions_says_what_is_left_for_resume(tmp_path, mon
     program, questions, out = questions_file_run(tmp_path, monkeypatch, InterruptedAdder())
     code, err = run_cli(capsys, "run", program, "--questions", questions, "-o", out)
     assert code == 130 and f"wrote {out} (0 results; 5 interrupted: --resume runs them)" in err
+
+
+@pytest.mark.parametrize("width", [80, 140])
+def test_the_summary_of_a_pooled_sweep_fits_the_width(width):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from ttcl.cli.evaluate import _show
+    from ttcl.eval.evaluate import Summary
+
+    summaries = [
+        Summary(
+            program="weighted_bon",
+            budget=b,
+            questions=120,
+            correct=25,
+            accuracy=0.206,
+            low=0.078,
+            high=0.367,
+            flops=6.2e11 * b,
+            tokens=704.0 * b,
+            pooled_from=16,
+        )
+        for b in (1, 2, 4, 8, 16)
+    ]
+    shown = StringIO()
+    _show(summaries, "gsm8k.jsonl: 120 questions, seed 0", Console(file=shown, width=width))
+    lines = shown.getvalue().splitlines()
+    assert max(map(len, lines)) <= width and "…" not in shown.getvalue()
+    assert "7.8%–36.7%" in shown.getvalue() and "9.92e+12" in shown.getvalue()  # figures whole
+    assert ("(pool 16)" in shown.getvalue()) == (width == 140)  # said once before the table where narrow

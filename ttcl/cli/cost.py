@@ -11,7 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ttcl.cli.present import parse_budget
+from ttcl.cli.present import fitting, parse_budget
 from ttcl.cost.estimator import UNITS, CostReport, short_number
 from ttcl.errors import UsageError
 from ttcl.program import Program
@@ -116,16 +116,6 @@ def _table(report: CostReport, dropped: tuple[str, ...]) -> Table:
 
 
 _FIELDS = {"gens": "generations", "prefill": "prefill_tokens", "decode": "decode_tokens", "verifier": "verifier_tokens"}
-
-
-def fitting(console: Console, tables: list[Table]) -> Table:
-    """The first of `tables` (widest first) whose columns fit the console's width whole, else
-    the last: a narrow terminal gets fewer columns rather than figures cut or wrapped."""
-    unbounded = console.options.update_width(1 << 16)  # else rich measures within the width
-    for table in tables:
-        if console.measure(table, options=unbounded).maximum <= console.width:
-            return table
-    return tables[-1]
 
 
 def priors_source(source: str, step_tokens: float) -> str:

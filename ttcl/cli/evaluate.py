@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ttcl.cli.present import fields_of, progress_bar, wrote
+from ttcl.cli.present import fields_of, fitting, progress_bar, wrote
 from ttcl.cli.progress import Meter, work_per_question
 from ttcl.errors import UsageError
 from ttcl.eval.datasets import load as load_dataset
@@ -127,13 +127,22 @@ def eval_command(args, out: Console, err: Console) -> int:
 
 
 def _show(summaries: list[Summary], title: str, out: Console) -> None:
-    columns, rows = table_of(summaries)  # the report's table too
-    table = Table(title=title, box=box.SIMPLE_HEAD)
-    for column in columns:
-        table.add_column(column, justify="left" if column == "program" else "right")
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
+    """The summary table (the report's too), in shorter words where the terminal is narrow:
+    "per question" in the title, not in two headers, and no "(pool N)" on each budget, which
+    the line before the table says once."""
+    tables = []
+    for compact in (False, True):
+        columns, rows = table_of(summaries, compact)
+        table = Table(title=title + (", per question" if compact else ""), box=box.SIMPLE_HEAD)
+        for column in columns:  # a long program name folds; figures are never cut
+            if column == "program":
+                table.add_column(column, overflow="fold")
+            else:
+                table.add_column(column, justify="right", no_wrap=True)
+        for row in rows:
+            table.add_row(*row)
+        tables.append(table)
+    out.print(fitting(out, tables))
 
 
 def _work(runs, pools: dict[str, PoolPlan], budgets: Sequence[int | None]) -> dict[tuple[str, int | None], float]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 from rich.text import Text
 
 from ttcl.cli.progress import TimeLeftColumn
@@ -32,6 +33,16 @@ out = console(soft_wrap=True)
 err = console(stderr=True, soft_wrap=True)  # progress, notes, "wrote FILE": what -q silences
 problems = console(stderr=True, soft_wrap=True)  # errors, which -q never silences
 verbose = False  # `ttcl -v`: each error is followed by the traceback that raised it
+
+
+def fitting(console: Console, tables: list[Table]) -> Table:
+    """The first of `tables` (widest first) whose columns fit the console's width whole, else
+    the last: a narrow terminal gets fewer columns rather than figures cut or wrapped."""
+    unbounded = console.options.update_width(1 << 16)  # else rich measures within the width
+    for table in tables:
+        if console.measure(table, options=unbounded).maximum <= console.width:
+            return table
+    return tables[-1]
 
 
 def report_error(e: TTCLError, console: Console | None = None) -> None:

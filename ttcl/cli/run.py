@@ -21,8 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ttcl.cli.cost import fitting
-from ttcl.cli.present import estimate_or_none, progress_bar, wrote
+from ttcl.cli.present import estimate_or_none, fitting, progress_bar, wrote
 from ttcl.cli.progress import Meter
 from ttcl.cost.estimator import short_number
 from ttcl.errors import UsageError

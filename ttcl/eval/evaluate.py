@@ -665,15 +665,19 @@ def _md_table(summaries: list[Summary]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def table_of(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]:
+def table_of(summaries: list[Summary], compact: bool = False) -> tuple[list[str], list[list[str]]]:
     """The columns and rows of a table of summaries, alike on the console and in a report:
-    the `failed` column only where a question failed."""
+    the `failed` column only where a question failed. `compact` (a narrow terminal) leaves
+    "/question" out of the headers and the pool out of the budgets, for the caller to say."""
     failures = any(s.failed for s in summaries)
-    columns = ["program", "budget", "questions", "accuracy", "95% interval", "FLOPs/question", "tokens/question"]
+    per = "" if compact else "/question"
+    columns = ["program", "budget", "questions", "accuracy", "95% interval", f"FLOPs{per}", f"tokens{per}"]
     rows = [
         [
             s.program,
-            "" if s.budget is None else str(s.budget) + (f" (pool {s.pooled_from})" if s.pooled_from else ""),
+            ""
+            if s.budget is None
+            else str(s.budget) + (f" (pool {s.pooled_from})" if s.pooled_from and not compact else ""),
             str(s.questions),
             f"{s.accuracy:.1%}",
             f"{s.low:.1%}–{s.high:.1%}",
