@@ -295,3 +295,12 @@ def test_the_summary_of_a_pooled_sweep_fits_the_width(width):
     assert max(map(len, lines)) <= width and "…" not in shown.getvalue()
     assert "7.8%–36.7%" in shown.getvalue() and "9.92e+12" in shown.getvalue()  # figures whole
     assert ("(pool 16)" in shown.getvalue()) == (width == 140)  # said once before the table where narrow
+
+
+def test_a_file_of_mostly_malformed_lines_names_the_first_few_and_counts_the_rest(tmp_path, monkeypatch, capsys):
+    program, questions, out = questions_file_run(tmp_path, monkeypatch, ScriptedBackend(adder))
+    questions.write_text("# notes, not questions\n" * 8 + questions.read_text())
+    code, err = run_cli(capsys, "eval", program, "--dataset", questions, "-o", out)
+    named = [line for line in err.splitlines() if line.startswith(f"skipped {questions}:")]
+    assert code == 0 and [line.split(":")[1] for line in named] == ["1", "2", "3", "4", "5"]
+    assert "skipped 3 more malformed lines (--strict stops at the first)" in err

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ttcl.cli.present import fields_of, fitting, progress_bar, wrote
+from ttcl.cli.present import fields_of, fitting, progress_bar, report_skipped, wrote
 from ttcl.cli.progress import Meter, work_per_question
 from ttcl.errors import UsageError
 from ttcl.eval.datasets import load as load_dataset
@@ -48,8 +48,7 @@ def eval_command(args, out: Console, err: Console) -> int:
     from ttcl.program import load
 
     data = load_dataset(args.dataset, args.limit, strict=args.strict, fields=fields_of(args))
-    for problem in data.skipped:
-        err.print(f"[yellow]skipped[/] {problem}")
+    report_skipped(data.skipped, err)
     programs = [(_label(f, args.files), load(f, args.program, params_of(args), args.set)) for f in args.files]
     budgets = _budgets(args.budgets)
     output = args.output or _default_output(args.files, args.dataset)
@@ -240,8 +239,7 @@ def optimize_command(args, out: Console, err: Console) -> int:
     # each must compile and fit an arm, before anything runs
     programs = opt.check_candidates(base, candidates, opt.arm_budget(args.budget, probe))
     data = load_dataset(args.dataset, args.limit, strict=args.strict, fields=fields_of(args))
-    for problem in data.skipped:
-        err.print(f"[yellow]skipped[/] {problem}")
+    report_skipped(data.skipped, err)
     output = args.runs or f"{Path(args.file).stem}.{_dataset_name(args.dataset)}.optimize.jsonl"
     target = args.output or f"{Path(args.file).stem}.optimized.ttcl"
     check_writable({"--runs": output, "--output": target, "--report": args.report})

@@ -130,6 +130,19 @@ def progress_bar(console: Console) -> Progress:
     )
 
 
+SKIPPED_SHOWN = 5  # malformed dataset lines named one by one; past these they are counted
+
+
+def report_skipped(skipped: list[str], err: Console) -> None:
+    """Say which dataset lines were skipped as malformed: the first few by place and reason,
+    then how many more (a wrong file would otherwise print a line for each of its lines)."""
+    for problem in skipped[:SKIPPED_SHOWN]:
+        err.print(f"[yellow]skipped[/] {problem}")
+    if len(skipped) > SKIPPED_SHOWN:
+        more = len(skipped) - SKIPPED_SHOWN
+        err.print(f"[yellow]skipped[/] {more} more malformed line{'s' * (more > 1)} (--strict stops at the first)")
+
+
 def fields_of(args) -> Fields:
     """The dataset fields named by --question-field and --answer-field."""
     return Fields(args.question_field, args.answer_field)

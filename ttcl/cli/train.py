@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ttcl.backends import backend_for
-from ttcl.cli.present import fields_of, progress_bar, wrote
+from ttcl.cli.present import fields_of, progress_bar, report_skipped, wrote
 from ttcl.cli.progress import Meter
 from ttcl.errors import UsageError
 from ttcl.eval.datasets import load
@@ -26,8 +26,7 @@ def train_prm_command(args, out, err) -> int:
         seed=args.seed,
     )
     data = load(args.dataset, args.limit, args.seed, args.strict, fields_of(args))
-    for line in data.skipped:
-        err.print(f"[yellow]skipped[/] {line}")
+    report_skipped(data.skipped, err)
     backend = backend_for({"kind": args.backend, "path": args.model, "n_ctx": 2048})
     base = {
         "base_model": args.model,
