@@ -365,3 +365,16 @@ def test_param_nan_on_the_command_line_is_a_usage_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "parameter `t` must be float (a finite number), got 'nan'" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("question", ["", "  \n\t"])
+def test_an_empty_question_is_refused_before_any_model_work(question):
+    prog = ttcl.compile("program main = sample(2) |> vote")
+    backend = ScriptedBackend(lambda r: "The answer is 2.")
+    with pytest.raises(UsageError, match="question is empty"):
+        prog.run(question, backend=backend)
+    with pytest.raises(UsageError, match=r"questions\[1\] is empty"):
+        prog.run_many(["What is 1 + 1?", question], backend=backend)
+    with pytest.raises(UsageError, match=r'questions\[0\]\["question"\] is empty'):
+        prog.run_many([{"question": question, "answer": "2"}], backend=backend)
+    assert backend.counters.batches == 0

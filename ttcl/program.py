@@ -467,6 +467,8 @@ def _check_program_args(program: Any, params: Any) -> None:
 def _check_question(question: Any, where: str) -> str:
     if not isinstance(question, str):
         raise UsageError(f"{where} must be a str (the question's text), not {_kind(question)}")
+    if not question.strip():  # a program would spend its whole budget answering nothing
+        raise UsageError(f"{where} is empty: a question needs some text")
     return question
 
 
@@ -496,7 +498,7 @@ def _check_questions(questions: Any) -> list[tuple[str, str | None]]:
     pairs: list[tuple[str, str | None]] = []
     for i, q in enumerate(questions):
         if isinstance(q, str):
-            pairs.append((q, None))
+            pairs.append((_check_question(q, f"questions[{i}]"), None))
         elif isinstance(q, Mapping):
             if "question" not in q:
                 raise UsageError(f'questions[{i}] is a dict without a "question"; its keys: {_short(list(q))}')
