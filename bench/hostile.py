@@ -2,10 +2,11 @@
 
     python bench/hostile.py [--family NAME] [--timeout 60] [--verbose]
 
-Feeds bad inputs in eight families (program source, compiled artifacts, dataset and results
-lines, command-line options and output paths, the Python API, served-model replies, model
-files and chat templates, PRM heads) to the `ttcl` command or the Python API, each in its own
-process with a time limit, and sorts what happened:
+Feeds bad inputs in seven families (program source, compiled artifacts, dataset and results
+lines, command-line options and output paths, the Python API, model files, model configs and
+chat templates, PRM heads) to the `ttcl` command or the Python API, each in its own process
+with a time limit, and sorts what happened (hostile servers have their own tests:
+tests/test_hostile_served.py):
 
 - clean: a clear error (exit 1 or 2, or a TTCLError from the API) with no Python traceback,
   or the graceful result the case expects;
@@ -210,6 +211,7 @@ def option_cases(d: Path) -> list[Case]:
             "probe_0",
             ["optimize", p, "--dataset", "arith:1", "--limit", "2", "--probe", "0", "-o", str(d / "o.ttcl")],
         ),
+        Case("options", "empty_question", ["run", p, "-q", " "]),
         Case("options", "time_limit_nan", ["run", p, "-q", "hi", "--time-limit", "nan"]),
         Case("options", "time_limit_zero", ["run", p, "-q", "hi", "--time-limit", "0"]),
         Case("options", "time_limit_negative", ["run", p, "-q", "hi", "--time-limit", "-1"]),
@@ -240,6 +242,7 @@ API = [
     ("backend_int", 'ttcl.compile("program main = sample(2) |> vote").run("q", backend=42)'),
     ("run_many_bad_dict", 'ttcl.compile("program main = sample(2) |> vote").run_many([{"q": 1}], backend=fake)'),
     ("run_many_string", 'ttcl.compile("program main = sample(2) |> vote").run_many("abc", backend=fake)'),
+    ("run_empty_question", 'ttcl.compile("program main = sample(2) |> vote").run("  ", backend=fake)'),
     (
         "verifier_wrong_count",
         'ttcl.register_verifier("bad", lambda q, cs: []); ttcl.compile("verifier v = registered(\\"bad\\")\\nprogram main = sample(3) |> best(v)").run("q", backend=fake)',
@@ -281,6 +284,21 @@ def model_file_cases(d: Path) -> list[Case]:
         prog = d / f"{name}.ttcl"
         prog.write_text(f'model m = llama("{path}", max_tokens=8)\nprogram main = sample(2) |> vote\n')
         cases.append(Case("model", name, ["run", str(prog), "-q", "hi"]))
+    # a transformers directory whose config files are hostile: the cost of a torch model reads
+    # config.json; a served model's config= directory reads tokenizer_config.json too
+    for name, text in {"config_deep": "[" * 100_000 + "]" * 100_000, "config_list": "[1, 2]"}.items():
+        directory = d / name
+        directory.mkdir()
+        (directory / "config.json").write_text(text)
+        (directory / "tokenizer_config.json").write_text(text)
+        prog = d / f"{name}.ttcl"
+        prog.write_text(f'model m = torch("{directory}")\nprogram main = sample(2) |> vote\n')
+        cases.append(Case("model", name, ["cost", str(prog)], "either", must_say=str(directory)))
+        served = d / f"{name}_served.ttcl"
+        served.write_text(
+            f'model m = openai("http://127.0.0.1:9/v1", model="x", config="{directory}")\nprogram main = sample(2) |> vote\n'
+        )
+        cases.append(Case("model", f"{name}_served", ["cost", str(served)], "either"))
     prog = d / "missing_model.ttcl"
     prog.write_text(f'model m = llama("{d / "nope.gguf"}")\nprogram main = sample(2) |> vote\n')
     cases.append(Case("model", "missing_model_file", ["run", str(prog), "-q", "hi"]))
