@@ -68,7 +68,9 @@ def test_malformed_artifact_is_refused(artifact, change, message):
         ttcl.load(path)
 
 
-@pytest.mark.parametrize("text, message", [("{not json", "not valid JSON"), ('{"a": 1}', "not a compiled TTCL program")])
+@pytest.mark.parametrize(
+    "text, message", [("{not json", "not valid JSON"), ('{"a": 1}', "not a compiled TTCL program")]
+)
 def test_not_an_artifact(tmp_path, text, message):
     path = tmp_path / "x.json"
     path.write_text(text)

@@ -254,3 +254,30 @@ def test_the_optimize_command_says_when_one_strategy_won_and_shows_candidate_err
     out = capsys.readouterr().out
     assert "majority(2) won every bin, so the program runs it alone, without the probes: accuracy 44.4%" in out
     assert "program main = majority(2)\n" in (tmp_path / "best.ttcl").read_text()
+
+
+@pytest.mark.parametrize("width", [80, 250])
+def test_the_per_bin_table_fits_the_width(width):
+    from io import StringIO
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from ttcl.cli.evaluate import _show_choice
+
+    candidates = [
+        "majority(4)",
+        "adaptive_majority(4)",
+        "weighted_best_of_n(4, prm)",
+        "beam_search(4, prm, width=2)",
+        "sequential_revision(4, prm)",
+        "revise(2) * 2 |> weighted_vote(prm)",
+    ]
+    rows = [[str(b), "0.42..0.55", "12", *["50%"] * len(candidates), candidates[b % 6]] for b in range(1, 6)]
+    probes = [SimpleNamespace(flops=9.6e10, probe_accuracy=0.5)] * 4
+    shown = StringIO()
+    _show_choice(rows, candidates, probes, Console(file=shown, width=width))
+    text = shown.getvalue()
+    assert max(map(len, text.splitlines())) <= width and "…" not in text and "0.42..0.55" in text
+    wide = width == 250
+    assert ("c1  majority(4)" in text) != wide and ("revise(2) * 2 |> weighted_vote(prm)" in text)

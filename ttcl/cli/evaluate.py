@@ -347,12 +347,25 @@ def _choice_rows(choice, candidates, results, scores) -> list[list[str]]:
 
 
 def _show_choice(rows: list[list[str]], candidates, probes, out: Console) -> None:
-    table = Table(title="accuracy per difficulty bin (1 = easiest, by the probes' verifier score)", box=box.SIMPLE_HEAD)
-    for column in ("bin", "scores", "questions", *candidates, "chosen"):
-        table.add_column(column, justify="left" if column in ("bin", "scores", "chosen") else "right")
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
+    """The per-bin table. Where the candidates' expressions do not fit the width as column
+    heads, the columns are headed c1, c2, ... and a legend below says which is which."""
+    short = {c: f"c{i}" for i, c in enumerate(candidates, 1)}
+    tables = []
+    for name in (lambda c: c, short.get):
+        table = Table(
+            title="accuracy per difficulty bin (1 = easiest, by the probes' verifier score)", box=box.SIMPLE_HEAD
+        )
+        for column in ("bin", "scores", "questions", *map(name, candidates), "chosen"):
+            left = column in ("bin", "scores", "chosen")
+            table.add_column(column, justify="left" if left else "right", no_wrap=True)
+        for row in rows:
+            table.add_row(*row[:-1], name(row[-1]))
+        tables.append(table)
+    shown = fitting(out, tables)
+    out.print(shown)
+    if shown is tables[-1]:
+        for candidate in candidates:
+            out.print(f"  {short[candidate]}  {candidate}")
     n = len(probes)
     out.print(
         f"probes: {sum(r.flops or 0 for r in probes) / n:.3g} FLOPs per question; oracle pass@1 of the "
