@@ -196,7 +196,8 @@ def run_isolating(
         rest = [i for i in indices if i not in finished]
         if len(rest) == 1:  # the question that failed: it alone was left
             if on_failure is None or not isinstance(e, RequestError):
-                raise type(e)(f"{where(questions[rest[0]], rest[0])}: {e.message}") from None
+                kind_of = RequestError if isinstance(e, RequestError) else BackendError
+                raise kind_of(f"{where(questions[rest[0]], rest[0])}: {e.message}") from None
             on_failure(rest[0], e.message)
             return True
         if not isinstance(e, RequestError):

@@ -24,6 +24,7 @@ from ttcl.backends.base import (
     BackendError,
     Cut,
     Generation,
+    RequestError,
     as_backend,
     split_in_proportion,
 )
@@ -228,8 +229,8 @@ class Executor:
                 replies, spent = self.call(tasks, kind, model, list(options))
             except BackendError as e:
                 node = self.graph.nodes[tasks[0].node]
-                located = f"model `{model}`: {e.message} (running `{node['op']}` at {node['span']})"
-                raise type(e)(located) from None  # a RequestError stays one: it is one question's
+                kind_of = RequestError if isinstance(e, RequestError) else BackendError  # one question's, or not
+                raise kind_of(f"model `{model}`: {e.message} (running `{node['op']}` at {node['span']})") from None
             for task, mine in zip(tasks, self.charge(tasks, replies, kind, model, spent)):
                 task.ask = None
                 self.step(task, mine)
