@@ -313,3 +313,25 @@ def test_program_thresholds_survive_an_artifact(tmp_path):
     ttcl.compile(FITTED.format(cuts="0.5, 0.95")).save(path)
     loaded = ttcl.load(path)
     assert loaded.run("q", backend=ScriptedBackend(lambda r: "The answer is 3.")).bin == 2
+
+
+def test_a_backends_own_error_class_is_located_whatever_its_arguments():
+    from ttcl.backends.base import BackendError, RequestError
+
+    class Refused(BackendError):  # a backend's own subclass, built from a code
+        def __init__(self, code: int):
+            super().__init__(f"refused with code {code}")
+
+    class TooLong(RequestError):
+        def __init__(self, tokens: int):
+            super().__init__(f"{tokens} tokens is too long")
+
+    for error, kind in ((Refused(7), BackendError), (TooLong(9000), RequestError)):
+
+        def fail(request, error=error):
+            raise error
+
+        with pytest.raises(kind) as caught:
+            run("program main = sample(2) |> vote", ScriptedBackend(fail))
+        assert "running `sample`" in caught.value.message and str(error.message) in caught.value.message
+        assert isinstance(caught.value, RequestError) == (kind is RequestError)
