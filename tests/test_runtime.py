@@ -320,11 +320,11 @@ def test_a_backends_own_error_class_is_located_whatever_its_arguments():
 
     class Refused(BackendError):  # a backend's own subclass, built from a code
         def __init__(self, code: int):
-            super().__init__(f"refused with code {code}")
+            super().__init__(f"refused with code {code:d}")
 
     class TooLong(RequestError):
         def __init__(self, tokens: int):
-            super().__init__(f"{tokens} tokens is too long")
+            super().__init__(f"{tokens:,d} tokens is too long")
 
     for error, kind in ((Refused(7), BackendError), (TooLong(9000), RequestError)):
 
