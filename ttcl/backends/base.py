@@ -104,6 +104,13 @@ class RequestError(BackendError):
     question's failure, so an eval records it against that question and goes on."""
 
 
+def placed(error: BackendError, message: str) -> BackendError:
+    """`error` told anew as `message` (its own, with where it happened added): a RequestError
+    stays one. Built by name, not by `error`'s own class, whose constructor a backend may
+    have given other arguments."""
+    return (RequestError if isinstance(error, RequestError) else BackendError)(message)
+
+
 # a request that Ctrl-C stopped before it had generated or decoded anything
 NOT_STARTED = Generation(text="", prompt_tokens=0, generated_tokens=0, finish="cut")
 

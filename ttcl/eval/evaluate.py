@@ -36,7 +36,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ttcl.backends.base import BackendError, RequestError
+from ttcl.backends.base import BackendError, RequestError, placed
 from ttcl.errors import UsageError
 from ttcl.eval.sweep import PoolPlan, outcomes
 from ttcl.program import Program
@@ -196,8 +196,7 @@ def run_isolating(
         rest = [i for i in indices if i not in finished]
         if len(rest) == 1:  # the question that failed: it alone was left
             if on_failure is None or not isinstance(e, RequestError):
-                kind_of = RequestError if isinstance(e, RequestError) else BackendError
-                raise kind_of(f"{where(questions[rest[0]], rest[0])}: {e.message}") from None
+                raise placed(e, f"{where(questions[rest[0]], rest[0])}: {e.message}") from None
             on_failure(rest[0], e.message)
             return True
         if not isinstance(e, RequestError):

@@ -24,8 +24,8 @@ from ttcl.backends.base import (
     BackendError,
     Cut,
     Generation,
-    RequestError,
     as_backend,
+    placed,
     split_in_proportion,
 )
 from ttcl.cost.flops import counted_flops
@@ -229,8 +229,7 @@ class Executor:
                 replies, spent = self.call(tasks, kind, model, list(options))
             except BackendError as e:
                 node = self.graph.nodes[tasks[0].node]
-                kind_of = RequestError if isinstance(e, RequestError) else BackendError  # one question's, or not
-                raise kind_of(f"model `{model}`: {e.message} (running `{node['op']}` at {node['span']})") from None
+                raise placed(e, f"model `{model}`: {e.message} (running `{node['op']}` at {node['span']})") from None
             for task, mine in zip(tasks, self.charge(tasks, replies, kind, model, spent)):
                 task.ask = None
                 self.step(task, mine)
