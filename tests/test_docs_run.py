@@ -7,8 +7,8 @@ on none that is). A ```console block runs each `$ ttcl ...` or `$ python ...` co
 prints with the lines shown under it (`...` stands for any text; a line of its own, for any
 lines). A ```repl block is a session: its first line `$ ttcl repl [FILE]` starts it, its
 `ttcl> ` lines (and `  ... ` continuation lines) are what is typed, and the rest is compared
-with what the session prints, as in a console block. A ```bash or ```sh block runs each of its commands. A ```ttcl block is checked as
-`ttcl check` checks a file. Blocks shown, not run, are ```text, ```json or ```jsonl, and none
+with what the session prints, as in a console block. A ```bash or ```sh block runs each of
+its commands. A ```ttcl block is checked as `ttcl check` checks a file. Blocks shown, not run, are ```text, ```json or ```jsonl, and none
 of them may show a command.
 
 An HTML comment just before a block says what the test cannot see for itself:
@@ -250,8 +250,14 @@ def marked(block: Block):
 def test_the_block_runs_as_written(block, workdirs, monkeypatch):
     work = workdirs(block.doc)
     monkeypatch.chdir(work.path)
-    run = {"python": run_python, "console": run_console, "repl": run_repl, "bash": run_lines, "sh": run_lines}
-    run["ttcl"] = check_ttcl
+    run = {
+        "python": run_python,
+        "console": run_console,
+        "repl": run_repl,
+        "bash": run_lines,
+        "sh": run_lines,
+        "ttcl": check_ttcl,
+    }
     run[block.lang](block, work)
 
 
